@@ -1,0 +1,36 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Connection options shared by the modules (documented once in the ``christmas.recovery.connection`` fragment)."""
+
+from __future__ import annotations
+
+from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget
+
+
+def connection_argument_spec():
+    return {
+        "db_host": {"type": "str", "default": "localhost"},
+        "db_port": {"type": "int", "default": 5432},
+        "db_name": {"type": "str", "default": "christmas"},
+        "db_user": {"type": "str", "default": "christmas"},
+        "db_password": {"type": "str", "no_log": True},
+        "db_admin_user": {"type": "str"},
+        "db_admin_password": {"type": "str", "no_log": True},
+        "pg_bin_dir": {"type": "path"},
+        "redis_host": {"type": "str", "default": "localhost"},
+        "redis_port": {"type": "int", "default": 6379},
+        "redis_password": {"type": "str", "no_log": True},
+        "jobs": {"type": "int", "default": 2},
+    }
+
+
+def pg_target(params):
+    return PgTarget(host=params["db_host"], port=params["db_port"], dbname=params["db_name"], user=params["db_user"],
+                    password=params["db_password"], admin_user=params["db_admin_user"],
+                    admin_password=params["db_admin_password"], bin_dir=params["pg_bin_dir"])
+
+
+def redis_target(params):
+    return RedisTarget(host=params["redis_host"], port=params["redis_port"], password=params["redis_password"])

@@ -1,0 +1,63 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""External commands: argument lists only, secrets through the child's environment, errors as one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+
+
+def find_program(name, search_dirs=()):
+    for directory in search_dirs:
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if not found:
+        raise RecoveryError("%s not found (looked in %s and PATH)" % (name, ", ".join(search_dirs) or "nothing"))
+    return found
+
+
+def child_env(extra):
+    env = dict(os.environ)
+    env.update({key: value for key, value in extra.items() if value is not None})
+    return env
+
+
+def last_error_line(text):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "fatal" in line.lower()]
+    return (errors or lines or ["no output"])[-1]
+
+
+def start(argv, env=None, stdout=subprocess.DEVNULL):
+    """Start a child with a private umask; stderr is captured for the error message."""
+    return subprocess.Popen(
+        argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, stdout=stdout,
+        stderr=subprocess.PIPE, umask=0o077,
+    )
+
+
+def finish(proc, what):
+    """Wait for ``proc``; raise with its last error line when it failed."""
+    _out, err = proc.communicate()
+    if proc.returncode != 0:
+        message = last_error_line(err.decode("utf-8", "replace"))
+        raise RecoveryError("%s failed (exit %s): %s" % (what, proc.returncode, message))
+    return err.decode("utf-8", "replace")
+
+
+def run(argv, what, env=None):
+    """Run to completion and return stdout as text."""
+    proc = subprocess.run(
+        argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, capture_output=True, umask=0o077, check=False,
+    )
+    if proc.returncode != 0:
+        message = last_error_line(proc.stderr.decode("utf-8", "replace"))
+        raise RecoveryError("%s failed (exit %s): %s" % (what, proc.returncode, message))
+    return proc.stdout.decode("utf-8", "replace")

@@ -1,0 +1,143 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private files and directories, atomic writes, streaming checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+CHUNK = 1024 * 1024
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_private_dir(path):
+    """Create ``path`` (and parents) as 0700 whatever the umask; an existing directory keeps its mode."""
+    if os.path.isdir(path):
+        return False
+    os.makedirs(path, DIR_MODE, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+    return True
+
+
+def make_tree_private(root):
+    """Directories 0700 and files 0600 below ``root``, symlinks untouched."""
+    os.chmod(root, DIR_MODE)
+    for base, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(base, name), DIR_MODE)
+        for name in files:
+            path = os.path.join(base, name)
+            if not os.path.islink(path):
+                os.chmod(path, FILE_MODE)
+
+
+def write_json_atomic(path, data):
+    """Write JSON to a temporary name, fsync, rename over ``path``, fsync the directory."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, ".%s.tmp" % name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def remove_quietly(path):
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def sha256_file(path):
+    """Return (size, hex digest) of a regular file, read in large chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            count = handle.readinto(buf)
+            if not count:
+                break
+            digest.update(view[:count])
+            size += count
+    return size, digest.hexdigest()
+
+
+class HashingWriter:
+    """A binary file written under a temporary name, hashed while written, renamed into place on ``commit``."""
+
+    def __init__(self, path):
+        self.path = path
+        self.tmp_path = os.path.join(os.path.dirname(path), ".%s.tmp" % os.path.basename(path))
+        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        self._handle = os.fdopen(fd, "wb", buffering=CHUNK)
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        self._handle.write(data)
+        self._digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self):
+        return self.size
+
+    def commit(self):
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.rename(self.tmp_path, self.path)
+        return self.size, self._digest.hexdigest()
+
+    def abort(self):
+        if not self._handle.closed:
+            self._handle.close()
+        remove_quietly(self.tmp_path)
+
+
+def free_bytes(path):
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    stats = os.statvfs(probe)
+    return stats.f_bavail * stats.f_frsize
+
+
+def require_free_space(path, needed, what):
+    available = free_bytes(path)
+    if available < needed:
+        raise RecoveryError(
+            "not enough disk space for %s on %s: %d MiB needed, %d MiB free"
+            % (what, path, needed // 2**20 + 1, available // 2**20)
+        )
+    return available

@@ -1,0 +1,170 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The manifest: what a backup set holds, how sets are named, found and checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import sha256_file
+from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths import resolve_inside
+
+FORMAT = "christmas.recovery/backup-set"
+FORMAT_VERSION = 1
+COMPONENTS = ("db", "redis", "config")
+SET_ID_RE = re.compile(r"^\d{8}_\d{6}$")
+MANIFEST_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def manifest_name(set_id):
+    return "manifest_%s.json" % set_id
+
+
+def set_dir_name(set_id):
+    return "set_%s" % set_id
+
+
+def partial_dir_name(set_id):
+    return ".set_%s.partial" % set_id
+
+
+def complete_set_ids(backup_dir):
+    """Ids of the sets whose manifest exists, newest first; a set without a manifest is incomplete."""
+    try:
+        names = os.listdir(backup_dir)
+    except FileNotFoundError:
+        return []
+    ids = []
+    for name in names:
+        match = MANIFEST_RE.match(name)
+        if match and stat.S_ISREG(os.lstat(os.path.join(backup_dir, name)).st_mode):
+            ids.append(match.group(1))
+    return sorted(ids, reverse=True)
+
+
+def resolve_manifest_path(manifest, backup_dir=None):
+    """``latest`` means the newest complete set in ``backup_dir``; anything else is a path to a manifest."""
+    if manifest in (None, "", "latest"):
+        if not backup_dir:
+            raise RecoveryError("manifest=latest needs backup_dir")
+        ids = complete_set_ids(backup_dir)
+        if not ids:
+            raise RecoveryError("no complete backup set (no manifest_YYYYMMDD_HHMMSS.json) in %s" % backup_dir)
+        return os.path.join(backup_dir, manifest_name(ids[0]))
+    path = manifest
+    if not os.path.isabs(path) and backup_dir and not os.path.exists(path):
+        path = os.path.join(backup_dir, path)
+    return os.path.abspath(path)
+
+
+def _require(condition, path, problem):
+    if not condition:
+        raise RecoveryError("manifest %s is invalid: %s" % (path, problem))
+
+
+def check_schema(data, path):
+    """Raise naming the first structural problem of a loaded manifest."""
+    _require(isinstance(data, dict), path, "top level is not an object")
+    _require(data.get("format") == FORMAT, path, "format is not %r" % FORMAT)
+    _require(data.get("format_version") == FORMAT_VERSION, path, "format_version is not %d" % FORMAT_VERSION)
+    set_id = data.get("set_id")
+    _require(isinstance(set_id, str) and SET_ID_RE.match(set_id), path, "set_id is not YYYYMMDD_HHMMSS")
+    match = MANIFEST_RE.match(os.path.basename(path))
+    _require(match is None or match.group(1) == set_id, path, "set_id %s does not match the file name" % set_id)
+    components = data.get("components")
+    _require(
+        isinstance(components, list) and components and all(c in COMPONENTS for c in components)
+        and len(set(components)) == len(components),
+        path, "components must be a non-empty list of %s" % ", ".join(COMPONENTS),
+    )
+    for key in ("started_at", "finished_at", "host"):
+        _require(isinstance(data.get(key), str), path, "%s is missing or not a string" % key)
+    _require(isinstance(data.get("tools"), dict), path, "tools is missing or not an object")
+    artifacts = data.get("artifacts")
+    _require(isinstance(artifacts, list) and artifacts, path, "artifacts must be a non-empty list")
+    seen = set()
+    prefix = set_dir_name(set_id) + "/"
+    for index, artifact in enumerate(artifacts):
+        where = "artifacts[%d]" % index
+        _require(isinstance(artifact, dict), path, "%s is not an object" % where)
+        name = artifact.get("path")
+        _require(isinstance(name, str) and name.startswith(prefix), path, "%s.path is not inside %s" % (where, prefix))
+        _require(name not in seen, path, "%s.path %s is listed twice" % (where, name))
+        seen.add(name)
+        size = artifact.get("size")
+        _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, path, "%s.size is not a size" % where)
+        _require(isinstance(artifact.get("sha256"), str) and SHA256_RE.match(artifact["sha256"]), path,
+                 "%s.sha256 is not a SHA-256 hex digest" % where)
+        _require(artifact.get("component") in components, path, "%s.component is not one of the set's components" % where)
+        _require(isinstance(artifact.get("kind"), str), path, "%s.kind is missing" % where)
+    for component in components:
+        _require(isinstance(data.get(component), dict), path, "section %r is missing" % component)
+        _require(any(a["component"] == component for a in artifacts), path, "component %s has no artifact" % component)
+
+
+def load(path):
+    """Read and schema-check a manifest; every failure is a one-line RecoveryError."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror))
+    _require(stat.S_ISREG(info.st_mode), path, "not a regular file")
+    _require(info.st_size <= MAX_MANIFEST_BYTES, path, "larger than %d bytes" % MAX_MANIFEST_BYTES)
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0]))
+    except OSError as err:
+        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror))
+    check_schema(data, path)
+    return data
+
+
+def artifacts_of(manifest, component, kind=None):
+    return [a for a in manifest["artifacts"] if a["component"] == component and (kind is None or a["kind"] == kind)]
+
+
+def artifact_path(backup_dir, artifact):
+    """Absolute path of an artifact, refusing names that leave the set or pass through a symlink."""
+    return resolve_inside(backup_dir, artifact["path"], "artifact")
+
+
+def check_artifact(backup_dir, artifact):
+    """Return None when the artifact is present with its recorded size and checksum, else the problem."""
+    try:
+        path = artifact_path(backup_dir, artifact)
+        info = os.lstat(path)
+    except RecoveryError as err:
+        return str(err)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return "unreadable: %s" % err.strerror
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size != artifact["size"]:
+        return "size %d, expected %d (truncated or altered)" % (info.st_size, artifact["size"])
+    try:
+        _size, digest = sha256_file(path)
+    except OSError as err:
+        return "unreadable: %s" % err.strerror
+    if digest != artifact["sha256"]:
+        return "SHA-256 mismatch (corrupted)"
+    return None
+
+
+def check_artifacts(backup_dir, manifest, jobs=4):
+    """Check every artifact in parallel (hashing releases the GIL); return {path: problem} for the bad ones."""
+    artifacts = manifest["artifacts"]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        problems = list(pool.map(lambda a: check_artifact(backup_dir, a), artifacts))
+    return {a["path"]: p for a, p in zip(artifacts, problems) if p}

@@ -1,0 +1,271 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Redis over the network only: every key of every database as DUMP payload + TTL, restored with RESTORE.
+
+Artifact layout: a magic line, then records ``K db:u16 key_len:u32 pttl:i64 payload_len:u32 key payload`` and one
+closing record ``E count:u64``. A DUMP payload ends with its RDB version (2 bytes) and a CRC64 of the rest (8 bytes),
+which the deep check recomputes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import CHUNK, HashingWriter
+
+try:
+    import redis
+    HAS_REDIS = True
+except ImportError:  # reported by the modules with missing_required_lib
+    HAS_REDIS = False
+
+DUMP_FILE = "redis.keys"
+MAGIC = b"CHRISTMAS-REDIS-KEYS 1\n"
+RECORD = struct.Struct(">HIqI")
+END = struct.Struct(">Q")
+BATCH = 1000
+
+
+class RedisTarget:
+    def __init__(self, host="localhost", port=6379, password=None):
+        self.host, self.port, self.password = host, port, password
+
+    def describe(self):
+        return "%s:%s" % (self.host, self.port)
+
+    def client(self, db=0):
+        if not HAS_REDIS:
+            raise RecoveryError("the redis Python library is required on this host (pip install redis)")
+        return redis.Redis(host=self.host, port=self.port, password=self.password, db=db, socket_timeout=60,
+                           socket_connect_timeout=10)
+
+
+def redis_error(target, what, err):
+    kind = "authentication failed" if isinstance(err, redis.AuthenticationError) else str(err).splitlines()[0]
+    return RecoveryError("Redis %s at %s: %s" % (what, target.describe(), kind))
+
+
+def server_info(target):
+    client = target.client()
+    try:
+        info = client.info()
+    except redis.RedisError as err:
+        raise redis_error(target, "unreachable or refused", err)
+    finally:
+        client.close()
+    keyspace = {str(int(name[2:])): value["keys"] for name, value in info.items()
+                if name.startswith("db") and name[2:].isdigit() and isinstance(value, dict)}
+    return {"version": info["redis_version"], "aof_enabled": bool(info.get("aof_enabled")), "keys_per_db": keyspace}
+
+
+def _crc64_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x95AC9329AC4BC9B5 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC64 = None
+
+
+def crc64(data):
+    """Redis' CRC-64/Jones (reflected), as used in DUMP payloads and RDB files."""
+    global _CRC64
+    if _CRC64 is None:
+        _CRC64 = _crc64_table()
+    table, crc = _CRC64, 0
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def payload_rdb_version(payload):
+    return struct.unpack("<H", payload[-10:-8])[0]
+
+
+def payload_intact(payload):
+    return len(payload) > 10 and crc64(payload[:-8]) == struct.unpack("<Q", payload[-8:])[0]
+
+
+def dump_redis(target, set_dir, progress=print):
+    """Write every key of every logical database; returns (metadata, {file: (size, sha256)})."""
+    info = server_info(target)
+    writer = HashingWriter(os.path.join(set_dir, DUMP_FILE))
+    keys_per_db = {}
+    rdb_versions = set()
+    records = 0
+    try:
+        writer.write(MAGIC)
+        for db in sorted(info["keys_per_db"], key=int):
+            progress("dumping Redis db %s (%d keys)" % (db, info["keys_per_db"][db]))
+            client = target.client(int(db))
+            seen = set()  # SCAN may return a key twice while the keyspace rehashes
+            written = 0
+            try:
+                batch = []
+                for key in client.scan_iter(count=BATCH):
+                    if key not in seen:
+                        seen.add(key)
+                        batch.append(key)
+                    if len(batch) >= BATCH:
+                        written += _dump_batch(client, int(db), batch, writer, rdb_versions)
+                        batch = []
+                written += _dump_batch(client, int(db), batch, writer, rdb_versions)
+            except redis.RedisError as err:
+                raise redis_error(target, "dump of db %s failed" % db, err)
+            finally:
+                client.close()
+            keys_per_db[db] = written
+            records += written
+        writer.write(b"E" + END.pack(records))
+        size, digest = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    metadata = {"version": info["version"], "aof_enabled": info["aof_enabled"], "key_count": records,
+                "keys_per_db": {db: count for db, count in keys_per_db.items() if count},
+                "rdb_version": max(rdb_versions) if rdb_versions else None}
+    return metadata, {DUMP_FILE: (size, digest)}
+
+
+def _dump_batch(client, db, keys, writer, rdb_versions):
+    """DUMP and PTTL a batch in one round trip; returns how many keys were written."""
+    if not keys:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.dump(key)
+        pipe.pttl(key)
+    replies = pipe.execute()
+    written = 0
+    for index, key in enumerate(keys):
+        payload, pttl = replies[2 * index], replies[2 * index + 1]
+        if payload is None or pttl == -2:
+            continue  # expired or deleted since SCAN saw it
+        writer.write(b"K" + RECORD.pack(db, len(key), pttl, len(payload)) + key + payload)
+        rdb_versions.add(payload_rdb_version(payload))
+        written += 1
+    return written
+
+
+def read_records(path):
+    """Yield (db, key, pttl, payload); raise naming the artifact when its structure is broken."""
+    name = os.path.basename(path)
+    with open(path, "rb", buffering=CHUNK) as handle:
+        if handle.read(len(MAGIC)) != MAGIC:
+            raise RecoveryError("Redis artifact %s has no valid header" % name)
+        count = 0
+        while True:
+            tag = handle.read(1)
+            if tag == b"E":
+                raw = handle.read(END.size)
+                if len(raw) != END.size or END.unpack(raw)[0] != count or handle.read(1):
+                    raise RecoveryError("Redis artifact %s has a bad closing record" % name)
+                return
+            if tag != b"K":
+                raise RecoveryError("Redis artifact %s is truncated or corrupt after %d keys" % (name, count))
+            raw = handle.read(RECORD.size)
+            if len(raw) != RECORD.size:
+                raise RecoveryError("Redis artifact %s is truncated after %d keys" % (name, count))
+            db, key_len, pttl, payload_len = RECORD.unpack(raw)
+            key = handle.read(key_len)
+            payload = handle.read(payload_len)
+            if len(key) != key_len or len(payload) != payload_len:
+                raise RecoveryError("Redis artifact %s is truncated after %d keys" % (name, count))
+            count += 1
+            yield db, key, pttl, payload
+
+
+def check_dump_readable(path):
+    """Deep check: every record parses and every DUMP payload carries a valid CRC64."""
+    count = 0
+    for _db, key, _pttl, payload in read_records(path):
+        if not payload_intact(payload):
+            raise RecoveryError("Redis artifact %s: payload of key %r fails its CRC64" % (
+                os.path.basename(path), key[:80]))
+        count += 1
+    return count
+
+
+def _version_tuple(version):
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
+def matches_target(target, path, expected_keys):
+    """True when the server already holds exactly the backed-up keys and values (TTL presence included)."""
+    if server_info(target)["keys_per_db"] != {db: n for db, n in expected_keys.items() if n}:
+        return False
+    clients = {}
+    try:
+        for db, key, pttl, payload in read_records(path):
+            client = clients.setdefault(db, target.client(db))
+            if client.dump(key) != payload or (client.pttl(key) >= 0) != (pttl >= 0):
+                return False
+    finally:
+        for client in clients.values():
+            client.close()
+    return True
+
+
+def restore_redis(target, manifest, path, force=False, check_mode=False, progress=print):
+    """Replace the server's whole keyspace with the backup's, over the network, and make it durable."""
+    meta = manifest["redis"]
+    try:
+        info = server_info(target)
+        if _version_tuple(info["version"]) < _version_tuple(meta["version"]):
+            raise RecoveryError("target Redis %s at %s is older than the backup's %s (its data format may not load)"
+                                % (info["version"], target.describe(), meta["version"]))
+        result = {"target_version": info["version"], "aof_enabled": info["aof_enabled"],
+                  "keys_before": sum(info["keys_per_db"].values())}
+        if not force and matches_target(target, path, meta["keys_per_db"]):
+            result.update(changed=False, state="already identical to set %s" % manifest["set_id"])
+            return result
+        result["changed"] = True
+        if check_mode:
+            result["state"] = "would replace %d keys with %d" % (result["keys_before"], meta["key_count"])
+            return result
+        progress("restoring %d Redis keys into %s" % (meta["key_count"], target.describe()))
+        control = target.client()
+        clients = {}
+        try:
+            control.flushall()
+            result["state"] = "flushed; loading keys"
+            pending = {}
+            for db, key, pttl, payload in read_records(path):
+                pipe = pending.get(db)
+                if pipe is None:
+                    pipe = pending[db] = clients.setdefault(db, target.client(db)).pipeline(transaction=False)
+                pipe.restore(key, max(pttl, 0), payload, replace=True)
+                if len(pipe) >= BATCH:
+                    pipe.execute()
+            for pipe in pending.values():
+                pipe.execute()
+            result["persisted"] = _persist(control, info["aof_enabled"])
+        finally:
+            control.close()
+            for client in clients.values():
+                client.close()
+        after = server_info(target)["keys_per_db"]
+        expected = {db: n for db, n in meta["keys_per_db"].items() if n}
+        if after != expected:
+            raise RecoveryError("Redis at %s holds %s keys per db after restore, the backup has %s" % (
+                target.describe(), after, expected))
+        result["state"] = "restored from set %s" % manifest["set_id"]
+        result["keys_after"] = sum(after.values())
+        return result
+    except redis.RedisError as err:
+        raise redis_error(target, "restore failed", err)
+
+
+def _persist(client, aof_enabled):
+    """With AOF the RESTOREs are already logged; without it, write an RDB so a restart keeps the data."""
+    if aof_enabled:
+        return "appendonly"
+    client.save()
+    return "rdb snapshot"

@@ -1,0 +1,69 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore any subset of a backup set: deep verification, then every component's preflight, then the changes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.manifest import artifact_path, artifacts_of
+from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+
+ORDER = ("db", "redis", "config")
+
+
+def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, force, progress):
+    if component == "db":
+        dump_dir = os.path.dirname(artifact_path(set_root, artifacts_of(manifest, "db", "pg_dump_directory")[0]))
+        globals_path = artifact_path(set_root, artifacts_of(manifest, "db", "pg_globals")[0])
+        return lambda check: postgres.restore_database(db, manifest, set_root, dump_dir, globals_path, jobs, force,
+                                                       check, progress)
+    if component == "redis":
+        path = artifact_path(set_root, artifacts_of(manifest, "redis")[0])
+        return lambda check: redis_keys.restore_redis(redis_target, manifest, path, force, check, progress)
+    path = artifact_path(set_root, artifacts_of(manifest, "config")[0])
+    return lambda check: config_tree.restore_tree(path, manifest["config"], config_dir or manifest["config"]["source_dir"],
+                                                  manifest["set_id"], check, force, progress)
+
+
+def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
+                jobs=2, force=False, check_mode=False, progress=print):
+    """Nothing changes unless the whole set verifies and every chosen component passes its preflight."""
+    if not components:
+        raise RecoveryError("nothing to restore: every component is skipped")
+    started = time.monotonic()
+    progress("verifying backup set")
+    report, manifest = verify_set(manifest_ref, backup_dir, deep=True, jobs=jobs, pg_target=db)
+    missing = [c for c in components if c not in manifest["components"]]
+    if missing:
+        raise RecoveryError("backup set %s has no %s component (it holds %s)" % (
+            manifest["set_id"], ", ".join(missing), ", ".join(manifest["components"])))
+    chosen = [c for c in ORDER if c in components]
+    runners = {c: _runner(c, manifest, report["backup_dir"], db, redis_target, config_dir, jobs, force, progress)
+               for c in chosen}
+    plan = {c: runners[c](True) for c in chosen}
+    result = {"manifest": report["manifest"], "set_id": manifest["set_id"], "verification": report,
+              "components": {}, "changed": any(p["changed"] for p in plan.values())}
+    if check_mode:
+        result["components"] = plan
+        return result
+    for component in chosen:
+        if not plan[component]["changed"]:
+            result["components"][component] = plan[component]
+            continue
+        begin = time.monotonic()
+        try:
+            outcome = runners[component](False)
+        except RecoveryError as err:
+            states = ["%s: %s" % (c, result["components"][c]["state"]) for c in result["components"]]
+            states += ["%s: not started" % c for c in chosen[chosen.index(component) + 1:]]
+            raise RecoveryError("restore of %s failed: %s%s" % (component, err, (
+                " | " + "; ".join(states)) if states else ""), report=result)
+        outcome["seconds"] = round(time.monotonic() - begin, 3)
+        result["components"][component] = outcome
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result

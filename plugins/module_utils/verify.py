@@ -1,0 +1,70 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Verification of a backup set: manifest schema, every artifact's size and SHA-256, and optionally each artifact
+read back by its own tool."""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
+    artifact_path, artifacts_of, check_artifacts, load, resolve_manifest_path, set_dir_name,
+)
+
+
+def _unlisted_files(backup_dir, manifest):
+    listed = {a["path"] for a in manifest["artifacts"]}
+    root = os.path.join(backup_dir, set_dir_name(manifest["set_id"]))
+    if os.path.islink(root) or not os.path.isdir(root):
+        return []
+    extra = []
+    for base, _dirs, files in os.walk(root):
+        for name in files:
+            relative = os.path.relpath(os.path.join(base, name), backup_dir)
+            if relative not in listed:
+                extra.append(relative)
+    return extra
+
+
+def _deep_checks(backup_dir, manifest, pg_target):
+    """Each component read by its own tool; returns {artifact path: problem}."""
+    problems = {}
+    set_root = os.path.join(backup_dir, set_dir_name(manifest["set_id"]))
+    for component in manifest["components"]:
+        try:
+            if component == "db":
+                postgres.check_dump_readable(pg_target or postgres.PgTarget(),
+                                             os.path.join(set_root, postgres.DUMP_DIR))
+                postgres.load_globals(os.path.join(set_root, postgres.GLOBALS_FILE))
+            elif component == "redis":
+                redis_keys.check_dump_readable(artifact_path(backup_dir, artifacts_of(manifest, "redis")[0]))
+            elif component == "config":
+                config_tree.check_members(artifact_path(backup_dir, artifacts_of(manifest, "config")[0]))
+        except RecoveryError as err:
+            problems[artifacts_of(manifest, component)[0]["path"]] = str(err)
+    return problems
+
+
+def verify_set(manifest_ref, backup_dir=None, deep=False, jobs=4, pg_target=None):
+    """Return a report; raise one line naming every bad artifact when the set is not intact."""
+    path = resolve_manifest_path(manifest_ref, backup_dir)
+    manifest = load(path)
+    set_root = os.path.dirname(path)
+    problems = check_artifacts(set_root, manifest, jobs)
+    for extra in _unlisted_files(set_root, manifest):
+        problems[extra] = "not listed in the manifest"
+    if deep and not problems:
+        problems.update(_deep_checks(set_root, manifest, pg_target))
+    report = {
+        "ok": not problems, "manifest": path, "backup_dir": set_root, "set_id": manifest["set_id"],
+        "components": manifest["components"], "artifact_count": len(manifest["artifacts"]),
+        "total_bytes": sum(a["size"] for a in manifest["artifacts"]), "deep": bool(deep),
+        "problems": [{"artifact": name, "problem": problem} for name, problem in sorted(problems.items())],
+    }
+    if problems:
+        raise RecoveryError("backup set %s failed verification: %s" % (manifest["set_id"], "; ".join(
+            "%s: %s" % (name, problem) for name, problem in sorted(problems.items()))), report=report)
+    return report, manifest
