@@ -3,15 +3,18 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Redis over the network only: every key of every database as DUMP payload + TTL, restored with RESTORE.
 
-Artifact layout: a magic line, then records ``K db:u16 key_len:u32 pttl:i64 payload_len:u32 key payload`` and one
-closing record ``E count:u64``. A DUMP payload ends with its RDB version (2 bytes) and a CRC64 of the rest (8 bytes),
-which the deep check recomputes.
+Artifact layout: a magic line, then records ``K db:u16 key_len:u32 pttl:i64 payload_len:u32 has_digest:u8 key payload
+[digest:32]`` and one closing record ``E count:u64``. A DUMP payload ends with its RDB version (2 bytes) and a CRC64 of
+the rest (8 bytes), which the deep check recomputes. Sets and hashes in hashtable encoding serialise in an order that
+differs between servers, so their records also carry a digest of the sorted content, for comparison after a restore.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
+import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import CHUNK, HashingWriter
@@ -24,7 +27,8 @@ except ImportError:  # reported by the modules with missing_required_lib
 
 DUMP_FILE = "redis.keys"
 MAGIC = b"CHRISTMAS-REDIS-KEYS 1\n"
-RECORD = struct.Struct(">HIqI")
+RECORD = struct.Struct(">HIqIB")
+UNORDERED_TYPES = {2: "set", 4: "hash"}  # RDB_TYPE_SET, RDB_TYPE_HASH (hashtable encodings)
 END = struct.Struct(">Q")
 BATCH = 1000
 
@@ -134,8 +138,21 @@ def dump_redis(target, set_dir, progress=print):
     return metadata, {DUMP_FILE: (size, digest)}
 
 
+def content_digest(kind, value):
+    """Order-independent SHA-256 of a set's members or a hash's fields and values."""
+    items = sorted(value.items()) if kind == "hash" else sorted((member, b"") for member in value)
+    digest = hashlib.sha256()
+    for first, second in items:
+        digest.update(struct.pack(">II", len(first), len(second)) + first + second)
+    return digest.digest()
+
+
+def _read_unordered(pipe, kind, key):
+    return pipe.hgetall(key) if kind == "hash" else pipe.smembers(key)
+
+
 def _dump_batch(client, db, keys, writer, rdb_versions):
-    """DUMP and PTTL a batch in one round trip; returns how many keys were written."""
+    """DUMP and PTTL a batch in one round trip (plus content digests where needed); returns keys written."""
     if not keys:
         return 0
     pipe = client.pipeline(transaction=False)
@@ -143,15 +160,19 @@ def _dump_batch(client, db, keys, writer, rdb_versions):
         pipe.dump(key)
         pipe.pttl(key)
     replies = pipe.execute()
-    written = 0
-    for index, key in enumerate(keys):
-        payload, pttl = replies[2 * index], replies[2 * index + 1]
-        if payload is None or pttl == -2:
-            continue  # expired or deleted since SCAN saw it
-        writer.write(b"K" + RECORD.pack(db, len(key), pttl, len(payload)) + key + payload)
+    live = [(key, replies[2 * i], replies[2 * i + 1]) for i, key in enumerate(keys)
+            if replies[2 * i] is not None and replies[2 * i + 1] != -2]  # skip keys gone since SCAN saw them
+    unordered = [(key, UNORDERED_TYPES[payload[0]]) for key, payload, _ in live if payload[0] in UNORDERED_TYPES]
+    digests = {}
+    if unordered:
+        for key, kind in unordered:
+            _read_unordered(pipe, kind, key)
+        digests = {key: content_digest(kind, value) for (key, kind), value in zip(unordered, pipe.execute())}
+    for key, payload, pttl in live:
+        digest = digests.get(key, b"")
+        writer.write(b"K" + RECORD.pack(db, len(key), pttl, len(payload), len(digest)) + key + payload + digest)
         rdb_versions.add(payload_rdb_version(payload))
-        written += 1
-    return written
+    return len(live)
 
 
 def read_records(path):
@@ -173,19 +194,20 @@ def read_records(path):
             raw = handle.read(RECORD.size)
             if len(raw) != RECORD.size:
                 raise RecoveryError("Redis artifact %s is truncated after %d keys" % (name, count))
-            db, key_len, pttl, payload_len = RECORD.unpack(raw)
+            db, key_len, pttl, payload_len, digest_len = RECORD.unpack(raw)
             key = handle.read(key_len)
             payload = handle.read(payload_len)
-            if len(key) != key_len or len(payload) != payload_len:
+            digest = handle.read(digest_len)
+            if len(key) != key_len or len(payload) != payload_len or len(digest) != digest_len:
                 raise RecoveryError("Redis artifact %s is truncated after %d keys" % (name, count))
             count += 1
-            yield db, key, pttl, payload
+            yield db, key, pttl, payload, digest
 
 
 def check_dump_readable(path):
     """Deep check: every record parses and every DUMP payload carries a valid CRC64."""
     count = 0
-    for _db, key, _pttl, payload in read_records(path):
+    for _db, key, _pttl, payload, _digest in read_records(path):
         if not payload_intact(payload):
             raise RecoveryError("Redis artifact %s: payload of key %r fails its CRC64" % (
                 os.path.basename(path), key[:80]))
@@ -203,9 +225,17 @@ def matches_target(target, path, expected_keys):
         return False
     clients = {}
     try:
-        for db, key, pttl, payload in read_records(path):
+        for db, key, pttl, payload, digest in read_records(path):
             client = clients.setdefault(db, target.client(db))
-            if client.dump(key) != payload or (client.pttl(key) >= 0) != (pttl >= 0):
+            if (client.pttl(key) >= 0) != (pttl >= 0):
+                return False
+            current = client.dump(key)
+            if current == payload:
+                continue
+            if not digest or current is None or current[0] != payload[0]:
+                return False
+            kind = UNORDERED_TYPES[payload[0]]
+            if content_digest(kind, client.hgetall(key) if kind == "hash" else client.smembers(key)) != digest:
                 return False
     finally:
         for client in clients.values():
@@ -237,7 +267,7 @@ def restore_redis(target, manifest, path, force=False, check_mode=False, progres
             control.flushall()
             result["state"] = "flushed; loading keys"
             pending = {}
-            for db, key, pttl, payload in read_records(path):
+            for db, key, pttl, payload, _digest in read_records(path):
                 pipe = pending.get(db)
                 if pipe is None:
                     pipe = pending[db] = clients.setdefault(db, target.client(db)).pipeline(transaction=False)
@@ -263,9 +293,19 @@ def restore_redis(target, manifest, path, force=False, check_mode=False, progres
         raise redis_error(target, "restore failed", err)
 
 
-def _persist(client, aof_enabled):
-    """With AOF the RESTOREs are already logged; without it, write an RDB so a restart keeps the data."""
-    if aof_enabled:
-        return "appendonly"
-    client.save()
-    return "rdb snapshot"
+def _persist(client, aof_enabled, timeout=600):
+    """Make the restored keyspace survive a restart: rewrite the AOF when it is on, else write an RDB snapshot."""
+    if not aof_enabled:
+        client.save()
+        return "rdb snapshot"
+    client.bgrewriteaof()
+    deadline = time.monotonic() + timeout
+    while True:
+        persistence = client.info("persistence")
+        if not persistence["aof_rewrite_in_progress"] and not persistence["aof_rewrite_scheduled"]:
+            if persistence.get("aof_last_bgrewrite_status", "ok") != "ok":
+                raise RecoveryError("Redis AOF rewrite after the restore failed; check the server's log and disk")
+            return "aof rewritten"
+        if time.monotonic() > deadline:
+            raise RecoveryError("Redis AOF rewrite after the restore did not finish in %d s" % timeout)
+        time.sleep(0.1)

@@ -1,0 +1,28 @@
+SHELL := /bin/bash
+BIN := .venv/bin
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup demo test lint pytest clean
+
+## Everything the demo and the tests need (Debian packages, .venv); safe to run again.
+setup:
+	@bash scripts/setup.sh
+
+## The main job on a local sandbox: back up, break everything, restore_full.yml, compare.
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+## Lint and the whole test suite (unit and integration, against real PostgreSQL 15 and Redis).
+test: setup lint pytest
+
+lint:
+	$(BIN)/yamllint --strict .
+	$(BIN)/ruff check .
+	$(BIN)/ansible-lint --offline
+
+pytest:
+	$(BIN)/pytest -n 2 tests
+
+clean:
+	rm -rf .sandbox .pytest_cache .ruff_cache .ansible

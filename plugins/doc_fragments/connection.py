@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  db_host:
+    description:
+      - PostgreSQL host name, IP address, or directory of its unix socket.
+    type: str
+    default: localhost
+  db_port:
+    description: PostgreSQL port.
+    type: int
+    default: 5432
+  db_name:
+    description: The platform database.
+    type: str
+    default: christmas
+  db_user:
+    description:
+      - Role that owns the platform database. Used for every connection unless I(db_admin_user) is given.
+    type: str
+    default: christmas
+  db_password:
+    description:
+      - Password of I(db_user). Passed to child processes through their environment, never on a command line.
+    type: str
+  db_admin_user:
+    description:
+      - A superuser. When given, it makes the connections instead of I(db_user); backups then carry the roles'
+        password hashes, and restores can create missing roles and the database on a brand-new cluster.
+    type: str
+  db_admin_password:
+    description: Password of I(db_admin_user).
+    type: str
+  pg_bin_dir:
+    description:
+      - Directory of pg_dump and pg_restore. By default the client matching the server's major version under
+        C(/usr/lib/postgresql/VERSION/bin), then the newest installed one, then C(PATH).
+    type: path
+  redis_host:
+    description: Redis host name or IP address.
+    type: str
+    default: localhost
+  redis_port:
+    description: Redis port.
+    type: int
+    default: 6379
+  redis_password:
+    description: Redis password (C(requirepass)).
+    type: str
+  jobs:
+    description:
+      - Parallel jobs for pg_dump, pg_restore and checksumming.
+    type: int
+    default: 2
+requirements:
+  - psycopg2 (psycopg2-binary) and redis Python libraries on the managed node.
+  - PostgreSQL client programs (pg_dump, pg_restore) of the server's major version or newer.
+"""

@@ -1,0 +1,38 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every module's main() shares: library checks, progress capture, RecoveryError into fail_json."""
+
+from __future__ import annotations
+
+import time
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.christmas.recovery.plugins.module_utils import postgres, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+
+
+def require_libraries(module, needs_postgres, needs_redis):
+    if needs_postgres and not postgres.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2 (psycopg2-binary)"))
+    if needs_redis and not redis_keys.HAS_REDIS:
+        module.fail_json(msg=missing_required_lib("redis"))
+
+
+def run(module, work):
+    """Call ``work(progress)``; exit with its result dict, or fail with the one-line error and any partial report."""
+    started = time.monotonic()
+    steps = []
+
+    def progress(message):
+        steps.append({"at_seconds": round(time.monotonic() - started, 3), "step": message})
+
+    try:
+        result = work(progress)
+    except RecoveryError as err:
+        module.fail_json(msg=str(err), steps=steps, **err.details)
+    result.setdefault("changed", False)
+    result["steps"] = steps
+    result["elapsed_seconds"] = round(time.monotonic() - started, 3)
+    module.exit_json(**result)

@@ -1,0 +1,187 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: christmas_backup
+short_description: Make one complete, checksummed backup set of the Christmas platform
+description:
+  - Backs up the enabled components (PostgreSQL/TimescaleDB database, Redis, config tree) into one backup set under
+    I(backup_dir), described by C(manifest_YYYYMMDD_HHMMSS.json) (UTC), then deletes complete sets older than
+    I(retention_days).
+  - The database is dumped with C(pg_dump --format=directory --jobs) at one exported snapshot; row counts per table,
+    versions, extensions, the WAL LSN and the roles the database needs are recorded in that same snapshot.
+  - Redis is read over the network only (every key of every logical database, with its TTL).
+  - Artifacts are written to a partial directory, made 0600/0700, checksummed and renamed; the manifest is written last,
+    atomically and fsynced. A killed backup never leaves a manifest; the next backup removes what it left.
+  - A lock allows one backup or prune per directory at a time; a lock left by a dead process is taken over.
+version_added: 0.1.0
+author: Christmas platform operations
+extends_documentation_fragment:
+  - christmas.recovery.connection
+options:
+  backup_dir:
+    description: Directory holding the backup sets. Created 0700 when missing.
+    type: path
+    required: true
+  config_dir:
+    description: The platform's config directory. Required unless I(skip_config=true).
+    type: path
+  skip_db:
+    description: Leave the database out of this set.
+    type: bool
+    default: false
+  skip_redis:
+    description: Leave Redis out of this set.
+    type: bool
+    default: false
+  skip_config:
+    description: Leave the config tree out of this set.
+    type: bool
+    default: false
+  retention_days:
+    description:
+      - Complete sets older than this many days are deleted after a successful backup. The newest complete set is
+        always kept, and no file that is not part of a set is touched.
+    type: int
+    default: 30
+  compress_level:
+    description: C(pg_dump --compress) level (0-9); by default pg_dump's own default.
+    type: int
+  lock_wait:
+    description: Seconds to wait for another backup in the same directory before failing.
+    type: int
+    default: 0
+attributes:
+  check_mode:
+    support: full
+    details: Connects to every source and reports what would be pruned; writes nothing.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Nightly backup of database, Redis and config
+  christmas.recovery.christmas_backup:
+    backup_dir: /var/backups/christmas
+    config_dir: /srv/christmas/config
+    db_host: localhost
+    db_password: "{{ christmas_db_password }}"
+    redis_password: "{{ christmas_redis_password }}"
+    retention_days: 30
+    jobs: 4
+
+- name: Database only, with role password hashes
+  christmas.recovery.christmas_backup:
+    backup_dir: /var/backups/christmas
+    skip_redis: true
+    skip_config: true
+    db_admin_user: postgres
+    db_admin_password: "{{ christmas_db_admin_password }}"
+"""
+
+RETURN = r"""
+set_id:
+  description: Id of the new set (UTC time stamp).
+  returned: success, not in check mode
+  type: str
+  sample: "20261126_030000"
+manifest:
+  description: Path of the new set's manifest.
+  returned: success, not in check mode
+  type: str
+set_dir:
+  description: Directory holding the new set's artifacts.
+  returned: success, not in check mode
+  type: str
+components:
+  description: Components in the set.
+  returned: always
+  type: list
+  elements: str
+artifact_count:
+  description: Number of files in the set.
+  returned: success, not in check mode
+  type: int
+total_bytes:
+  description: Size of the set.
+  returned: success, not in check mode
+  type: int
+timings:
+  description: Seconds spent per component and on checksums.
+  returned: success, not in check mode
+  type: dict
+row_counts:
+  description: Rows per table at the dump's snapshot.
+  returned: success with the database
+  type: dict
+redis_keys:
+  description: Keys per Redis database.
+  returned: success with Redis
+  type: dict
+pruned:
+  description: Ids of the sets deleted by retention.
+  returned: success, not in check mode
+  type: list
+  elements: str
+would_prune:
+  description: Ids of the sets retention would delete.
+  returned: check mode
+  type: list
+  elements: str
+cleaned_incomplete:
+  description: Leftovers of killed backups that were removed.
+  returned: success, not in check mode
+  type: list
+  elements: str
+stale_lock_taken_over:
+  description: Holder recorded in a lock file left by a dead process, when one was taken over.
+  returned: success, not in check mode
+  type: str
+steps:
+  description: Progress messages with their time offsets.
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+    connection_argument_spec, pg_target, redis_target,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
+
+
+def main():
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        backup_dir={"type": "path", "required": True},
+        config_dir={"type": "path"},
+        skip_db={"type": "bool", "default": False},
+        skip_redis={"type": "bool", "default": False},
+        skip_config={"type": "bool", "default": False},
+        retention_days={"type": "int", "default": 30},
+        compress_level={"type": "int", "choices": list(range(10))},
+        lock_wait={"type": "int", "default": 0},
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_if=[("skip_config", False, ("config_dir",))])
+    params = module.params
+    require_libraries(module, not params["skip_db"], not params["skip_redis"])
+    run(module, lambda progress: make_backup_set(
+        params["backup_dir"],
+        db=None if params["skip_db"] else pg_target(params),
+        redis_target=None if params["skip_redis"] else redis_target(params),
+        config_dir=None if params["skip_config"] else params["config_dir"],
+        jobs=params["jobs"], compress_level=params["compress_level"], retention_days=params["retention_days"],
+        lock_wait=params["lock_wait"], check_mode=module.check_mode, progress=progress,
+    ))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: christmas_restore
+short_description: Restore the Christmas platform, wholly or in part, from a verified backup set
+description:
+  - Deep-verifies the whole set first, then runs every chosen component's preflight (target reachable, versions
+    compatible, TimescaleDB version identical, rights, enough disk); only then changes anything.
+  - Database; missing roles are created (with their password hashes when the backup has them), the dump is loaded with
+    C(pg_restore --jobs --exit-on-error) into a scratch database (bracketed by C(timescaledb_pre_restore()) and
+    C(timescaledb_post_restore()) when the backup has TimescaleDB), its row counts are compared with the manifest,
+    and only then is it swapped in for the existing database, which is dropped.
+  - Redis; the running server's keyspace is replaced over the network (FLUSHALL, RESTORE with TTLs) and made durable
+    (the AOF already holds it; otherwise C(SAVE)).
+  - Config; the tree is extracted beside the destination, the current tree is moved aside to a time-stamped safety
+    copy, and the new tree takes its place. Only files, directories and symlinks inside the tree are created.
+  - A component already identical to the set is left alone (C(changed=false)) unless I(force=true). For the
+    database "identical" means it was restored from this set and its row counts still match.
+  - Check mode is the runbook's dry run; verification and preflight, nothing changed.
+version_added: 0.1.0
+author: Christmas platform operations
+extends_documentation_fragment:
+  - christmas.recovery.connection
+options:
+  manifest:
+    description:
+      - Path of a C(manifest_YYYYMMDD_HHMMSS.json), or C(latest) for the newest complete set in I(backup_dir).
+    type: str
+    default: latest
+  backup_dir:
+    description: Directory holding the backup sets; needed for C(latest).
+    type: path
+  config_dir:
+    description: Where to restore the config tree; by default the directory it was backed up from.
+    type: path
+  skip_db:
+    description: Leave the database alone.
+    type: bool
+    default: false
+  skip_redis:
+    description: Leave Redis alone.
+    type: bool
+    default: false
+  skip_config:
+    description: Leave the config tree alone.
+    type: bool
+    default: false
+  force:
+    description: Restore components even when they already match the set.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    details: Verification and preflight only; reports per component whether it would change.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Dry run of a full restore from the newest set
+  christmas.recovery.christmas_restore:
+    backup_dir: /var/backups/christmas
+    db_admin_user: postgres
+    db_admin_password: "{{ christmas_db_admin_password }}"
+  check_mode: true
+
+- name: Restore only the database, onto another server
+  christmas.recovery.christmas_restore:
+    manifest: /var/backups/christmas/manifest_20261126_030000.json
+    skip_redis: true
+    skip_config: true
+    db_host: db2.example.internal
+    db_admin_user: postgres
+    db_admin_password: "{{ christmas_db_admin_password }}"
+"""
+
+RETURN = r"""
+manifest:
+  description: Manifest restored from.
+  returned: success
+  type: str
+set_id:
+  description: Id of the set restored from.
+  returned: success
+  type: str
+verification:
+  description: The verification report of the set (see M(christmas.recovery.manifest_verify)).
+  returned: success
+  type: dict
+components:
+  description:
+    - Per component, what was found and done; C(state) says where it stands, C(changed) whether it changed.
+      The database adds C(preflight), C(roles_created) and C(roles_need_password); config adds C(safety_copy).
+  returned: success
+  type: dict
+seconds:
+  description: Time taken by the restore.
+  returned: success, not in check mode
+  type: float
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+    connection_argument_spec, pg_target, redis_target,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
+from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
+
+
+def main():
+    argument_spec = connection_argument_spec()
+    argument_spec.update(
+        manifest={"type": "str", "default": "latest"},
+        backup_dir={"type": "path"},
+        config_dir={"type": "path"},
+        skip_db={"type": "bool", "default": False},
+        skip_redis={"type": "bool", "default": False},
+        skip_config={"type": "bool", "default": False},
+        force={"type": "bool", "default": False},
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    params = module.params
+    require_libraries(module, not params["skip_db"], not params["skip_redis"])
+    components = [name for name in ("db", "redis", "config") if not params["skip_" + name]]
+    run(module, lambda progress: restore_set(
+        params["manifest"], params["backup_dir"], components, db=pg_target(params),
+        redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
+        force=params["force"], check_mode=module.check_mode, progress=progress,
+    ))
+
+
+if __name__ == "__main__":
+    main()

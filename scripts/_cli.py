@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the runbook's two commands share: the collection on sys.path, connection flags, progress, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".collections"))
+
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError  # noqa: E402
+from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget  # noqa: E402
+from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget  # noqa: E402
+
+STARTED = time.monotonic()
+
+
+def add_connection_flags(parser):
+    parser.add_argument("--db-host", default="localhost", help="PostgreSQL host (default: localhost)")
+    parser.add_argument("--db-port", type=int, default=5432, help="PostgreSQL port (default: 5432)")
+    parser.add_argument("--db-name", default="christmas", help="database (default: christmas)")
+    parser.add_argument("--db-user", default="christmas", help="database owner role (default: christmas)")
+    parser.add_argument("--db-admin-user", help="a superuser (password in CHRISTMAS_DB_ADMIN_PASSWORD)")
+    parser.add_argument("--pg-bin-dir", help="directory of pg_dump/pg_restore")
+    parser.add_argument("--redis-host", default="localhost", help="Redis host (default: localhost)")
+    parser.add_argument("--redis-port", type=int, default=6379, help="Redis port (default: 6379)")
+    parser.add_argument("--config-dir", help="the platform's config directory")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel jobs (default: 2)")
+    parser.add_argument("--skip-db", action="store_true", help="leave the database out")
+    parser.add_argument("--skip-redis", action="store_true", help="leave Redis out")
+    parser.add_argument("--skip-config", action="store_true", help="leave the config tree out")
+    parser.epilog = ("Passwords come from the environment only: CHRISTMAS_DB_PASSWORD, CHRISTMAS_DB_ADMIN_PASSWORD, "
+                     "CHRISTMAS_REDIS_PASSWORD.")
+
+
+def targets(args):
+    db = PgTarget(host=args.db_host, port=args.db_port, dbname=args.db_name, user=args.db_user,
+                  password=os.environ.get("CHRISTMAS_DB_PASSWORD"), admin_user=args.db_admin_user,
+                  admin_password=os.environ.get("CHRISTMAS_DB_ADMIN_PASSWORD"), bin_dir=args.pg_bin_dir)
+    redis_target = RedisTarget(host=args.redis_host, port=args.redis_port,
+                               password=os.environ.get("CHRISTMAS_REDIS_PASSWORD"))
+    return db, redis_target
+
+
+def progress(message):
+    print("[%7.1fs] %s" % (time.monotonic() - STARTED, message), file=sys.stderr, flush=True)
+
+
+def main(work):
+    """Run ``work()``; print its report as JSON; turn our errors into one line on stderr and exit status 1."""
+    try:
+        report = work()
+    except RecoveryError as err:
+        print("error: %s" % err, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    return 0

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The runbook's backup command: one complete backup set of database, Redis and config, then retention."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import _cli
+from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backup-dir", default="./backups", help="directory of the backup sets (default: ./backups)")
+    parser.add_argument("--retention-days", type=int, default=30, help="keep complete sets this long (default: 30)")
+    parser.add_argument("--compress-level", type=int, choices=range(10), help="pg_dump --compress level")
+    parser.add_argument("--lock-wait", type=int, default=0, help="seconds to wait for a running backup")
+    _cli.add_connection_flags(parser)
+    args = parser.parse_args(argv)
+    if not args.skip_config and not args.config_dir:
+        parser.error("--config-dir is required unless --skip-config")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    db, redis_target = _cli.targets(args)
+    return _cli.main(lambda: make_backup_set(
+        os.path.abspath(args.backup_dir),
+        db=None if args.skip_db else db,
+        redis_target=None if args.skip_redis else redis_target,
+        config_dir=None if args.skip_config else args.config_dir,
+        jobs=args.jobs, compress_level=args.compress_level, retention_days=args.retention_days,
+        lock_wait=args.lock_wait, progress=_cli.progress,
+    ))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

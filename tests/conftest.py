@@ -1,0 +1,295 @@
+"""Fixtures: real PostgreSQL 15 clusters, Redis servers and config trees in temp dirs, and ansible-playbook runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, ".collections"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+from sandbox import PG_BIN, PgCluster, RedisServer  # noqa: E402
+
+STANDIN_DIR = os.path.join(ROOT, "tests", "fixtures", "timescaledb_standin")
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    """A per-worker scratch root that postgres can traverse; removed at the end whatever happened."""
+    path = tempfile.mkdtemp(prefix="christmas-tests-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template(workdir):
+    cluster = PgCluster(os.path.join(workdir, "template"), secrets.token_urlsafe(12)).init()
+    return cluster
+
+
+@pytest.fixture
+def make_cluster(workdir, pg_template):
+    """Factory of started clusters (copies of one initdb); all are stopped and removed after the test."""
+    made = []
+
+    def make(*settings):
+        cluster = PgCluster(tempfile.mkdtemp(prefix="pg-", dir=workdir), pg_template.password)
+        made.append(cluster)
+        return cluster.init(template=pg_template.data).start(*settings)
+
+    yield make
+    for cluster in made:
+        cluster.destroy()
+
+
+@pytest.fixture
+def make_redis(workdir):
+    made = []
+
+    def make(password=None, appendonly=False):
+        server = RedisServer(tempfile.mkdtemp(prefix="redis-", dir=workdir), password=password, appendonly=appendonly)
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in made:
+        server.destroy()
+
+
+@pytest.fixture
+def tmp_dir(workdir):
+    path = tempfile.mkdtemp(prefix="case-", dir=workdir)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- sample platform data
+
+PLATFORM_SQL = """
+CREATE TABLE market_data (ts timestamptz NOT NULL, symbol text NOT NULL, price numeric(18,6), volume bigint,
+                          PRIMARY KEY (symbol, ts));
+INSERT INTO market_data SELECT timestamptz '2026-11-01 00:00:00+00' + i * interval '1 second', 'SYM' || (i % 17),
+       100 + (i % 1000) / 10.0, i % 5000 FROM generate_series(1, 5000) AS i;
+CREATE TABLE orders (id bigserial PRIMARY KEY, symbol text, side text CHECK (side IN ('buy', 'sell')), qty int,
+                     note text);
+INSERT INTO orders (symbol, side, qty, note) SELECT 'SYM' || (i % 17), CASE WHEN i % 2 = 0 THEN 'buy' ELSE 'sell' END,
+       i, 'ordre n° ' || i FROM generate_series(1, 700) AS i;
+CREATE TABLE positions (symbol text PRIMARY KEY, qty bigint);
+INSERT INTO positions SELECT 'SYM' || i, i * 10 FROM generate_series(0, 16) AS i;
+CREATE VIEW latest_prices AS SELECT DISTINCT ON (symbol) symbol, price FROM market_data ORDER BY symbol, ts DESC;
+GRANT SELECT ON market_data, latest_prices TO christmas_readers;
+"""
+
+
+class Platform:
+    """A seeded platform database: owner ``christmas``, a ``christmas_readers`` group and an ``analyst`` member."""
+
+    def __init__(self, cluster, password, analyst_password):
+        self.cluster, self.password, self.analyst_password = cluster, password, analyst_password
+
+    def sql(self, statement, user="christmas"):
+        password = {"christmas": self.password, "analyst": self.analyst_password}.get(user)
+        return self.cluster.sql(statement, dbname="christmas", user=user, password=password)
+
+    def snapshot(self):
+        """Everything a restore must bring back, read from the server."""
+        tables = {}
+        for (name,) in self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"):
+            tables[name] = self.sql("SELECT md5(string_agg(t::text, '|' ORDER BY t::text)), count(*) FROM %s t" % name)[0]
+        return tables
+
+
+def seed_platform(cluster, tablespace_dir=None):
+    password, analyst_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    cluster.sql("CREATE ROLE christmas LOGIN PASSWORD '%s'" % password)
+    cluster.sql("CREATE ROLE christmas_readers NOLOGIN")
+    cluster.sql("CREATE ROLE analyst LOGIN PASSWORD '%s' IN ROLE christmas_readers" % analyst_password)
+    cluster.sql("CREATE DATABASE christmas OWNER christmas")
+    cluster.sql("REVOKE ALL ON DATABASE christmas FROM PUBLIC")
+    cluster.sql("GRANT CONNECT ON DATABASE christmas TO christmas_readers")
+    cluster.sql("ALTER DATABASE christmas SET work_mem = '8MB'")
+    platform = Platform(cluster, password, analyst_password)
+    platform.sql(PLATFORM_SQL)
+    return platform
+
+
+@pytest.fixture
+def platform(make_cluster):
+    return seed_platform(make_cluster())
+
+
+def seed_redis(server):
+    """Every type, TTLs, binary keys and values, several logical databases."""
+    main = server.client(0)
+    main.set("session:42", "alice", ex=3600)
+    main.set(b"bin:\x00\xff\xfe", bytes(range(256)))
+    main.hset("user:1", mapping={"name": "Ålice", "limit": "1000"})
+    main.rpush("queue:orders", *[b"o%d" % i for i in range(50)])
+    main.sadd("symbols", *["SYM%d" % i for i in range(17)])
+    main.zadd("leaderboard", {"a": 1.5, "b": -2, "c": 1e10})
+    main.xadd("ticks", {"symbol": "SYM1", "price": "101.5"})
+    main.xadd("ticks", {"symbol": "SYM2", "price": "99.5"})
+    main.set("big", "x" * 200000)
+    cache = server.client(3)
+    for i in range(300):
+        cache.set("cache:%d" % i, "v%d" % i, px=600000 if i % 2 else None)
+    return redis_state(server)
+
+
+def _redis_value(client, key, kind):
+    if kind == b"string":
+        return client.get(key)
+    if kind == b"hash":
+        return sorted(client.hgetall(key).items())
+    if kind == b"list":
+        return client.lrange(key, 0, -1)
+    if kind == b"set":
+        return sorted(client.smembers(key))
+    if kind == b"zset":
+        return client.zrange(key, 0, -1, withscores=True)
+    if kind == b"stream":
+        return client.xrange(key)
+    raise AssertionError("unexpected Redis type %r" % kind)
+
+
+def redis_state(server):
+    """Per database, every key with its type, value read by type, and whether it has a TTL."""
+    state = {}
+    for db in range(16):
+        client = server.client(db)
+        keys = sorted(client.scan_iter(count=1000))
+        if keys:
+            state[db] = {}
+            for key in keys:
+                kind = client.type(key)
+                state[db][key] = (kind, _redis_value(client, key, kind), client.pttl(key) > 0)
+    return state
+
+
+@pytest.fixture
+def config_dir(tmp_dir):
+    """A config tree with modes, a relative symlink, an empty directory and non-ASCII names."""
+    root = os.path.join(tmp_dir, "config")
+    os.makedirs(os.path.join(root, "strategies", "empty"))
+    with open(os.path.join(root, "app.yml"), "w", encoding="utf-8") as handle:
+        handle.write("api:\n  port: 8080\n")
+    with open(os.path.join(root, "secrets.env"), "w", encoding="utf-8") as handle:
+        handle.write("API_KEY=not-a-real-key\n")
+    os.chmod(os.path.join(root, "secrets.env"), 0o600)
+    with open(os.path.join(root, "strategies", "momentum_é_日本.json"), "w", encoding="utf-8") as handle:
+        handle.write('{"window": 20}\n')
+    with open(os.path.join(root, "run.sh"), "w", encoding="utf-8") as handle:
+        handle.write("#!/bin/sh\n")
+    os.chmod(os.path.join(root, "run.sh"), 0o750)
+    os.symlink("app.yml", os.path.join(root, "current.yml"))
+    os.symlink("../app.yml", os.path.join(root, "strategies", "app-link.yml"))
+    return root
+
+
+def tree_state(root):
+    """Every entry below root: type, mode, content or link target."""
+    state = {}
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            rel = os.path.relpath(path, root)
+            info = os.lstat(path)
+            if os.path.islink(path):
+                state[rel] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                state[rel] = ("dir", oct(info.st_mode & 0o7777))
+            else:
+                with open(path, "rb") as handle:
+                    state[rel] = ("file", oct(info.st_mode & 0o7777), handle.read())
+    return state
+
+
+# ---------------------------------------------------------------- timescaledb stand-in
+
+
+@pytest.fixture(scope="session")
+def timescaledb_standin():
+    """Install the SQL-only STAND-IN named timescaledb into PostgreSQL 15's extension dir for this session."""
+    sharedir = subprocess.run([os.path.join(PG_BIN, "pg_config"), "--sharedir"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    target = os.path.join(sharedir, "extension")
+    control = os.path.join(target, "timescaledb.control")
+    if os.path.exists(control) and "stand-in" not in open(control, encoding="utf-8").read():
+        pytest.skip("a real TimescaleDB is installed; the stand-in would replace it")
+    installed = []
+    for name in os.listdir(STANDIN_DIR):
+        shutil.copy(os.path.join(STANDIN_DIR, name), os.path.join(target, name))
+        installed.append(os.path.join(target, name))
+    yield
+    for path in installed:
+        os.unlink(path)
+
+
+# ---------------------------------------------------------------- ansible-playbook
+
+
+class PlaybookRun:
+    def __init__(self, proc):
+        self.rc, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        match = re.findall(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", self.stdout)
+        self.ok, self.changed, self.unreachable, self.failed = (int(x) for x in match[-1]) if match else (0, 0, 0, 1)
+
+    @property
+    def output(self):
+        return self.stdout + self.stderr
+
+
+def connection_vars(platform=None, redis_server=None, config=None, backup_dir=None, admin=True):
+    variables = {}
+    if platform:
+        variables.update(christmas_db_host="127.0.0.1", christmas_db_port=platform.cluster.port,
+                         christmas_db_password=platform.password)
+        if admin:
+            variables.update(christmas_db_admin_user="postgres",
+                             christmas_db_admin_password=platform.cluster.password)
+    if redis_server:
+        variables.update(christmas_redis_host="127.0.0.1", christmas_redis_port=redis_server.port,
+                         christmas_redis_password=redis_server.password)
+    if config:
+        variables["christmas_config_dir"] = config
+    if backup_dir:
+        variables["christmas_backup_dir"] = backup_dir
+    return variables
+
+
+@pytest.fixture
+def run_playbook(tmp_dir):
+    """Run playbooks/NAME.yml against a one-host inventory (local connection) holding ``host_vars``."""
+
+    def run(name, host_vars, extra_vars=None, check=False, verbosity=0, expect_ok=True, env=None):
+        inventory = os.path.join(tmp_dir, "inventory.json")
+        host = dict(host_vars, ansible_connection="local", ansible_python_interpreter=sys.executable)
+        with open(inventory, "w", encoding="utf-8") as handle:
+            json.dump({"christmas": {"hosts": {"platform": host}}}, handle)
+        argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
+                os.path.join(ROOT, "playbooks", name + ".yml")]
+        if extra_vars:
+            argv += ["-e", json.dumps(extra_vars)]
+        if check:
+            argv.append("--check")
+        if verbosity:
+            argv.append("-" + "v" * verbosity)
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False,
+                              env=dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+                                       ANSIBLE_NOCOLOR="1", **(env or {})))
+        result = PlaybookRun(proc)
+        if expect_ok is not None:
+            assert (result.rc == 0) == expect_ok, result.output[-4000:]
+        return result
+
+    return run
