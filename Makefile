@@ -1,7 +1,6 @@
 SHELL := /bin/bash
 BIN := .venv/bin
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup demo test lint pytest clean
 
@@ -19,7 +18,7 @@ test: setup lint pytest
 lint:
 	$(BIN)/yamllint --strict .
 	$(BIN)/ruff check .
-	$(BIN)/ansible-lint --offline
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline
 
 pytest:
 	$(BIN)/pytest -n 2 tests

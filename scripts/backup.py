@@ -11,6 +11,7 @@ import os
 import sys
 
 import _cli
+
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
 
 

@@ -12,12 +12,14 @@ import os
 import sys
 
 import _cli
+
 from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("manifest", help="manifest_YYYYMMDD_HHMMSS.json, or 'latest' (newest complete set in --backup-dir)")
+    parser.add_argument("manifest",
+                        help="manifest_YYYYMMDD_HHMMSS.json, or 'latest' (newest complete set in --backup-dir)")
     parser.add_argument("--backup-dir", default="./backups", help="directory of the backup sets (default: ./backups)")
     parser.add_argument("--dry-run", action="store_true", help="verify the set and check the targets; change nothing")
     parser.add_argument("--force", action="store_true", help="restore components that already match the set")

@@ -105,7 +105,8 @@ class Platform:
         """Everything a restore must bring back, read from the server."""
         tables = {}
         for (name,) in self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"):
-            tables[name] = self.sql("SELECT md5(string_agg(t::text, '|' ORDER BY t::text)), count(*) FROM %s t" % name)[0]
+            tables[name] = self.sql(
+                "SELECT md5(string_agg(t::text, '|' ORDER BY t::text)), count(*) FROM %s t" % name)[0]
         return tables
 
 
@@ -217,6 +218,11 @@ def tree_state(root):
 # ---------------------------------------------------------------- timescaledb stand-in
 
 
+def _read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
 @pytest.fixture(scope="session")
 def timescaledb_standin():
     """Install the SQL-only STAND-IN named timescaledb into PostgreSQL 15's extension dir for this session."""
@@ -224,7 +230,7 @@ def timescaledb_standin():
                               check=True).stdout.strip()
     target = os.path.join(sharedir, "extension")
     control = os.path.join(target, "timescaledb.control")
-    if os.path.exists(control) and "stand-in" not in open(control, encoding="utf-8").read():
+    if os.path.exists(control) and "stand-in" not in _read(control):
         pytest.skip("a real TimescaleDB is installed; the stand-in would replace it")
     installed = []
     for name in os.listdir(STANDIN_DIR):

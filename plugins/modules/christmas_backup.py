@@ -151,7 +151,9 @@ steps:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
-    connection_argument_spec, pg_target, redis_target,
+    connection_argument_spec,
+    pg_target,
+    redis_target,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run

@@ -108,7 +108,9 @@ seconds:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
-    connection_argument_spec, pg_target, redis_target,
+    connection_argument_spec,
+    pg_target,
+    redis_target,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
 from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
