@@ -57,6 +57,9 @@ def main(work):
     except RecoveryError as err:
         print("error: %s" % err, file=sys.stderr)
         return 1
+    except OSError as err:  # a path given that cannot serve, e.g. a file where a directory must be
+        print("error: %s" % RecoveryError(err), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

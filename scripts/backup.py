@@ -15,10 +15,17 @@ import _cli
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
 
 
+def _days(text):
+    """Checked here: a bad value would otherwise be refused by retention only after the set was written."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("must be a whole number of days, 0 or more, got %r" % text)
+    return int(text)
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backup-dir", default="./backups", help="directory of the backup sets (default: ./backups)")
-    parser.add_argument("--retention-days", type=int, default=30, help="keep complete sets this long (default: 30)")
+    parser.add_argument("--retention-days", type=_days, default=30, help="keep complete sets this long (default: 30)")
     parser.add_argument("--compress-level", type=int, choices=range(10), help="pg_dump --compress level")
     parser.add_argument("--lock-wait", type=int, default=0, help="seconds to wait for a running backup")
     _cli.add_connection_flags(parser)

@@ -74,7 +74,7 @@ def connect(target, dbname=None, autocommit=True):
     except psycopg2.Error as err:
         first = (str(err).strip().splitlines() or ["unknown error"])[0]
         raise RecoveryError("cannot connect to PostgreSQL %s@%s:%s/%s: %s" % (
-            user, target.host, target.port, dbname or target.dbname, first))
+            user, target.host, target.port, dbname or target.dbname, first)) from None
     if autocommit:
         conn.set_isolation_level(ISOLATION_LEVEL_AUTOCOMMIT)
     return conn
@@ -281,7 +281,7 @@ def dump_database(target, set_dir, jobs=2, compress_level=None, progress=print):
         commands.finish(proc, "pg_dump of %s" % target.dbname)
         conn.rollback()
     except psycopg2.Error as err:
-        raise sql_error("reading database %s" % target.dbname, err)
+        raise sql_error("reading database %s" % target.dbname, err) from None
     finally:
         conn.close()
     writer = HashingWriter(os.path.join(set_dir, GLOBALS_FILE))
@@ -323,7 +323,7 @@ def load_globals(path):
             data = json.load(handle)
         data["roles"], data["memberships"], data["database"]["owner"]  # noqa: B018 - shape check
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RecoveryError("db globals %s are unreadable: %s" % (path, err))
+        raise RecoveryError("db globals %s are unreadable: %s" % (path, err)) from None
     return data
 
 
@@ -356,58 +356,80 @@ def preflight_restore(target, manifest, backup_dir):
     conn = connect(target, dbname=target.maintenance_db)
     try:
         facts = server_facts(conn)
-        if major_of(facts["version_num"]) < major_of(meta["server_version_num"]):
-            raise RecoveryError("target PostgreSQL %s at %s:%s is older than the backup's %s; restore onto %d or newer" % (
-                facts["version"], target.host, target.port, meta["server_version"], major_of(meta["server_version_num"])))
-        pg_restore = find_pg_program("pg_restore", target, major_of(facts["version_num"]))
-        restore_major, restore_version = tool_major(pg_restore)
-        if restore_major < meta["pg_dump_major"]:
-            raise RecoveryError("%s is older than the pg_dump (%d) that wrote the backup" % (
-                restore_version, meta["pg_dump_major"]))
+        restore_version = _check_versions(target, facts, meta)
         db_exists = _database_exists(conn, target.dbname)
-        available = {}
-        for name, version in _fetch(conn, "SELECT name, version FROM pg_available_extension_versions"):
-            available.setdefault(name, set()).add(version)
-        for name, ext in sorted(meta["extensions"].items()):
-            if name not in available:
-                raise RecoveryError("extension %s (in the backup) is not installed on the target %s:%s" % (
-                    name, target.host, target.port))
-        tsdb = meta["extensions"].get(TIMESCALEDB)
-        if tsdb:
-            if tsdb["version"] not in available[TIMESCALEDB]:
-                raise RecoveryError("target has TimescaleDB %s, the backup was made with %s; install %s first" % (
-                    "/".join(sorted(available[TIMESCALEDB])), tsdb["version"], tsdb["version"]))
-            if db_exists:
-                installed = _installed_version(target, TIMESCALEDB)
-                if installed and installed != tsdb["version"]:
-                    raise RecoveryError("database %s has TimescaleDB %s, the backup was made with %s" % (
-                        target.dbname, installed, tsdb["version"]))
-        existing_roles = {row[0] for row in _fetch(conn, "SELECT rolname FROM pg_roles")}
-        missing_roles = [name for name in meta["roles"] if name not in existing_roles]
-        rights = _fetch(conn, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user")[0]
-        if not (rights[0] or rights[1]):
-            raise RecoveryError("%s may not create databases on %s:%s; give christmas_db_admin_user" % (
-                target.login[0], target.host, target.port))
-        if missing_roles and not (rights[0] or rights[2]):
-            raise RecoveryError("roles %s are missing on the target and %s may not create roles" % (
-                ", ".join(missing_roles), target.login[0]))
-        disk = "not checked: data directory not visible from this host"
-        if facts["superuser"]:
-            data_dir = _one(conn, "SELECT current_setting('data_directory')")
-            if os.path.isdir(data_dir):
-                free = require_free_space(data_dir, int(meta["size_bytes"] * 1.1), "database %s" % target.dbname)
-                disk = "%d MiB free, about %d MiB needed" % (free // 2**20, meta["size_bytes"] // 2**20)
-        already = False
-        if db_exists and _marker(conn, target.dbname) == manifest["set_id"]:
-            already = _counts_match(target, meta["row_counts"])
+        _check_extensions(conn, target, meta, db_exists)
+        missing_roles = _check_rights(conn, target, meta)
+        disk = _check_disk(conn, target, facts, meta)
+        already = bool(db_exists and _marker(conn, target.dbname) == manifest["set_id"]
+                       and _counts_match(target, meta["row_counts"]))
     except psycopg2.Error as err:
-        raise sql_error("preflight on %s" % target.describe(), err)
+        raise sql_error("preflight on %s" % target.describe(), err) from None
     finally:
         conn.close()
     return {
         "target_version": facts["version"], "pg_restore": restore_version, "database_exists": db_exists,
         "roles_missing": missing_roles, "disk": disk, "already_restored": already,
     }
+
+
+def _check_versions(target, facts, meta):
+    """The target may not be an older major than the source, nor pg_restore older than the pg_dump used."""
+    if major_of(facts["version_num"]) < major_of(meta["server_version_num"]):
+        raise RecoveryError("target PostgreSQL %s at %s:%s is older than the backup's %s; restore onto %d or newer" % (
+            facts["version"], target.host, target.port, meta["server_version"],
+            major_of(meta["server_version_num"])))
+    restore_major, restore_version = tool_major(find_pg_program("pg_restore", target, major_of(facts["version_num"])))
+    if restore_major < meta["pg_dump_major"]:
+        raise RecoveryError("%s is older than the pg_dump (%d) that wrote the backup" % (
+            restore_version, meta["pg_dump_major"]))
+    return restore_version
+
+
+def _check_extensions(conn, target, meta, db_exists):
+    """Every extension must be available; TimescaleDB at the backup's exact version, also in an existing database."""
+    available = {}
+    for name, version in _fetch(conn, "SELECT name, version FROM pg_available_extension_versions"):
+        available.setdefault(name, set()).add(version)
+    for name in sorted(meta["extensions"]):
+        if name not in available:
+            raise RecoveryError("extension %s (in the backup) is not installed on the target %s:%s" % (
+                name, target.host, target.port))
+    tsdb = meta["extensions"].get(TIMESCALEDB)
+    if not tsdb:
+        return
+    if tsdb["version"] not in available[TIMESCALEDB]:
+        raise RecoveryError("target has TimescaleDB %s, the backup was made with %s; install %s first" % (
+            "/".join(sorted(available[TIMESCALEDB])), tsdb["version"], tsdb["version"]))
+    installed = _installed_version(target, TIMESCALEDB) if db_exists else None
+    if installed and installed != tsdb["version"]:
+        raise RecoveryError("database %s has TimescaleDB %s, the backup was made with %s" % (
+            target.dbname, installed, tsdb["version"]))
+
+
+def _check_rights(conn, target, meta):
+    """The login must create databases, and roles when some are missing; returns the missing roles."""
+    existing = {row[0] for row in _fetch(conn, "SELECT rolname FROM pg_roles")}
+    missing = [name for name in meta["roles"] if name not in existing]
+    superuser, createdb, createrole = _fetch(
+        conn, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user")[0]
+    if not (superuser or createdb):
+        raise RecoveryError("%s may not create databases on %s:%s; give christmas_db_admin_user" % (
+            target.login[0], target.host, target.port))
+    if missing and not (superuser or createrole):
+        raise RecoveryError("roles %s are missing on the target and %s may not create roles" % (
+            ", ".join(missing), target.login[0]))
+    return missing
+
+
+def _check_disk(conn, target, facts, meta):
+    """Room for a second copy of the database, when its data directory is visible from here."""
+    if facts["superuser"]:
+        data_dir = _one(conn, "SELECT current_setting('data_directory')")
+        if os.path.isdir(data_dir):
+            free = require_free_space(data_dir, int(meta["size_bytes"] * 1.1), "database %s" % target.dbname)
+            return "%d MiB free, about %d MiB needed" % (free // 2**20, meta["size_bytes"] // 2**20)
+    return "not checked: data directory not visible from this host"
 
 
 def _installed_version(target, extension):
@@ -467,7 +489,7 @@ def create_missing_roles(conn, globals_data):
                         cur.execute(sql.SQL("ALTER ROLE {} ").format(sql.Identifier(role["name"]))
                                     + _set_clause(setting["setting"]))
             except psycopg2.Error as err:
-                raise sql_error("creating role %s" % role["name"], err)
+                raise sql_error("creating role %s" % role["name"], err) from None
             created.append(role)
         names = {role["name"] for role in created}
         for grant in globals_data["memberships"]:
@@ -479,7 +501,7 @@ def create_missing_roles(conn, globals_data):
                 try:
                     cur.execute(statement)
                 except psycopg2.Error as err:
-                    raise sql_error("granting %s to %s" % (grant["role"], grant["member"]), err)
+                    raise sql_error("granting %s to %s" % (grant["role"], grant["member"]), err) from None
     return created
 
 
@@ -510,7 +532,8 @@ def _drop(conn, name):
 
 def _apply_database_properties(conn, name, database, set_id):
     ident = sql.Identifier(name)
-    statements = [sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(ident, sql.Literal(database["connection_limit"]))]
+    statements = [sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
+        ident, sql.Literal(database["connection_limit"]))]
     if not database["default_acl"]:
         statements.append(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
         for privilege in database["public_privileges"]:
@@ -535,9 +558,9 @@ def _apply_database_properties(conn, name, database, set_id):
 def _create_scratch_database(conn, name, database):
     _drop(conn, name)
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-            sql.Identifier(name), sql.Identifier(database["owner"]), sql.Literal(database["encoding"]),
-            sql.Literal(database["collate"]), sql.Literal(database["ctype"])))
+        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}")
+                    .format(sql.Identifier(name), sql.Identifier(database["owner"]), sql.Literal(database["encoding"]),
+                            sql.Literal(database["collate"]), sql.Literal(database["ctype"])))
 
 
 def _timescaledb_call(target, dbname, function):
@@ -554,7 +577,6 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
 
     The existing database stays untouched until the new one is loaded and matches the manifest.
     """
-    meta = manifest["db"]
     preflight = preflight_restore(target, manifest, backup_dir)
     result = {"database": target.dbname, "preflight": preflight, "roles_created": [], "roles_need_password": []}
     if preflight["already_restored"] and not force:
@@ -565,7 +587,6 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
         return result
     globals_data = load_globals(globals_path)
     scratch = _side_name(target.dbname, "restore", manifest["set_id"])
-    tsdb = meta["extensions"].get(TIMESCALEDB)
     admin = connect(target, dbname=target.maintenance_db)
     result["changed"] = True
     try:
@@ -573,66 +594,83 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
         result["roles_created"] = [role["name"] for role in created]
         result["roles_need_password"] = [r["name"] for r in created if r["login"] and not r["password_hash"]]
         _create_scratch_database(admin, scratch, globals_data["database"])
-        result["state"] = "scratch database %s created; %s untouched" % (scratch, target.dbname)
         try:
-            if tsdb:
-                conn = connect(target, dbname=scratch)
-                try:
-                    _execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} VERSION {}").format(
-                        sql.Identifier(TIMESCALEDB), sql.Identifier(tsdb["schema"]), sql.Literal(tsdb["version"])))
-                finally:
-                    conn.close()
-                _timescaledb_call(target, scratch, "timescaledb_pre_restore")
-                result["timescaledb"] = ["pre_restore"]
-            progress("loading %s into scratch database %s with %d jobs" % (dump_dir, scratch, jobs))
-            pg_restore = find_pg_program("pg_restore", target, major_of(meta["server_version_num"]))
-            try:
-                commands.run([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
-                              "--dbname=%s" % scratch, dump_dir],
-                             "pg_restore into %s" % scratch, env=target.libpq_env(scratch))
-            finally:
-                if tsdb:
-                    _timescaledb_call(target, scratch, "timescaledb_post_restore")
-                    result["timescaledb"].append("post_restore")
-            conn = connect(target, dbname=scratch)
-            try:
-                restored_counts = count_rows(conn)
-            finally:
-                conn.close()
-            if restored_counts != meta["row_counts"]:
-                differing = sorted(name for name in set(restored_counts) | set(meta["row_counts"])
-                                   if restored_counts.get(name) != meta["row_counts"].get(name))
-                raise RecoveryError("restored row counts differ from the manifest for %s" % ", ".join(differing[:10]))
-            result["row_counts_checked"] = len(restored_counts)
+            result["row_counts_checked"] = _load_scratch(target, scratch, manifest["db"], dump_dir, jobs, result,
+                                                         progress)
+            # ACL, settings and the set marker belong to the database itself, so they follow it through the rename.
+            _apply_database_properties(admin, scratch, globals_data["database"], manifest["set_id"])
+            _swap_in(admin, target.dbname, scratch, manifest["set_id"])
+        except (RecoveryError, psycopg2.Error) as err:
+            _drop(admin, scratch)
+            raise RecoveryError("%s; database %s left as it was, scratch database dropped" % (
+                str(sql_error("restore", err)) if isinstance(err, psycopg2.Error) else err, target.dbname)) from None
         except BaseException:
             _drop(admin, scratch)
-            result["state"] = "failed before the swap; %s untouched, scratch database dropped" % target.dbname
             raise
-        _swap_in(admin, target.dbname, scratch, globals_data["database"], manifest["set_id"])
         result["state"] = "restored from set %s" % manifest["set_id"]
     except psycopg2.Error as err:
-        raise sql_error("restoring %s (%s)" % (target.dbname, result.get("state", "nothing changed")), err)
+        raise sql_error("preparing the restore of %s (nothing replaced)" % target.dbname, err) from None
     finally:
         admin.close()
     return result
 
 
-def _swap_in(conn, dbname, scratch, database, set_id):
+def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
+    """pg_restore into the scratch database, bracketed by the TimescaleDB hooks; return the tables checked."""
+    tsdb = meta["extensions"].get(TIMESCALEDB)
+    if tsdb:
+        conn = connect(target, dbname=scratch)
+        try:
+            _execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} VERSION {}").format(
+                sql.Identifier(TIMESCALEDB), sql.Identifier(tsdb["schema"]), sql.Literal(tsdb["version"])))
+        finally:
+            conn.close()
+        _timescaledb_call(target, scratch, "timescaledb_pre_restore")
+        result["timescaledb"] = ["pre_restore"]
+    progress("loading %s into scratch database %s with %d jobs" % (dump_dir, scratch, jobs))
+    pg_restore = find_pg_program("pg_restore", target, major_of(meta["server_version_num"]))
+    try:
+        commands.run([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password", "--dbname=%s" % scratch,
+                      dump_dir], "pg_restore into %s" % scratch, env=target.libpq_env(scratch))
+    finally:
+        if tsdb:
+            _timescaledb_call(target, scratch, "timescaledb_post_restore")
+            result["timescaledb"].append("post_restore")
+    conn = connect(target, dbname=scratch)
+    try:
+        restored_counts = count_rows(conn)
+    finally:
+        conn.close()
+    if restored_counts != meta["row_counts"]:
+        differing = sorted(name for name in set(restored_counts) | set(meta["row_counts"])
+                           if restored_counts.get(name) != meta["row_counts"].get(name))
+        raise RecoveryError("restored row counts differ from the manifest for %s" % ", ".join(differing[:10]))
+    return len(restored_counts)
+
+
+def _allow_connections(conn, name, allowed):
+    _execute(conn, sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(name), sql.SQL("true" if allowed else "false")))
+
+
+def _swap_in(conn, dbname, scratch, set_id):
+    """Rename the old database aside and the scratch one into its place; on failure the old one is put back."""
     replaced = None
     if _database_exists(conn, dbname):
         replaced = _side_name(dbname, "replaced", set_id)
         _drop(conn, replaced)
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(dbname)))
-        _rename(conn, dbname, replaced)
+        _allow_connections(conn, dbname, False)
+        try:
+            _rename(conn, dbname, replaced)
+        except BaseException:
+            _allow_connections(conn, dbname, True)
+            raise
     try:
         _rename(conn, scratch, dbname)
     except BaseException:
         if replaced:
             _rename(conn, replaced, dbname)
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
+            _allow_connections(conn, dbname, True)
         raise
-    _apply_database_properties(conn, dbname, database, set_id)
     if replaced:
         _drop(conn, replaced)

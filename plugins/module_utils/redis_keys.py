@@ -57,7 +57,7 @@ def server_info(target):
     try:
         info = client.info()
     except redis.RedisError as err:
-        raise redis_error(target, "unreachable or refused", err)
+        raise redis_error(target, "unreachable or refused", err) from None
     finally:
         client.close()
     keyspace = {str(int(name[2:])): value["keys"] for name, value in info.items()
@@ -75,15 +75,12 @@ def _crc64_table():
     return table
 
 
-_CRC64 = None
+_CRC64_TABLE = _crc64_table()
 
 
 def crc64(data):
     """Redis' CRC-64/Jones (reflected), as used in DUMP payloads and RDB files."""
-    global _CRC64
-    if _CRC64 is None:
-        _CRC64 = _crc64_table()
-    table, crc = _CRC64, 0
+    table, crc = _CRC64_TABLE, 0
     for byte in data:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc
@@ -122,7 +119,7 @@ def dump_redis(target, set_dir, progress=print):
                         batch = []
                 written += _dump_batch(client, int(db), batch, writer, rdb_versions)
             except redis.RedisError as err:
-                raise redis_error(target, "dump of db %s failed" % db, err)
+                raise redis_error(target, "dump of db %s failed" % db, err) from None
             finally:
                 client.close()
             keys_per_db[db] = written
@@ -167,7 +164,8 @@ def _dump_batch(client, db, keys, writer, rdb_versions):
     if unordered:
         for key, kind in unordered:
             _read_unordered(pipe, kind, key)
-        digests = {key: content_digest(kind, value) for (key, kind), value in zip(unordered, pipe.execute())}
+        values = pipe.execute()
+        digests = {key: content_digest(kind, value) for (key, kind), value in zip(unordered, values, strict=True)}
     for key, payload, pttl in live:
         digest = digests.get(key, b"")
         writer.write(b"K" + RECORD.pack(db, len(key), pttl, len(payload), len(digest)) + key + payload + digest)
@@ -223,23 +221,41 @@ def matches_target(target, path, expected_keys):
     """True when the server already holds exactly the backed-up keys and values (TTL presence included)."""
     if server_info(target)["keys_per_db"] != {db: n for db, n in expected_keys.items() if n}:
         return False
-    clients = {}
+    clients, batch = {}, []
     try:
-        for db, key, pttl, payload, digest in read_records(path):
-            client = clients.setdefault(db, target.client(db))
-            if (client.pttl(key) >= 0) != (pttl >= 0):
+        for record in read_records(path):
+            batch.append(record)
+            if len(batch) >= BATCH:
+                if not _batch_matches(clients, target, batch):
+                    return False
+                batch = []
+        return _batch_matches(clients, target, batch)
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _batch_matches(clients, target, records):
+    """Compare records with the server in one round trip per database (plus content reads for unordered types)."""
+    for db in {record[0] for record in records}:
+        client = clients.setdefault(db, target.client(db))
+        mine = [record for record in records if record[0] == db]
+        pipe = client.pipeline(transaction=False)
+        for _db, key, _pttl, _payload, _digest in mine:
+            pipe.pttl(key)
+            pipe.dump(key)
+        replies = pipe.execute()
+        for index, (_db, key, pttl, payload, digest) in enumerate(mine):
+            current_ttl, current = replies[2 * index], replies[2 * index + 1]
+            if (current_ttl >= 0) != (pttl >= 0) or current is None:
                 return False
-            current = client.dump(key)
             if current == payload:
                 continue
-            if not digest or current is None or current[0] != payload[0]:
+            if not digest or current[0] != payload[0]:
                 return False
             kind = UNORDERED_TYPES[payload[0]]
             if content_digest(kind, client.hgetall(key) if kind == "hash" else client.smembers(key)) != digest:
                 return False
-    finally:
-        for client in clients.values():
-            client.close()
     return True
 
 
@@ -290,7 +306,7 @@ def restore_redis(target, manifest, path, force=False, check_mode=False, progres
         result["keys_after"] = sum(after.values())
         return result
     except redis.RedisError as err:
-        raise redis_error(target, "restore failed", err)
+        raise redis_error(target, "restore failed", err) from None
 
 
 def _persist(client, aof_enabled, timeout=600):

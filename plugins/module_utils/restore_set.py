@@ -26,8 +26,9 @@ def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, f
         path = artifact_path(set_root, artifacts_of(manifest, "redis")[0])
         return lambda check: redis_keys.restore_redis(redis_target, manifest, path, force, check, progress)
     path = artifact_path(set_root, artifacts_of(manifest, "config")[0])
-    return lambda check: config_tree.restore_tree(path, manifest["config"], config_dir or manifest["config"]["source_dir"],
-                                                  manifest["set_id"], check, force, progress)
+    dest = config_dir or manifest["config"]["source_dir"]
+    return lambda check: config_tree.restore_tree(path, manifest["config"], dest, manifest["set_id"], check, force,
+                                                  progress)
 
 
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
@@ -62,7 +63,7 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
             states = ["%s: %s" % (c, result["components"][c]["state"]) for c in result["components"]]
             states += ["%s: not started" % c for c in chosen[chosen.index(component) + 1:]]
             raise RecoveryError("restore of %s failed: %s%s" % (component, err, (
-                " | " + "; ".join(states)) if states else ""), report=result)
+                " | " + "; ".join(states)) if states else ""), report=result) from None
         outcome["seconds"] = round(time.monotonic() - begin, 3)
         result["components"][component] = outcome
     result["seconds"] = round(time.monotonic() - started, 3)

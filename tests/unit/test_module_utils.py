@@ -1,0 +1,555 @@
+"""Pure functions of module_utils: path checks, manifest schema, retention, Redis artifact format, config archive
+checks, the directory lock, atomic writes and the one-line error."""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import io
+import json
+import os
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+from conftest import ROOT
+
+from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import HashingWriter, write_json_atomic
+from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME, DirectoryLock
+from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
+    FORMAT,
+    check_schema,
+    complete_set_ids,
+    resolve_manifest_path,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.retention import expired_set_ids
+from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths import (
+    check_relative_name,
+    link_stays_inside,
+    resolve_inside,
+)
+
+SET_ID = "20261124_030000"
+SET_TIME = calendar.timegm((2026, 11, 24, 3, 0, 0))
+
+
+def _one_line(err):
+    message = str(err.value)
+    assert message and "\n" not in message and "\r" not in message
+    return message
+
+
+def _touch(path, data=b""):
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+# ---------------------------------------------------------------- safe_paths
+
+
+def test_check_relative_name_splits_clean_relative_paths():
+    assert check_relative_name("strategies/momentum_é.json") == ["strategies", "momentum_é.json"]
+    assert check_relative_name("strategies/empty/") == ["strategies", "empty"]
+
+
+@pytest.mark.parametrize("name", [
+    "", None, "/etc/passwd", "../x", "a/../b", "a/..", "a//b", "./a", ".", "a/./b", "a\x00b",
+    "x" * 256, "/".join(["d"] * 2100),
+])
+def test_check_relative_name_rejects_anything_that_could_leave_the_root(name):
+    with pytest.raises(RecoveryError) as err:
+        check_relative_name(name, "member")
+    assert _one_line(err).startswith("member ")
+
+
+@pytest.mark.parametrize("link, target, inside", [
+    ("current.yml", "app.yml", True),
+    ("strategies/app-link.yml", "../app.yml", True),
+    ("a/b/link", "../../x", True),
+    ("a/b/link", "./../c/./d", True),
+    ("link", "x/../y", True),
+    ("link", "../x", False),
+    ("a/b/link", "../../../x", False),
+    ("link", "x/../../y", False),
+    ("link", "/etc/passwd", False),
+    ("link", "", False),
+    ("link", "a\x00b", False),
+])
+def test_link_stays_inside_follows_the_target_lexically(link, target, inside):
+    assert link_stays_inside(link, target) is inside
+
+
+def test_resolve_inside_joins_names_below_the_root(tmp_dir):
+    os.makedirs(os.path.join(tmp_dir, "set_x"))
+    assert resolve_inside(tmp_dir, "set_x/db.dump/toc.dat") == os.path.join(tmp_dir, "set_x", "db.dump", "toc.dat")
+
+
+@pytest.mark.parametrize("name", ["set_x/redis.keys", "set_x", "set_x/sub/deeper/file"])
+def test_resolve_inside_refuses_a_symlinked_component(tmp_dir, name):
+    os.makedirs(os.path.join(tmp_dir, "elsewhere", "sub"))
+    os.symlink("elsewhere", os.path.join(tmp_dir, "set_x"))
+    with pytest.raises(RecoveryError) as err:
+        resolve_inside(tmp_dir, name, "artifact")
+    assert "passes through a symlink at 'set_x'" in _one_line(err)
+
+
+def test_resolve_inside_refuses_a_symlinked_last_component(tmp_dir):
+    os.makedirs(os.path.join(tmp_dir, "set_x"))
+    os.symlink("/etc/passwd", os.path.join(tmp_dir, "set_x", "redis.keys"))
+    with pytest.raises(RecoveryError) as err:
+        resolve_inside(tmp_dir, "set_x/redis.keys", "artifact")
+    assert "symlink at 'set_x/redis.keys'" in _one_line(err)
+
+
+def test_resolve_inside_rejects_dot_dot_before_touching_the_disk(tmp_dir):
+    with pytest.raises(RecoveryError) as err:
+        resolve_inside(tmp_dir, "set_x/../../etc/passwd", "artifact")
+    assert "not a clean relative path" in _one_line(err)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _manifest():
+    digest = "0" * 64
+    return {
+        "format": FORMAT, "format_version": 1, "set_id": SET_ID, "components": ["redis", "config"],
+        "started_at": "2026-11-24T03:00:00Z", "finished_at": "2026-11-24T03:00:09Z", "host": "platform",
+        "tools": {"christmas.recovery": "0.1.0"},
+        "artifacts": [
+            {"path": "set_%s/redis.keys" % SET_ID, "size": 10, "sha256": digest, "component": "redis",
+             "kind": "redis_keys"},
+            {"path": "set_%s/config.tar" % SET_ID, "size": 0, "sha256": digest, "component": "config",
+             "kind": "config_tar"},
+        ],
+        "redis": {"version": "7.0.15", "key_count": 2, "keys_per_db": {"0": 2}},
+        "config": {"source_dir": "/srv/christmas/config", "root_mode": "755", "root_owner": [0, 0],
+                   "tree_sha256": digest},
+    }
+
+
+def _set(key, value):
+    return lambda data: data.__setitem__(key, value)
+
+
+def _set_artifact(key, value, index=0):
+    return lambda data: data["artifacts"][index].__setitem__(key, value)
+
+
+def _delete(key):
+    return lambda data: data.pop(key)
+
+
+MALFORMED = [
+    ("format", _set("format", "something/else"), "format is not 'christmas.recovery/backup-set'"),
+    ("format_version", _set("format_version", 2), "format_version is not 1"),
+    ("format_version-string", _set("format_version", "1"), "format_version is not 1"),
+    ("set_id", _set("set_id", "2026-11-24"), "set_id is not YYYYMMDD_HHMMSS"),
+    ("components-empty", _set("components", []), "components must be a non-empty list of db, redis, config"),
+    ("components-unknown", _set("components", ["redis", "mysql"]), "components must be a non-empty list"),
+    ("components-twice", _set("components", ["redis", "redis", "config"]), "components must be a non-empty list"),
+    ("components-string", _set("components", "redis"), "components must be a non-empty list"),
+    ("host", _delete("host"), "host is missing or not a string"),
+    ("started_at", _set("started_at", 1700000000), "started_at is missing or not a string"),
+    ("tools", _set("tools", []), "tools is missing or not an object"),
+    ("artifacts-empty", _set("artifacts", []), "artifacts must be a non-empty list"),
+    ("artifact-not-object", lambda data: data["artifacts"].append("config.tar"), "artifacts[2] is not an object"),
+    ("artifact-other-set", _set_artifact("path", "set_20261123_030000/redis.keys"),
+     "is not inside set_%s/" % SET_ID),
+    ("artifact-twice", _set_artifact("path", "set_%s/redis.keys" % SET_ID, 1),
+     "artifacts[1].path set_%s/redis.keys is listed twice" % SET_ID),
+    ("size-negative", _set_artifact("size", -1), "artifacts[0].size is not a size"),
+    ("size-bool", _set_artifact("size", True), "artifacts[0].size is not a size"),
+    ("size-string", _set_artifact("size", "10"), "artifacts[0].size is not a size"),
+    ("sha256-upper", _set_artifact("sha256", "A" * 64), "artifacts[0].sha256 is not a SHA-256 hex digest"),
+    ("sha256-short", _set_artifact("sha256", "0" * 63), "artifacts[0].sha256 is not a SHA-256 hex digest"),
+    ("artifact-component", _set_artifact("component", "db"), "artifacts[0].component is not one of the set's"),
+    ("artifact-kind", lambda data: data["artifacts"][1].pop("kind"), "artifacts[1].kind is missing"),
+    ("section-missing", _delete("redis"), "section 'redis' is missing"),
+    ("section-field-missing", lambda data: data["config"].pop("source_dir"), "config.source_dir is missing"),
+    ("component-without-artifact", lambda data: data.update(components=["db", "redis", "config"], db={}),
+     "component db has no artifact"),
+]
+
+
+def test_check_schema_accepts_a_well_formed_manifest():
+    assert check_schema(_manifest(), "/backups/manifest_%s.json" % SET_ID) is None
+
+
+@pytest.mark.parametrize("mutate, problem", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_check_schema_names_the_problem_in_one_line(mutate, problem):
+    data = _manifest()
+    mutate(data)
+    path = "/backups/manifest_%s.json" % SET_ID
+    with pytest.raises(RecoveryError) as err:
+        check_schema(data, path)
+    message = _one_line(err)
+    assert message.startswith("manifest %s is invalid: " % path)
+    assert problem in message
+
+
+def test_check_schema_rejects_a_top_level_that_is_not_an_object():
+    with pytest.raises(RecoveryError) as err:
+        check_schema([_manifest()], "m.json")
+    assert _one_line(err) == "manifest m.json is invalid: top level is not an object"
+
+
+def test_check_schema_rejects_a_set_id_other_than_the_file_name():
+    with pytest.raises(RecoveryError) as err:
+        check_schema(_manifest(), "/backups/manifest_20261125_030000.json")
+    assert "set_id %s does not match the file name" % SET_ID in _one_line(err)
+
+
+def _backup_dir_with_sets(root):
+    """Two complete sets among everything a killed or running backup leaves behind."""
+    for set_id in ("20261122_030000", "20261123_030000"):
+        _touch(os.path.join(root, "manifest_%s.json" % set_id))
+        os.mkdir(os.path.join(root, "set_%s" % set_id))
+    os.mkdir(os.path.join(root, "set_20261124_030000"))  # set dir whose manifest never came
+    os.mkdir(os.path.join(root, ".set_20261125_030000.partial"))
+    _touch(os.path.join(root, ".manifest_20261125_030000.json.tmp"))
+    os.mkdir(os.path.join(root, "manifest_20261126_030000.json"))  # not a regular file
+    os.symlink("manifest_20261123_030000.json", os.path.join(root, "manifest_20261127_030000.json"))
+    _touch(os.path.join(root, "manifest_latest.json"))
+    _touch(os.path.join(root, LOCK_NAME))
+    return root
+
+
+def test_complete_set_ids_lists_only_sets_with_a_regular_manifest_newest_first(tmp_dir):
+    backup_dir = _backup_dir_with_sets(tmp_dir)
+    assert complete_set_ids(backup_dir) == ["20261123_030000", "20261122_030000"]
+    assert complete_set_ids(os.path.join(tmp_dir, "absent")) == []
+
+
+def test_resolve_manifest_path_latest_is_the_newest_complete_set(tmp_dir):
+    backup_dir = _backup_dir_with_sets(tmp_dir)
+    assert resolve_manifest_path("latest", backup_dir) == os.path.join(backup_dir, "manifest_20261123_030000.json")
+    assert resolve_manifest_path(None, backup_dir) == resolve_manifest_path("latest", backup_dir)
+
+
+@pytest.mark.parametrize("backup_dir, problem", [
+    (None, "manifest=latest needs backup_dir"),
+    ("empty", "no complete backup set (no manifest_YYYYMMDD_HHMMSS.json) in "),
+])
+def test_resolve_manifest_path_latest_without_a_set_says_why(tmp_dir, backup_dir, problem):
+    if backup_dir:
+        backup_dir = os.path.join(tmp_dir, backup_dir)
+        os.mkdir(backup_dir)
+        os.mkdir(os.path.join(backup_dir, ".set_20261125_030000.partial"))
+    with pytest.raises(RecoveryError) as err:
+        resolve_manifest_path("latest", backup_dir)
+    assert problem in _one_line(err)
+
+
+def test_resolve_manifest_path_relative_names(tmp_dir, monkeypatch):
+    backup_dir = os.path.join(tmp_dir, "backups")
+    os.mkdir(backup_dir)
+    _backup_dir_with_sets(backup_dir)
+    cwd = os.path.join(tmp_dir, "cwd")
+    os.mkdir(cwd)
+    monkeypatch.chdir(cwd)
+    name = "manifest_20261122_030000.json"
+    assert resolve_manifest_path(name, backup_dir) == os.path.join(backup_dir, name)
+    assert resolve_manifest_path(name) == os.path.join(cwd, name)
+    _touch(os.path.join(cwd, name))
+    assert resolve_manifest_path(name, backup_dir) == os.path.join(cwd, name)  # an existing path wins
+    assert resolve_manifest_path(os.path.join(backup_dir, name), "/elsewhere") == os.path.join(backup_dir, name)
+
+
+# ---------------------------------------------------------------- retention
+
+
+def _sets_aged(backup_dir, *days):
+    ids = []
+    for age in days:
+        set_id = time.strftime("%Y%m%d_%H%M%S", time.gmtime(SET_TIME - age * 86400))
+        _touch(os.path.join(backup_dir, "manifest_%s.json" % set_id))
+        ids.append(set_id)
+    return ids
+
+
+def test_expired_set_ids_are_the_complete_sets_older_than_the_limit(tmp_dir):
+    _fresh, _exactly_30_days, old, older = _sets_aged(tmp_dir, 1, 30, 30.001, 45)
+    os.mkdir(os.path.join(tmp_dir, "set_20201124_030000"))  # ancient but incomplete: not retention's business
+    assert expired_set_ids(tmp_dir, 30, now=SET_TIME) == [old, older]
+
+
+def test_expired_set_ids_keep_the_newest_set_however_old(tmp_dir):
+    _newest, *rest = _sets_aged(tmp_dir, 100, 200, 300)
+    assert expired_set_ids(tmp_dir, 30, now=SET_TIME) == rest
+
+
+def test_expired_set_ids_with_zero_days_keep_only_the_newest(tmp_dir):
+    _newest, *rest = _sets_aged(tmp_dir, 0.5, 1, 2)
+    assert expired_set_ids(tmp_dir, 0, now=SET_TIME) == rest
+
+
+def test_expired_set_ids_rejects_negative_days(tmp_dir):
+    _sets_aged(tmp_dir, 1, 2)
+    with pytest.raises(RecoveryError) as err:
+        expired_set_ids(tmp_dir, -1, now=SET_TIME)
+    assert _one_line(err) == "retention_days must be 0 or more, got -1"
+
+
+# ---------------------------------------------------------------- redis_keys
+
+
+def _with_crc(body):
+    return body + struct.pack("<Q", redis_keys.crc64(body))
+
+
+def test_crc64_is_redis_crc64_jones():
+    assert redis_keys.crc64(b"123456789") == 0xE9C6D914C4B8D9CA
+    assert redis_keys.crc64(b"") == 0
+
+
+# What Redis' own documentation shows for SET mykey 10; DUMP mykey: an int-encoded string, RDB version 9, CRC64.
+DOCUMENTED_DUMP = b"\x00\xc0\n\t\x00\xbem\x06\x89Z(\x00\n"
+
+
+def test_payload_checks_accept_a_real_dump_payload_and_catch_any_flipped_bit():
+    assert redis_keys.payload_intact(DOCUMENTED_DUMP)
+    assert redis_keys.payload_rdb_version(DOCUMENTED_DUMP) == 9
+    assert _with_crc(DOCUMENTED_DUMP[:-8]) == DOCUMENTED_DUMP
+    for index in range(len(DOCUMENTED_DUMP) * 8):
+        flipped = bytearray(DOCUMENTED_DUMP)
+        flipped[index // 8] ^= 1 << index % 8
+        assert not redis_keys.payload_intact(bytes(flipped)), index
+    assert not redis_keys.payload_intact(DOCUMENTED_DUMP[-10:])
+
+
+def _record(db, key, payload, pttl=-1, digest=b""):
+    return b"K" + redis_keys.RECORD.pack(db, len(key), pttl, len(payload), len(digest)) + key + payload + digest
+
+
+PAYLOAD = _with_crc(b"\x00\x03abc\x0a\x00")
+RECORDS = [(0, b"session:42", 3600000, PAYLOAD, b""), (3, b"\x00\xff", -1, PAYLOAD, hashlib.sha256(b"x").digest())]
+GOOD_ARTIFACT = (redis_keys.MAGIC + b"".join(_record(db, key, payload, pttl, digest)
+                                             for db, key, pttl, payload, digest in RECORDS)
+                 + b"E" + redis_keys.END.pack(len(RECORDS)))
+
+
+def _artifact(tmp_dir, data):
+    return _touch(os.path.join(tmp_dir, redis_keys.DUMP_FILE), data)
+
+
+def test_read_records_returns_every_record(tmp_dir):
+    path = _artifact(tmp_dir, GOOD_ARTIFACT)
+    assert list(redis_keys.read_records(path)) == RECORDS
+    assert redis_keys.check_dump_readable(path) == 2
+
+
+def test_read_records_rejects_every_truncation(tmp_dir):
+    for length in range(len(GOOD_ARTIFACT)):
+        path = _artifact(tmp_dir, GOOD_ARTIFACT[:length])
+        with pytest.raises(RecoveryError) as err:
+            list(redis_keys.read_records(path))
+        assert "redis.keys" in _one_line(err), length
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"CHRISTMAS-REDIS-KEYS 2\n" + GOOD_ARTIFACT[len(redis_keys.MAGIC):], "has no valid header"),
+    (b"", "has no valid header"),
+    (GOOD_ARTIFACT[:-8] + redis_keys.END.pack(3), "has a bad closing record"),
+    (GOOD_ARTIFACT + b"\n", "has a bad closing record"),
+    (GOOD_ARTIFACT[:-9], "is truncated or corrupt after 2 keys"),
+    (GOOD_ARTIFACT[:-9] + b"X" + GOOD_ARTIFACT[-8:], "is truncated or corrupt after 2 keys"),
+])
+def test_read_records_names_a_broken_structure(tmp_dir, data, problem):
+    with pytest.raises(RecoveryError) as err:
+        list(redis_keys.read_records(_artifact(tmp_dir, data)))
+    assert _one_line(err) == "Redis artifact redis.keys %s" % problem
+
+
+def test_check_dump_readable_names_the_key_whose_payload_is_corrupt(tmp_dir):
+    bad = PAYLOAD[:2] + b"X" + PAYLOAD[3:]
+    data = redis_keys.MAGIC + _record(0, b"ok", PAYLOAD) + _record(0, b"user:1", bad) + b"E" + redis_keys.END.pack(2)
+    with pytest.raises(RecoveryError) as err:
+        redis_keys.check_dump_readable(_artifact(tmp_dir, data))
+    assert _one_line(err) == "Redis artifact redis.keys: payload of key b'user:1' fails its CRC64"
+
+
+# ---------------------------------------------------------------- config_tree
+
+
+def _member(name, kind=tarfile.REGTYPE, data=b"", linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def _tar(tmp_dir, *members):
+    path = os.path.join(tmp_dir, "config.tar")
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+HOSTILE = [
+    ("dot-dot", [_member("../x", data=b"pwned")], "is not a clean relative path"),
+    ("dot-dot-inside", [_member("app", tarfile.DIRTYPE), _member("app/../../x")], "is not a clean relative path"),
+    ("absolute", [_member("/etc/cron.d/x", data=b"* * * * * root sh")], "is absolute"),
+    ("hardlink", [_member("app.yml"), _member("copy.yml", tarfile.LNKTYPE, linkname="/etc/shadow")],
+     "is a hardlink"),
+    ("char-device", [_member("null", tarfile.CHRTYPE)], "is a device, FIFO or other special file"),
+    ("block-device", [_member("sda", tarfile.BLKTYPE)], "is a device, FIFO or other special file"),
+    ("fifo", [_member("pipe", tarfile.FIFOTYPE)], "is a device, FIFO or other special file"),
+    ("duplicate", [_member("app.yml", data=b"a"), _member("app.yml", data=b"b")], "appears twice in the archive"),
+    ("duplicate-spelled-differently", [_member("dir", tarfile.DIRTYPE), _member("dir/", tarfile.DIRTYPE)],
+     "appears twice in the archive"),
+    ("file-under-symlink", [_member("etc", tarfile.SYMTYPE, linkname="sub"), _member("etc/passwd", data=b"x")],
+     "lies beneath a link, not a directory"),
+    ("file-under-file", [_member("app.yml"), _member("app.yml/x")], "lies beneath a file, not a directory"),
+    ("symlink-absolute", [_member("shadow", tarfile.SYMTYPE, linkname="/etc/shadow")], "outside the tree"),
+    ("symlink-up", [_member("sub", tarfile.DIRTYPE), _member("sub/up", tarfile.SYMTYPE, linkname="../..")],
+     "outside the tree"),
+]
+
+
+@pytest.mark.parametrize("members, problem", [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+def test_check_members_rejects_hostile_archives(tmp_dir, members, problem):
+    with pytest.raises(RecoveryError) as err:
+        config_tree.check_members(_tar(tmp_dir, *members))
+    message = _one_line(err)
+    assert message.startswith("config archive member ")
+    assert problem in message
+
+
+@pytest.mark.xfail(strict=True, reason="safe_paths.link_stays_inside checks each link alone; a chain escapes")
+def test_check_members_rejects_a_symlink_chain_that_escapes(tmp_dir):
+    # 'here' -> '.' and 'up' -> 'here/..': each looks inside, yet 'up' resolves to the tree's parent.
+    members = [_member("here", tarfile.SYMTYPE, linkname="."), _member("up", tarfile.SYMTYPE, linkname="here/..")]
+    with pytest.raises(RecoveryError):
+        config_tree.check_members(_tar(tmp_dir, *members))
+
+
+@pytest.mark.xfail(strict=True, reason="check_members only checks parents listed before the member")
+def test_check_members_rejects_a_file_listed_before_the_symlink_it_lies_beneath(tmp_dir):
+    members = [_member("etc/passwd", data=b"x"), _member("etc", tarfile.SYMTYPE, linkname="sub")]
+    with pytest.raises(RecoveryError):
+        config_tree.check_members(_tar(tmp_dir, *members))
+
+
+def test_check_members_rejects_an_archive_that_is_not_a_tar(tmp_dir):
+    path = _touch(os.path.join(tmp_dir, "config.tar"), b"not a tar archive at all" * 40)
+    with pytest.raises(RecoveryError) as err:
+        config_tree.check_members(path)
+    assert _one_line(err).startswith("config archive config.tar is unreadable: ")
+
+
+def test_check_members_accepts_a_real_tree_and_agrees_with_its_digest(config_dir, tmp_dir):
+    set_dir = os.path.join(tmp_dir, "set")
+    os.mkdir(set_dir)
+    metadata, files = config_tree.archive_tree(config_dir, set_dir, progress=lambda _message: None)
+    members, total, digest = config_tree.check_members(os.path.join(set_dir, config_tree.ARCHIVE_FILE))
+    on_disk = {name: info for name, info in config_tree.walk_tree(config_dir)}
+    assert {name: kind for name, kind, _member in members} == {
+        name: "dir" if stat.S_ISDIR(info.st_mode) else "link" if stat.S_ISLNK(info.st_mode) else "file"
+        for name, info in on_disk.items()}
+    assert total == sum(info.st_size for info in on_disk.values() if stat.S_ISREG(info.st_mode))
+    digest.add("root", ".", int(metadata["root_mode"], 8))
+    assert digest.hexdigest() == metadata["tree_sha256"] == config_tree.current_tree_digest(config_dir)
+    assert files[config_tree.ARCHIVE_FILE][0] == os.path.getsize(os.path.join(set_dir, config_tree.ARCHIVE_FILE))
+
+
+# ---------------------------------------------------------------- locking
+
+TRY_LOCK = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.locking import DirectoryLock
+try:
+    with DirectoryLock(sys.argv[1]) as lock:
+        print("acquired stale_holder=%s" % lock.stale_holder)
+except RecoveryError as err:
+    print(err)
+"""
+
+
+def _lock_from_another_process(directory):
+    return subprocess.run([sys.executable, "-c", TRY_LOCK, directory, os.path.join(ROOT, ".collections")],
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
+def test_directory_lock_refuses_a_second_process_naming_the_holder(tmp_dir):
+    with DirectoryLock(tmp_dir):
+        message = _lock_from_another_process(tmp_dir)
+    assert message.startswith("backup directory %s is locked by pid=%d host=" % (tmp_dir, os.getpid()))
+    assert message.endswith("another backup or prune is running")
+    assert _lock_from_another_process(tmp_dir) == "acquired stale_holder=None"
+
+
+def test_directory_lock_reports_a_dead_holders_leftover_file_as_stale(tmp_dir):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = "pid=%d host=old-host since=2026-11-24T03:00:00+0000" % dead.pid
+    _touch(os.path.join(tmp_dir, LOCK_NAME), (leftover + "\n").encode())
+    with DirectoryLock(tmp_dir) as lock:
+        assert lock.stale_holder == leftover
+        with open(os.path.join(tmp_dir, LOCK_NAME), encoding="utf-8") as handle:
+            assert handle.read().startswith("pid=%d " % os.getpid())
+    with DirectoryLock(tmp_dir) as lock:
+        assert lock.stale_holder is None
+
+
+# ---------------------------------------------------------------- fsutil
+
+
+def test_hashing_writer_commit_renames_into_place_with_its_digest(tmp_dir):
+    path = os.path.join(tmp_dir, "redis.keys")
+    writer = HashingWriter(path)
+    writer.write(b"first ")
+    writer.write(b"second")
+    assert writer.tell() == 12
+    assert writer.commit() == (12, hashlib.sha256(b"first second").hexdigest())
+    assert os.listdir(tmp_dir) == ["redis.keys"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_hashing_writer_abort_leaves_nothing(tmp_dir):
+    writer = HashingWriter(os.path.join(tmp_dir, "redis.keys"))
+    writer.write(b"half a dump")
+    writer.abort()
+    writer.abort()
+    assert os.listdir(tmp_dir) == []
+
+
+def test_write_json_atomic_replaces_with_a_private_file_whatever_the_umask(tmp_dir):
+    path = _touch(os.path.join(tmp_dir, "manifest.json"), b"old")
+    os.chmod(path, 0o644)
+    old = os.umask(0)
+    try:
+        write_json_atomic(path, {"set_id": SET_ID, "name": "ordre n°"})
+    finally:
+        os.umask(old)
+    with open(path, encoding="utf-8") as handle:
+        assert json.load(handle) == {"set_id": SET_ID, "name": "ordre n°"}
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(tmp_dir) == ["manifest.json"]
+
+
+def test_write_json_atomic_leaves_neither_temp_nor_target_when_it_fails(tmp_dir):
+    path = os.path.join(tmp_dir, "manifest.json")
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"not json": object()})
+    assert os.listdir(tmp_dir) == []
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_recovery_error_is_one_line_and_keeps_its_details():
+    err = RecoveryError("pg_restore failed:\nERROR:  relation\r\n\t\"x\" exists  ", report={"ok": False})
+    assert str(err) == 'pg_restore failed: ERROR: relation "x" exists'
+    assert err.details == {"report": {"ok": False}}
+    assert str(RecoveryError(ValueError("bad\nvalue"))) == "bad value"
