@@ -87,6 +87,8 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         raise RecoveryError("backup_dir %s must be an absolute path" % backup_dir)
     if jobs < 1:
         raise RecoveryError("jobs must be at least 1, got %s" % jobs)
+    if retention_days < 0:  # refused now, not by retention after the set is written
+        raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
     sources = _preflight(db, redis_target, config_dir)
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
     if check_mode:
@@ -138,7 +140,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
             remove_quietly(partial)
             remove_quietly(final)
             raise
-        pruned = prune_expired_sets(backup_dir, retention_days)
+        pruned = prune_expired_sets(backup_dir, retention_days, keep=set_id)
     return {
         "changed": True, "set_id": set_id, "manifest": os.path.join(backup_dir, manifest_name(set_id)),
         "set_dir": final, "components": components, "artifact_count": len(artifacts),

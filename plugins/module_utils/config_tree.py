@@ -156,10 +156,7 @@ def check_members(path):
                 if member.type not in ALLOWED_TYPES:
                     raise RecoveryError("%s is a %s; only files, directories and symlinks are restored" % (
                         label, "hardlink" if member.islnk() else "device, FIFO or other special file"))
-                try:
-                    parts = check_relative_name(name, label)
-                except RecoveryError as err:
-                    raise RecoveryError(str(err))
+                parts = check_relative_name(name, "config archive member")
                 clean = "/".join(parts)
                 if clean in names:
                     raise RecoveryError("%s appears twice in the archive" % label)

@@ -20,7 +20,7 @@ LOCK_NAME = ".christmas-recovery.lock"
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or a number no process can have
         return False
     except PermissionError:
         return True
@@ -41,7 +41,8 @@ class DirectoryLock:
 
     def _holder(self):
         try:
-            with open(self.path, encoding="utf-8") as handle:
+            # Only informative: garbage left in the file must not stop a backup.
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
                 return handle.read().strip()
         except OSError:
             return ""

@@ -22,6 +22,18 @@ SET_ID_RE = re.compile(r"^\d{8}_\d{6}$")
 MANIFEST_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+SECTION_FIELDS = {
+    "db": {"server_version": str, "server_version_num": int, "pg_dump_major": int, "size_bytes": int,
+           "row_counts": dict, "extensions": dict, "roles": list},
+    "redis": {"version": str, "key_count": int, "keys_per_db": dict},
+    "config": {"source_dir": str, "root_mode": str, "root_owner": list, "tree_sha256": str},
+}
+TYPE_NAMES = {str: "string", int: "integer", dict: "object", list: "list"}
+SECTION_FORMATS = {
+    ("redis", "version"): re.compile(r"^\d+\.\d+(\.|$)"),
+    ("config", "root_mode"): re.compile(r"^[0-7]{1,4}$"),
+    ("config", "tree_sha256"): SHA256_RE,
+}
 
 
 def manifest_name(set_id):
@@ -96,7 +108,8 @@ def check_schema(data, path):
         where = "artifacts[%d]" % index
         _require(isinstance(artifact, dict), path, "%s is not an object" % where)
         name = artifact.get("path")
-        _require(isinstance(name, str) and name.startswith(prefix), path, "%s.path is not inside %s" % (where, prefix))
+        _require(isinstance(name, str) and name.startswith(prefix), path,
+                 "%s.path %.200r is not inside %s" % (where, name, prefix))
         _require(name not in seen, path, "%s.path %s is listed twice" % (where, name))
         seen.add(name)
         size = artifact.get("size")
@@ -108,6 +121,26 @@ def check_schema(data, path):
     for component in components:
         _require(isinstance(data.get(component), dict), path, "section %r is missing" % component)
         _require(any(a["component"] == component for a in artifacts), path, "component %s has no artifact" % component)
+        _check_section(data[component], component, path)
+
+
+def _check_section(section, component, path):
+    """The fields a restore of ``component`` reads: a hand-edited manifest fails verification, not half a restore."""
+    for field, kind in SECTION_FIELDS[component].items():
+        value = section.get(field)
+        _require(isinstance(value, kind) and not isinstance(value, bool), path,
+                 "%s.%s is missing or not a %s" % (component, field, TYPE_NAMES[kind]))
+        pattern = SECTION_FORMATS.get((component, field))
+        _require(pattern is None or pattern.match(value), path, "%s.%s %.100r is malformed" % (component, field, value))
+    if component == "db":
+        _require(all(isinstance(role, str) for role in section["roles"]), path, "db.roles must be role names")
+        _require(all(isinstance(ext, dict) and isinstance(ext.get("version"), str)
+                     and isinstance(ext.get("schema"), str) for ext in section["extensions"].values()),
+                 path, "db.extensions must map names to version and schema")
+    if component == "config":
+        owner = section["root_owner"]
+        _require(len(owner) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in owner), path,
+                 "config.root_owner must be [uid, gid]")
 
 
 def load(path):

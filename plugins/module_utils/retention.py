@@ -25,18 +25,19 @@ def set_time(set_id):
     return calendar.timegm(time.strptime(set_id, "%Y%m%d_%H%M%S"))
 
 
-def expired_set_ids(backup_dir, retention_days, now=None):
+def expired_set_ids(backup_dir, retention_days, now=None, keep=None):
+    """Complete sets older than the limit, except the newest and ``keep`` (a set dated in the future is the newest)."""
     if retention_days < 0:
         raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
     cutoff = (now if now is not None else time.time()) - retention_days * 86400
     ids = complete_set_ids(backup_dir)
-    return [set_id for set_id in ids[1:] if set_time(set_id) < cutoff]
+    return [set_id for set_id in ids[1:] if set_time(set_id) < cutoff and set_id != keep]
 
 
-def prune_expired_sets(backup_dir, retention_days, now=None):
+def prune_expired_sets(backup_dir, retention_days, now=None, keep=None):
     """Delete expired complete sets: the manifest first, so a set is never seen complete while half deleted."""
     pruned = []
-    for set_id in expired_set_ids(backup_dir, retention_days, now):
+    for set_id in expired_set_ids(backup_dir, retention_days, now, keep):
         os.unlink(os.path.join(backup_dir, manifest_name(set_id)))
         fsync_dir(backup_dir)
         remove_quietly(os.path.join(backup_dir, set_dir_name(set_id)))
