@@ -59,6 +59,23 @@ options:
       - Parallel jobs for pg_dump, pg_restore and checksumming.
     type: int
     default: 2
+  config_dir:
+    description:
+      - The platform's config directory. A backup needs it unless I(skip_config=true); a restore writes the tree
+        there, by default into the directory it was backed up from.
+    type: path
+  skip_db:
+    description: Leave the database out (of the backup set, or alone in a restore).
+    type: bool
+    default: false
+  skip_redis:
+    description: Leave Redis out (of the backup set, or alone in a restore).
+    type: bool
+    default: false
+  skip_config:
+    description: Leave the config tree out (of the backup set, or alone in a restore).
+    type: bool
+    default: false
 requirements:
   - psycopg2 (psycopg2-binary) and redis Python libraries on the managed node.
   - PostgreSQL client programs (pg_dump, pg_restore) of the server's major version or newer.

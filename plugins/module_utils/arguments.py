@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: Christmas platform operations
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Connection options shared by the modules (documented once in the ``christmas.recovery.connection`` fragment)."""
+"""Options shared by the backup and restore modules (documented once in the ``christmas.recovery.connection``
+fragment): where the servers and the config tree are, and which components to leave out."""
 
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ def connection_argument_spec():
         "redis_port": {"type": "int", "default": 6379},
         "redis_password": {"type": "str", "no_log": True},
         "jobs": {"type": "int", "default": 2},
+        "config_dir": {"type": "path"},
+        "skip_db": {"type": "bool", "default": False},
+        "skip_redis": {"type": "bool", "default": False},
+        "skip_config": {"type": "bool", "default": False},
     }
+
+
+def enabled_components(params):
+    return [name for name in ("db", "redis", "config") if not params["skip_" + name]]
 
 
 def pg_target(params):

@@ -15,14 +15,25 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
-    fsync_dir, make_private_dir, make_tree_private, remove_quietly, sha256_file, write_json_atomic,
+    fsync_dir,
+    make_private_dir,
+    make_tree_private,
+    remove_quietly,
+    sha256_file,
+    write_json_atomic,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.locking import DirectoryLock
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
-    FORMAT, FORMAT_VERSION, manifest_name, partial_dir_name, set_dir_name,
+    FORMAT,
+    FORMAT_VERSION,
+    manifest_name,
+    partial_dir_name,
+    set_dir_name,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.retention import (
-    expired_set_ids, prune_expired_sets, remove_incomplete_leftovers,
+    expired_set_ids,
+    prune_expired_sets,
+    remove_incomplete_leftovers,
 )
 
 COLLECTION_VERSION = "0.1.0"
@@ -52,7 +63,7 @@ def _artifact_list(set_root, set_id, hashed, jobs):
         paths.extend(os.path.join(base, name) for name in files)
     todo = [p for p in paths if os.path.relpath(p, set_root) not in hashed]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        hashed.update(zip((os.path.relpath(p, set_root) for p in todo), pool.map(sha256_file, todo)))
+        hashed.update(zip((os.path.relpath(p, set_root) for p in todo), pool.map(sha256_file, todo), strict=True))
     artifacts = []
     for relative in sorted(hashed):
         top = relative.split("/")[0]
@@ -135,7 +146,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
             remove_quietly(partial)
             remove_quietly(final)
             raise RecoveryError("backup into %s failed, nothing kept: %s%s" % (
-                backup_dir, err.strerror, " (%s)" % err.filename if err.filename else ""))
+                backup_dir, err.strerror, " (%s)" % err.filename if err.filename else "")) from None
         except BaseException:
             remove_quietly(partial)
             remove_quietly(final)

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
+import sys
 
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 
@@ -21,6 +24,15 @@ def find_program(name, search_dirs=()):
     if not found:
         raise RecoveryError("%s not found (looked in %s and PATH)" % (name, ", ".join(search_dirs) or "nothing"))
     return found
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """Runs in the child: a killed backup or restore must not leave pg_dump writing into its directory."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def child_env(extra):
@@ -39,7 +51,7 @@ def start(argv, env=None, stdout=subprocess.DEVNULL):
     """Start a child with a private umask; stderr is captured for the error message."""
     return subprocess.Popen(
         argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, stdout=stdout,
-        stderr=subprocess.PIPE, umask=0o077,
+        stderr=subprocess.PIPE, umask=0o077, preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
     )
 
 
@@ -56,6 +68,7 @@ def run(argv, what, env=None):
     """Run to completion and return stdout as text."""
     proc = subprocess.run(
         argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, capture_output=True, umask=0o077, check=False,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
     )
     if proc.returncode != 0:
         message = last_error_line(proc.stderr.decode("utf-8", "replace"))

@@ -13,10 +13,18 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
-    CHUNK, DIR_MODE, HashingWriter, fsync_dir, remove_quietly, require_free_space,
+    CHUNK,
+    DIR_MODE,
+    HashingWriter,
+    fsync_dir,
+    read_blocks,
+    remove_quietly,
+    require_free_space,
+    sha256_file,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths import (
-    check_relative_name, link_stays_inside,
+    check_relative_name,
+    link_stays_inside,
 )
 
 ARCHIVE_FILE = "config.tar"
@@ -63,14 +71,6 @@ def walk_tree(root):
                 stack.append(child)
 
 
-def _file_digest(path):
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def current_tree_digest(root):
     """Digest of a tree on disk, comparable with the manifest's ``tree_sha256``; None when it does not exist."""
     if not os.path.isdir(root):
@@ -84,7 +84,7 @@ def current_tree_digest(root):
         elif stat.S_ISLNK(info.st_mode):
             digest.add("link", name, 0, os.readlink(path))
         elif stat.S_ISREG(info.st_mode):
-            digest.add("file", name, info.st_mode, _file_digest(path))
+            digest.add("file", name, info.st_mode, sha256_file(path)[1])
         else:
             digest.add("other", name, info.st_mode)
     return digest.hexdigest()
@@ -118,8 +118,9 @@ def archive_tree(root, set_dir, progress=print):
                     counts["dir"] += 1
                 elif stat.S_ISLNK(info.st_mode):
                     if not link_stays_inside(name, member.linkname):
-                        raise RecoveryError("config symlink %s -> %s points outside %s; it could not be restored "
-                                            "safely (make it relative and inside the tree)" % (name, member.linkname, root))
+                        raise RecoveryError(
+                            "config symlink %s -> %s points outside %s; it could not be restored safely (make it "
+                            "relative and inside the tree)" % (name, member.linkname, root))
                     archive.addfile(member)
                     digest.add("link", name, 0, member.linkname)
                     counts["link"] += 1
@@ -128,7 +129,8 @@ def archive_tree(root, set_dir, progress=print):
         size, sha = writer.commit()
     except OSError as err:
         writer.abort()
-        raise RecoveryError("archiving config tree %s failed: %s: %s" % (root, err.filename or root, err.strerror))
+        raise RecoveryError("archiving config tree %s failed: %s: %s" % (
+            root, err.filename or root, err.strerror)) from None
     except BaseException:
         writer.abort()
         raise
@@ -160,10 +162,11 @@ def check_members(path):
                 clean = "/".join(parts)
                 if clean in names:
                     raise RecoveryError("%s appears twice in the archive" % label)
-                for depth in range(1, len(parts)):
-                    parent = names.get("/".join(parts[:depth]))
-                    if parent is not None and parent != "dir":
-                        raise RecoveryError("%s lies beneath a %s, not a directory" % (label, parent))
+                parent = "/".join(parts[:-1])
+                if parent and parent not in names:
+                    raise RecoveryError("%s lies beneath %r, which is not listed before it" % (label, parent[:200]))
+                if parent and names[parent] != "dir":
+                    raise RecoveryError("%s lies beneath a %s, not a directory" % (label, names[parent]))
                 kind = ALLOWED_TYPES[member.type]
                 if kind == "link":
                     if not link_stays_inside(clean, member.linkname):
@@ -172,7 +175,7 @@ def check_members(path):
                 elif kind == "file":
                     content = hashlib.sha256()
                     handle = archive.extractfile(member)
-                    for block in iter(lambda: handle.read(CHUNK), b""):
+                    for block in read_blocks(handle):
                         content.update(block)
                     digest.add("file", clean, member.mode, content.hexdigest())
                     total += member.size
@@ -181,7 +184,7 @@ def check_members(path):
                 names[clean] = kind
                 members.append((clean, kind, member))
     except (tarfile.TarError, EOFError) as err:
-        raise RecoveryError("config archive %s is unreadable: %s" % (os.path.basename(path), err))
+        raise RecoveryError("config archive %s is unreadable: %s" % (os.path.basename(path), err)) from None
     return members, total, digest
 
 
@@ -216,7 +219,8 @@ def restore_tree(archive_path, metadata, dest, set_id, check_mode=False, force=F
         os.chmod(staging, int(metadata["root_mode"], 8))
     except OSError as err:
         remove_quietly(staging)
-        raise RecoveryError("extracting config into %s failed: %s: %s" % (staging, err.filename or staging, err.strerror))
+        raise RecoveryError("extracting config into %s failed: %s: %s" % (
+            staging, err.filename or staging, err.strerror)) from None
     except BaseException:
         remove_quietly(staging)
         raise
@@ -245,7 +249,7 @@ def _extract(archive_path, members, staging):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as out:
                     source = archive.extractfile(member)
-                    for block in iter(lambda: source.read(CHUNK), b""):
+                    for block in read_blocks(source):
                         out.write(block)
                     out.flush()
                     os.fsync(out.fileno())

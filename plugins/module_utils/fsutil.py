@@ -75,6 +75,15 @@ def remove_quietly(path):
         pass
 
 
+def read_blocks(handle):
+    """Yield a file object's content in CHUNK-sized blocks."""
+    while True:
+        block = handle.read(CHUNK)
+        if not block:
+            return
+        yield block
+
+
 def sha256_file(path):
     """Return (size, hex digest) of a regular file, read in large chunks."""
     digest = hashlib.sha256()

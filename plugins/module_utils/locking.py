@@ -64,7 +64,7 @@ class DirectoryLock:
                     raise RecoveryError(
                         "backup directory %s is locked by %s; another backup or prune is running" % (
                             os.path.dirname(self.path), holder)
-                    )
+                    ) from None
                 time.sleep(0.2)
         previous = self._holder()
         if previous:

@@ -113,10 +113,12 @@ def check_schema(data, path):
         _require(name not in seen, path, "%s.path %s is listed twice" % (where, name))
         seen.add(name)
         size = artifact.get("size")
-        _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, path, "%s.size is not a size" % where)
+        _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, path,
+                 "%s.size is not a size" % where)
         _require(isinstance(artifact.get("sha256"), str) and SHA256_RE.match(artifact["sha256"]), path,
                  "%s.sha256 is not a SHA-256 hex digest" % where)
-        _require(artifact.get("component") in components, path, "%s.component is not one of the set's components" % where)
+        _require(artifact.get("component") in components, path,
+                 "%s.component is not one of the set's components" % where)
         _require(isinstance(artifact.get("kind"), str), path, "%s.kind is missing" % where)
     for component in components:
         _require(isinstance(data.get(component), dict), path, "section %r is missing" % component)
@@ -148,16 +150,16 @@ def load(path):
     try:
         info = os.stat(path)
     except OSError as err:
-        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror))
+        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
     _require(stat.S_ISREG(info.st_mode), path, "not a regular file")
     _require(info.st_size <= MAX_MANIFEST_BYTES, path, "larger than %d bytes" % MAX_MANIFEST_BYTES)
     try:
         with open(path, "rb") as handle:
             data = json.loads(handle.read().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0]))
+        raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0])) from None
     except OSError as err:
-        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror))
+        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
     check_schema(data, path)
     return data
 
@@ -200,4 +202,4 @@ def check_artifacts(backup_dir, manifest, jobs=4):
     artifacts = manifest["artifacts"]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         problems = list(pool.map(lambda a: check_artifact(backup_dir, a), artifacts))
-    return {a["path"]: p for a, p in zip(artifacts, problems) if p}
+    return {a["path"]: p for a, p in zip(artifacts, problems, strict=True) if p}

@@ -13,7 +13,10 @@ import time
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import fsync_dir, remove_quietly
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
-    MANIFEST_RE, complete_set_ids, manifest_name, set_dir_name,
+    MANIFEST_RE,
+    complete_set_ids,
+    manifest_name,
+    set_dir_name,
 )
 
 LEFTOVER_RE = re.compile(r"^(\.set_\d{8}_\d{6}\.partial|\.manifest_\d{8}_\d{6}\.json\.tmp)$")
@@ -52,6 +55,9 @@ def remove_incomplete_leftovers(backup_dir):
     for name in sorted(os.listdir(backup_dir)):
         match = SET_DIR_RE.match(name)
         if LEFTOVER_RE.match(name) or (match and match.group(1) not in complete):
-            remove_quietly(os.path.join(backup_dir, name))
+            try:
+                remove_quietly(os.path.join(backup_dir, name))
+            except OSError:
+                continue  # a dying pg_dump worker may still be writing into it; the next backup tries again
             removed.append(name)
     return removed

@@ -33,17 +33,23 @@ def check_relative_name(name, what="path"):
 
 
 def link_stays_inside(link_name, target):
-    """True when a symlink at ``link_name`` (relative to a root) pointing to ``target`` resolves inside that root."""
+    """True when a symlink at ``link_name`` (relative to a root) pointing to ``target`` resolves inside that root.
+
+    Only leading ``..`` are allowed: after a name, that name may itself be a link, so a later ``..`` could climb out
+    of the tree through a chain of links that each look harmless alone.
+    """
     if not target or target.startswith("/") or "\x00" in target:
         return False
     depth = len(link_name.rstrip("/").split("/")) - 1
+    descended = False
     for part in target.split("/"):
         if part == "..":
             depth -= 1
-            if depth < 0:
+            if depth < 0 or descended:
                 return False
         elif part not in ("", "."):
             depth += 1
+            descended = True
     return True
 
 

@@ -11,7 +11,12 @@ import os
 from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
-    artifact_path, artifacts_of, check_artifacts, load, resolve_manifest_path, set_dir_name,
+    artifact_path,
+    artifacts_of,
+    check_artifacts,
+    load,
+    resolve_manifest_path,
+    set_dir_name,
 )
 
 

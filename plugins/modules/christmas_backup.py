@@ -27,21 +27,6 @@ options:
     description: Directory holding the backup sets. Created 0700 when missing.
     type: path
     required: true
-  config_dir:
-    description: The platform's config directory. Required unless I(skip_config=true).
-    type: path
-  skip_db:
-    description: Leave the database out of this set.
-    type: bool
-    default: false
-  skip_redis:
-    description: Leave Redis out of this set.
-    type: bool
-    default: false
-  skip_config:
-    description: Leave the config tree out of this set.
-    type: bool
-    default: false
   retention_days:
     description:
       - Complete sets older than this many days are deleted after a successful backup. The newest complete set is
@@ -152,6 +137,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
     connection_argument_spec,
+    enabled_components,
     pg_target,
     redis_target,
 )
@@ -163,10 +149,6 @@ def main():
     argument_spec = connection_argument_spec()
     argument_spec.update(
         backup_dir={"type": "path", "required": True},
-        config_dir={"type": "path"},
-        skip_db={"type": "bool", "default": False},
-        skip_redis={"type": "bool", "default": False},
-        skip_config={"type": "bool", "default": False},
         retention_days={"type": "int", "default": 30},
         compress_level={"type": "int", "choices": list(range(10))},
         lock_wait={"type": "int", "default": 0},
@@ -174,12 +156,13 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("skip_config", False, ("config_dir",))])
     params = module.params
-    require_libraries(module, not params["skip_db"], not params["skip_redis"])
+    components = enabled_components(params)
+    require_libraries(module, "db" in components, "redis" in components)
     run(module, lambda progress: make_backup_set(
         params["backup_dir"],
-        db=None if params["skip_db"] else pg_target(params),
-        redis_target=None if params["skip_redis"] else redis_target(params),
-        config_dir=None if params["skip_config"] else params["config_dir"],
+        db=pg_target(params) if "db" in components else None,
+        redis_target=redis_target(params) if "redis" in components else None,
+        config_dir=params["config_dir"] if "config" in components else None,
         jobs=params["jobs"], compress_level=params["compress_level"], retention_days=params["retention_days"],
         lock_wait=params["lock_wait"], check_mode=module.check_mode, progress=progress,
     ))

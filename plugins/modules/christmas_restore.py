@@ -35,21 +35,6 @@ options:
   backup_dir:
     description: Directory holding the backup sets; needed for C(latest).
     type: path
-  config_dir:
-    description: Where to restore the config tree; by default the directory it was backed up from.
-    type: path
-  skip_db:
-    description: Leave the database alone.
-    type: bool
-    default: false
-  skip_redis:
-    description: Leave Redis alone.
-    type: bool
-    default: false
-  skip_config:
-    description: Leave the config tree alone.
-    type: bool
-    default: false
   force:
     description: Restore components even when they already match the set.
     type: bool
@@ -109,6 +94,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
     connection_argument_spec,
+    enabled_components,
     pg_target,
     redis_target,
 )
@@ -121,16 +107,12 @@ def main():
     argument_spec.update(
         manifest={"type": "str", "default": "latest"},
         backup_dir={"type": "path"},
-        config_dir={"type": "path"},
-        skip_db={"type": "bool", "default": False},
-        skip_redis={"type": "bool", "default": False},
-        skip_config={"type": "bool", "default": False},
         force={"type": "bool", "default": False},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    require_libraries(module, not params["skip_db"], not params["skip_redis"])
-    components = [name for name in ("db", "redis", "config") if not params["skip_" + name]]
+    components = enabled_components(params)
+    require_libraries(module, "db" in components, "redis" in components)
     run(module, lambda progress: restore_set(
         params["manifest"], params["backup_dir"], components, db=pg_target(params),
         redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
