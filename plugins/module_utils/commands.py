@@ -55,9 +55,14 @@ def start(argv, env=None, stdout=subprocess.DEVNULL):
     )
 
 
-def finish(proc, what):
-    """Wait for ``proc``; raise with its last error line when it failed."""
-    _out, err = proc.communicate()
+def finish(proc, what, heartbeat=None, every=10.0):
+    """Wait for ``proc``, calling ``heartbeat()`` every ``every`` seconds; raise with its last error line on failure."""
+    while True:
+        try:
+            _out, err = proc.communicate(timeout=every if heartbeat else None)
+            break
+        except subprocess.TimeoutExpired:
+            heartbeat()
     if proc.returncode != 0:
         message = last_error_line(err.decode("utf-8", "replace"))
         raise RecoveryError("%s failed (exit %s): %s" % (what, proc.returncode, message))

@@ -133,6 +133,18 @@ class HashingWriter:
         remove_quietly(self.tmp_path)
 
 
+def tree_bytes(root):
+    """Bytes in the regular files below ``root`` (for progress reports)."""
+    total = 0
+    for base, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except FileNotFoundError:
+                continue  # renamed or removed while we looked
+    return total
+
+
 def free_bytes(path):
     """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
     probe = os.path.abspath(path)

@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 from ansible_collections.christmas.recovery.plugins.module_utils import commands
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import HashingWriter, require_free_space
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
+    HashingWriter,
+    require_free_space,
+    tree_bytes,
+)
 
 try:
     import psycopg2
@@ -264,8 +268,9 @@ def dump_database(target, set_dir, jobs=2, compress_level=None, progress=print):
         if dump_major < major_of(version_num):
             raise RecoveryError("%s (%d) is older than the server (%s); install the matching client" % (
                 pg_dump, dump_major, version))
+        dump_dir = os.path.join(set_dir, DUMP_DIR)
         argv = [pg_dump, "--format=directory", "--jobs=%d" % jobs, "--snapshot=%s" % snapshot, "--no-password",
-                "--file=%s" % os.path.join(set_dir, DUMP_DIR)]
+                "--file=%s" % dump_dir]
         if compress_level is not None:
             argv.append("--compress=%d" % compress_level)
         progress("dumping database %s with %d jobs" % (target.dbname, jobs))
@@ -278,7 +283,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=None, progress=print):
             proc.kill()
             proc.wait()
             raise
-        commands.finish(proc, "pg_dump of %s" % target.dbname)
+        commands.finish(proc, "pg_dump of %s" % target.dbname, heartbeat=lambda: progress(
+            "pg_dump: %d MiB written" % (tree_bytes(dump_dir) // 2**20)))
         conn.rollback()
     except psycopg2.Error as err:
         raise sql_error("reading database %s" % target.dbname, err) from None
@@ -437,6 +443,14 @@ def _installed_version(target, extension):
     try:
         rows = _fetch(conn, "SELECT extversion FROM pg_extension WHERE extname = %s", (extension,))
         return rows[0][0] if rows else None
+    finally:
+        conn.close()
+
+
+def _database_size(target, name):
+    conn = connect(target, dbname=target.maintenance_db)
+    try:
+        return _one(conn, "SELECT pg_database_size(%s)", (name,))
     finally:
         conn.close()
 
@@ -630,8 +644,10 @@ def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
     progress("loading %s into scratch database %s with %d jobs" % (dump_dir, scratch, jobs))
     pg_restore = find_pg_program("pg_restore", target, major_of(meta["server_version_num"]))
     try:
-        commands.run([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password", "--dbname=%s" % scratch,
-                      dump_dir], "pg_restore into %s" % scratch, env=target.libpq_env(scratch))
+        proc = commands.start([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
+                               "--dbname=%s" % scratch, dump_dir], env=target.libpq_env(scratch))
+        commands.finish(proc, "pg_restore into %s" % scratch, heartbeat=lambda: progress(
+            "pg_restore: %s holds %d MiB" % (scratch, _database_size(target, scratch) // 2**20)))
     finally:
         if tsdb:
             _timescaledb_call(target, scratch, "timescaledb_post_restore")

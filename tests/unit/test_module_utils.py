@@ -18,7 +18,7 @@ import time
 import pytest
 from conftest import ROOT
 
-from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils import commands, config_tree, redis_keys
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import HashingWriter, write_json_atomic
 from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME, DirectoryLock
@@ -551,3 +551,43 @@ def test_recovery_error_is_one_line_and_keeps_its_details():
     assert str(err) == 'pg_restore failed: ERROR: relation "x" exists'
     assert err.details == {"report": {"ok": False}}
     assert str(RecoveryError(ValueError("bad\nvalue"))) == "bad value"
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_long_child_reports_progress_while_it_runs():
+    beats = []
+    proc = commands.start(["sleep", "0.5"])
+    commands.finish(proc, "sleep", heartbeat=lambda: beats.append(time.monotonic()), every=0.1)
+    assert len(beats) >= 3
+
+
+def test_failed_child_is_one_line_naming_what_failed():
+    with pytest.raises(RecoveryError) as err:
+        commands.run([sys.executable, "-c", "import sys; sys.stderr.write('warning: x\\nfatal: disk on fire\\n');"
+                      "sys.exit(3)"], "the child")
+    assert _one_line(err) == "the child failed (exit 3): fatal: disk on fire"
+
+
+def test_child_does_not_outlive_its_parent(tmp_dir):
+    """A SIGKILLed backup must not leave pg_dump writing into its directory."""
+    script = ("import sys; sys.path.insert(0, %r); from ansible_collections.christmas.recovery.plugins.module_utils "
+              "import commands; p = commands.start(['sleep', '30']); print(p.pid, flush=True); p.wait()"
+              % os.path.join(ROOT, ".collections"))
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while os.path.exists("/proc/%d" % child) and "Z" not in _proc_state(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists("/proc/%d" % child) or "Z" in _proc_state(child)
+
+
+def _proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
+            return handle.read().split(")")[-1].split()[0]
+    except OSError:
+        return "gone"
