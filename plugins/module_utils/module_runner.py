@@ -32,6 +32,8 @@ def run(module, work):
         result = work(progress)
     except RecoveryError as err:
         module.fail_json(msg=str(err), steps=steps, **err.details)
+    except OSError as err:  # a path that cannot serve, e.g. a file where a directory must be
+        module.fail_json(msg=str(RecoveryError(err)), steps=steps)
     result.setdefault("changed", False)
     result["steps"] = steps
     result["elapsed_seconds"] = round(time.monotonic() - started, 3)

@@ -716,3 +716,14 @@ def test_backup_check_mode_writes_nothing(run_playbook, platform, make_redis, co
     assert "would prune 1 set(s)" in dry.stdout
     assert tree_state(backup_dir) == before
 
+
+
+def test_backup_dir_that_is_a_file_fails_in_one_line(run_playbook, config_dir, tmp_dir):
+    not_a_dir = os.path.join(tmp_dir, "backups")
+    with open(not_a_dir, "w", encoding="utf-8") as handle:
+        handle.write("keep me")
+    result = run_playbook("backup", {"christmas_backup_dir": not_a_dir, "christmas_config_dir": config_dir},
+                          {"skip_db": True, "skip_redis": True}, expect_ok=False)
+    assert "File exists" in _failure_message(result)
+    with open(not_a_dir, encoding="utf-8") as handle:
+        assert handle.read() == "keep me"
