@@ -18,7 +18,7 @@ import time
 import pytest
 from conftest import ROOT
 
-from ansible_collections.christmas.recovery.plugins.module_utils import commands, config_tree, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils import commands, config_tree, postgres, redis_keys
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import HashingWriter, write_json_atomic
 from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME, DirectoryLock
@@ -591,3 +591,15 @@ def _proc_state(pid):
             return handle.read().split(")")[-1].split()[0]
     except OSError:
         return "gone"
+
+
+# ---------------------------------------------------------------- postgres preflight
+
+
+def test_restore_refuses_a_target_of_an_older_postgresql_major():
+    target = postgres.PgTarget(host="db2", port=5433)
+    with pytest.raises(RecoveryError) as err:
+        postgres._check_versions(target, {"version": "14.10", "version_num": 140010},
+                                 {"server_version": "15.18", "server_version_num": 150018, "pg_dump_major": 15})
+    assert _one_line(err) == ("target PostgreSQL 14.10 at db2:5433 is older than the backup's 15.18; "
+                              "restore onto 15 or newer")
