@@ -28,7 +28,8 @@ options:
     default: christmas
   db_password:
     description:
-      - Password of I(db_user). Passed to child processes through their environment, never on a command line.
+      - Password of I(db_user). pg_dump and pg_restore get it from a 0600 password file that exists only while they
+        run; never on a command line or in an environment variable.
     type: str
   db_admin_user:
     description:

@@ -28,6 +28,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.manifest import
     FORMAT_VERSION,
     manifest_name,
     partial_dir_name,
+    seal,
     set_dir_name,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.retention import (
@@ -141,7 +142,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
                           "platform": platform.platform()},
             }
             manifest.update(sections)
-            write_json_atomic(os.path.join(backup_dir, manifest_name(set_id)), manifest)
+            write_json_atomic(os.path.join(backup_dir, manifest_name(set_id)), seal(manifest))
         except OSError as err:
             remove_quietly(partial)
             remove_quietly(final)

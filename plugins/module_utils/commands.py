@@ -36,9 +36,10 @@ def _die_with_parent():
 
 
 def child_env(extra):
+    """Our environment with ``extra`` applied; a None value removes the variable (e.g. an inherited PGPASSWORD)."""
     env = dict(os.environ)
-    env.update({key: value for key, value in extra.items() if value is not None})
-    return env
+    env.update(extra)
+    return {key: value for key, value in env.items() if value is not None}
 
 
 def last_error_line(text):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -145,6 +146,17 @@ def _check_section(section, component, path):
                  "config.root_owner must be [uid, gid]")
 
 
+def content_checksum(data):
+    """SHA-256 of the manifest without its own checksum, over canonical JSON: any changed byte changes it."""
+    body = {key: value for key, value in data.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def seal(data):
+    """Return the manifest with its checksum added; what the backup writes."""
+    return dict(data, manifest_sha256=content_checksum(data))
+
+
 def load(path):
     """Read and schema-check a manifest; every failure is a one-line RecoveryError."""
     try:
@@ -160,6 +172,8 @@ def load(path):
         raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0])) from None
     except OSError as err:
         raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
+    _require(isinstance(data, dict) and data.get("manifest_sha256") == content_checksum(data), path,
+             "its checksum does not match its content (corrupted or edited)")
     check_schema(data, path)
     return data
 

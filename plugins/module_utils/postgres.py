@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -57,13 +60,26 @@ class PgTarget:
     def describe(self):
         return "%s@%s:%s/%s" % (self.login[0], self.host, self.port, self.dbname)
 
+    @contextlib.contextmanager
     def libpq_env(self, dbname=None):
-        """Connection settings for a child process: all in its environment, nothing in its argv."""
+        """Connection settings for a child process, in its environment; the password in a 0600 passfile that
+        exists only while the child runs, so it is in neither argv nor environ."""
         user, password = self.login
-        return {
-            "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": user, "PGPASSWORD": password,
-            "PGDATABASE": dbname or self.dbname, "PGAPPNAME": "christmas.recovery", "PGCONNECT_TIMEOUT": "10",
-        }
+        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": user, "PGDATABASE": dbname or self.dbname,
+               "PGAPPNAME": "christmas.recovery", "PGCONNECT_TIMEOUT": "10", "PGPASSWORD": None}
+        if password is None:
+            yield env
+            return
+        private = tempfile.mkdtemp(prefix="christmas-recovery-")
+        try:
+            passfile = os.path.join(private, "pgpass")
+            fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write("*:*:*:*:%s\n" % escaped)
+            yield dict(env, PGPASSFILE=passfile)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def connect(target, dbname=None, autocommit=True):
@@ -274,17 +290,18 @@ def dump_database(target, set_dir, jobs=2, compress_level=None, progress=print):
         if compress_level is not None:
             argv.append("--compress=%d" % compress_level)
         progress("dumping database %s with %d jobs" % (target.dbname, jobs))
-        proc = commands.start(argv, env=target.libpq_env())
-        try:
-            extensions = installed_extensions(conn)
-            row_counts = count_rows(conn)
-            globals_data = collect_globals(conn, with_passwords=bool(target.admin_user))
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        commands.finish(proc, "pg_dump of %s" % target.dbname, heartbeat=lambda: progress(
-            "pg_dump: %d MiB written" % (tree_bytes(dump_dir) // 2**20)))
+        with target.libpq_env() as env:
+            proc = commands.start(argv, env=env)
+            try:
+                extensions = installed_extensions(conn)
+                row_counts = count_rows(conn)
+                globals_data = collect_globals(conn, with_passwords=bool(target.admin_user))
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            commands.finish(proc, "pg_dump of %s" % target.dbname, heartbeat=lambda: progress(
+                "pg_dump: %d MiB written" % (tree_bytes(dump_dir) // 2**20)))
         conn.rollback()
     except psycopg2.Error as err:
         raise sql_error("reading database %s" % target.dbname, err) from None
@@ -644,10 +661,11 @@ def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
     progress("loading %s into scratch database %s with %d jobs" % (dump_dir, scratch, jobs))
     pg_restore = find_pg_program("pg_restore", target, major_of(meta["server_version_num"]))
     try:
-        proc = commands.start([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
-                               "--dbname=%s" % scratch, dump_dir], env=target.libpq_env(scratch))
-        commands.finish(proc, "pg_restore into %s" % scratch, heartbeat=lambda: progress(
-            "pg_restore: %s holds %d MiB" % (scratch, _database_size(target, scratch) // 2**20)))
+        with target.libpq_env(scratch) as env:
+            proc = commands.start([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
+                                   "--dbname=%s" % scratch, dump_dir], env=env)
+            commands.finish(proc, "pg_restore into %s" % scratch, heartbeat=lambda: progress(
+                "pg_restore: %s holds %d MiB" % (scratch, _database_size(target, scratch) // 2**20)))
     finally:
         if tsdb:
             _timescaledb_call(target, scratch, "timescaledb_post_restore")

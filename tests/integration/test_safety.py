@@ -26,6 +26,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import ROOT, connection_vars, redis_state, seed_redis, tree_state
 
+from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
+
 BACKUP_SCRIPT = os.path.join(ROOT, "scripts", "backup.py")
 LOCK_NAME = ".christmas-recovery.lock"
 MANIFEST_NAME_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
@@ -62,10 +64,12 @@ def _write_json(path, data):
 
 
 def _edit_manifest(backup_dir, set_id, edit):
+    """Edit a manifest as an attacker or a careless hand would, re-sealing it so only the checks behind it can tell."""
     path = _manifest_path(backup_dir, set_id)
     manifest = _read_json(path)
+    manifest.pop("manifest_sha256")
     edit(manifest)
-    _write_json(path, manifest)
+    _write_json(path, seal(manifest))
 
 
 def _artifact(manifest, name):
@@ -81,10 +85,11 @@ def _copy_set_as(backup_dir, set_id, new_id):
     """A real set copied under another id: its dir renamed, the manifest's set_id and artifact paths rewritten."""
     shutil.copytree(_set_dir(backup_dir, set_id), _set_dir(backup_dir, new_id), symlinks=True)
     manifest = _read_json(_manifest_path(backup_dir, set_id))
+    manifest.pop("manifest_sha256")
     manifest["set_id"] = new_id
     for artifact in manifest["artifacts"]:
         artifact["path"] = "set_%s/%s" % (new_id, artifact["path"].split("/", 1)[1])
-    _write_json(_manifest_path(backup_dir, new_id), manifest)
+    _write_json(_manifest_path(backup_dir, new_id), seal(manifest))
 
 
 def _flip_byte(path):
@@ -630,21 +635,22 @@ def test_damaged_set_fails_verification_in_one_line_and_restore_leaves_everythin
 
 
 class ArgvSampler(threading.Thread):
-    """Reads the argv of every process on the machine every few milliseconds."""
+    """Reads the argv and the environment of every process on the machine every few milliseconds."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.seen, self.rounds = set(), 0
+        self.seen, self.environ, self.rounds = set(), set(), 0
         self._done = threading.Event()
 
     def run(self):
         while not self._done.is_set():
             for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                        self.seen.add(handle.read())
-                except OSError:
-                    pass
+                for name, into in (("cmdline", self.seen), ("environ", self.environ)):
+                    try:
+                        with open("/proc/%s/%s" % (pid, name), "rb") as handle:
+                            into.add(handle.read())
+                    except OSError:
+                        pass
             self.rounds += 1
             self._done.wait(0.002)
 
@@ -653,8 +659,8 @@ class ArgvSampler(threading.Thread):
         self.join()
 
 
-def test_passwords_never_reach_argv_output_manifest_or_backup_files(run_playbook, platform, make_redis, config_dir,
-                                                                   tmp_dir):
+def test_passwords_never_reach_argv_environ_output_manifest_or_backup_files(
+        run_playbook, platform, make_redis, config_dir, tmp_dir):
     server = make_redis(password="redis-" + secrets.token_urlsafe(16))
     seed_redis(server)
     backup_dir = os.path.join(tmp_dir, "backups")
@@ -673,10 +679,10 @@ def test_passwords_never_reach_argv_output_manifest_or_backup_files(run_playbook
     finally:
         sampler.stop()
 
-    argv = b"\n".join(sampler.seen)
-    # The sampler did see the module processes and the PostgreSQL tools they start.
-    assert sampler.rounds > 100 and b"AnsiballZ_christmas_restore" in argv
-    assert b"/pg_restore\x00" in argv or b"/pg_dump\x00" in argv
+    argv, environ = b"\n".join(sampler.seen), b"\n".join(sampler.environ)
+    # The sampler did see the PostgreSQL tools the modules start, and their environment.
+    assert sampler.rounds > 100 and b"/pg_restore\x00" in argv and b"/pg_dump\x00" in argv
+    assert b"PGPASSFILE=" in environ
     files = []
     for base, _dirs, names in os.walk(backup_dir):
         files += [os.path.join(base, name) for name in names]
@@ -687,6 +693,7 @@ def test_passwords_never_reach_argv_output_manifest_or_backup_files(run_playbook
     for what, password in passwords.items():
         secret = password.encode()
         assert secret not in argv, "%s password in a process argv" % what
+        assert secret not in environ, "%s password in a process environment" % what
         for run in runs:
             assert password not in run.output, "%s password in playbook output" % what
         for path in files:

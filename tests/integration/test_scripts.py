@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, redis_state, seed_redis, tree_state
 
 from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME
+from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
 from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
 
 PROGRESS_RE = re.compile(r"^\[ *\d+\.\ds\] \S")
@@ -193,7 +194,8 @@ def test_restore_of_a_manifest_whose_section_lacks_a_field_fails_in_one_line(con
     with open(manifest, encoding="utf-8") as handle:
         data = json.load(handle)
     del data["config"]["source_dir"]
+    del data["manifest_sha256"]
     with open(manifest, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
+        json.dump(seal(data), handle)
     line = _fails_in_one_line(_run("restore.py", manifest, "--skip-db", "--skip-redis", "--dry-run"))
     assert "config.source_dir is missing" in line
