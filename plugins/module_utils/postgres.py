@@ -621,6 +621,7 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
     admin = connect(target, dbname=target.maintenance_db)
     result["changed"] = True
     try:
+        progress("creating missing roles and scratch database %s" % scratch)
         created = create_missing_roles(admin, globals_data)
         result["roles_created"] = [role["name"] for role in created]
         result["roles_need_password"] = [r["name"] for r in created if r["login"] and not r["password_hash"]]
@@ -628,6 +629,7 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
         try:
             result["row_counts_checked"] = _load_scratch(target, scratch, manifest["db"], dump_dir, jobs, result,
                                                          progress)
+            progress("swapping scratch database %s in for %s" % (scratch, target.dbname))
             # ACL, settings and the set marker belong to the database itself, so they follow it through the rename.
             _apply_database_properties(admin, scratch, globals_data["database"], manifest["set_id"])
             _swap_in(admin, target.dbname, scratch, manifest["set_id"])
@@ -689,9 +691,9 @@ def _allow_connections(conn, name, allowed):
 
 def _swap_in(conn, dbname, scratch, set_id):
     """Rename the old database aside and the scratch one into its place; on failure the old one is put back."""
-    replaced = None
+    replaced = _side_name(dbname, "replaced", set_id)
+    moved = False
     if _database_exists(conn, dbname):
-        replaced = _side_name(dbname, "replaced", set_id)
         _drop(conn, replaced)
         _allow_connections(conn, dbname, False)
         try:
@@ -699,12 +701,12 @@ def _swap_in(conn, dbname, scratch, set_id):
         except BaseException:
             _allow_connections(conn, dbname, True)
             raise
+        moved = True
     try:
         _rename(conn, scratch, dbname)
     except BaseException:
-        if replaced:
+        if moved:
             _rename(conn, replaced, dbname)
             _allow_connections(conn, dbname, True)
         raise
-    if replaced:
-        _drop(conn, replaced)
+    _drop(conn, replaced)  # also what a restore killed between the two renames left

@@ -272,41 +272,51 @@ def restore_redis(target, manifest, path, force=False, check_mode=False, progres
         if not force and matches_target(target, path, meta["keys_per_db"]):
             result.update(changed=False, state="already identical to set %s" % manifest["set_id"])
             return result
-        result["changed"] = True
-        if check_mode:
-            result["state"] = "would replace %d keys with %d" % (result["keys_before"], meta["key_count"])
-            return result
-        progress("restoring %d Redis keys into %s" % (meta["key_count"], target.describe()))
-        control = target.client()
-        clients = {}
-        try:
-            control.flushall()
-            result["state"] = "flushed; loading keys"
-            pending = {}
-            for db, key, pttl, payload, _digest in read_records(path):
-                pipe = pending.get(db)
-                if pipe is None:
-                    pipe = pending[db] = clients.setdefault(db, target.client(db)).pipeline(transaction=False)
-                pipe.restore(key, max(pttl, 0), payload, replace=True)
-                if len(pipe) >= BATCH:
-                    pipe.execute()
-            for pipe in pending.values():
-                pipe.execute()
-            result["persisted"] = _persist(control, info["aof_enabled"])
-        finally:
-            control.close()
-            for client in clients.values():
-                client.close()
-        after = server_info(target)["keys_per_db"]
-        expected = {db: n for db, n in meta["keys_per_db"].items() if n}
-        if after != expected:
-            raise RecoveryError("Redis at %s holds %s keys per db after restore, the backup has %s" % (
-                target.describe(), after, expected))
-        result["state"] = "restored from set %s" % manifest["set_id"]
-        result["keys_after"] = sum(after.values())
-        return result
     except redis.RedisError as err:
-        raise redis_error(target, "restore failed", err) from None
+        raise redis_error(target, "preflight failed", err) from None
+    result["changed"] = True
+    if check_mode:
+        result["state"] = "would replace %d keys with %d" % (result["keys_before"], meta["key_count"])
+        return result
+    progress("flushing Redis at %s and loading %d keys" % (target.describe(), meta["key_count"]))
+    result["persisted"] = _replace_keyspace(target, path, meta["key_count"], info["aof_enabled"])
+    after = server_info(target)["keys_per_db"]
+    expected = {db: n for db, n in meta["keys_per_db"].items() if n}
+    if after != expected:
+        raise RecoveryError("Redis at %s holds %s keys per db after restore, the backup has %s" % (
+            target.describe(), after, expected))
+    result["state"] = "restored from set %s" % manifest["set_id"]
+    result["keys_after"] = sum(after.values())
+    return result
+
+
+def _replace_keyspace(target, path, total, aof_enabled):
+    """FLUSHALL, then RESTORE every key pipelined per database; a failure says how far the load got."""
+    control = target.client()
+    clients, pending, loaded, flushed = {}, {}, 0, False
+    try:
+        control.flushall()
+        flushed = True
+        for db, key, pttl, payload, _digest in read_records(path):
+            pipe = pending.get(db)
+            if pipe is None:
+                pipe = pending[db] = clients.setdefault(db, target.client(db)).pipeline(transaction=False)
+            pipe.restore(key, max(pttl, 0), payload, replace=True)
+            if len(pipe) >= BATCH:
+                loaded += len(pipe.execute())
+        for pipe in pending.values():
+            loaded += len(pipe.execute())
+        return _persist(control, aof_enabled)
+    except redis.RedisError as err:
+        if not flushed:
+            raise redis_error(target, "restore failed before anything changed", err) from None
+        raise RecoveryError("Redis restore at %s failed after the flush with %d of %d keys loaded (the keyspace is "
+                            "partial; run the restore again): %s" % (target.describe(), loaded, total,
+                                                                   str(err).splitlines()[0])) from None
+    finally:
+        control.close()
+        for client in clients.values():
+            client.close()
 
 
 def _persist(client, aof_enabled, timeout=600):

@@ -11,6 +11,7 @@ import time
 from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import artifact_path, artifacts_of
+from ansible_collections.christmas.recovery.plugins.module_utils.restore_journal import RestoreJournal
 from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
 
 ORDER = ("db", "redis", "config")
@@ -44,27 +45,46 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
         raise RecoveryError("backup set %s has no %s component (it holds %s)" % (
             manifest["set_id"], ", ".join(missing), ", ".join(manifest["components"])))
     chosen = [c for c in ORDER if c in components]
-    runners = {c: _runner(c, manifest, report["backup_dir"], db, redis_target, config_dir, jobs, force, progress)
-               for c in chosen}
+    journal = None if check_mode else RestoreJournal(report["backup_dir"], manifest["set_id"])
+
+    def progress_of(component):
+        def record(message):
+            if journal:
+                journal.record(component, message)
+            progress(message)
+        return record
+
+    runners = {c: _runner(c, manifest, report["backup_dir"], db, redis_target, config_dir, jobs, force,
+                          progress_of(c)) for c in chosen}
     plan = {c: runners[c](True) for c in chosen}
     result = {"manifest": report["manifest"], "set_id": manifest["set_id"], "verification": report,
               "components": {}, "changed": any(p["changed"] for p in plan.values())}
     if check_mode:
         result["components"] = plan
         return result
+    result["journal"] = journal.path
+    if journal.interrupted:
+        result["previous_attempt"] = journal.previous["components"]
+        progress("an earlier restore of set %s stopped unfinished (%s); restoring again" % (
+            manifest["set_id"], journal.previous_states()))
     for component in chosen:
         if not plan[component]["changed"]:
             result["components"][component] = plan[component]
+            journal.record(component, plan[component]["state"])
             continue
         begin = time.monotonic()
         try:
             outcome = runners[component](False)
         except RecoveryError as err:
+            journal.record(component, "failed: %s" % err)
             states = ["%s: %s" % (c, result["components"][c]["state"]) for c in result["components"]]
             states += ["%s: not started" % c for c in chosen[chosen.index(component) + 1:]]
-            raise RecoveryError("restore of %s failed: %s%s" % (component, err, (
-                " | " + "; ".join(states)) if states else ""), report=result) from None
+            message = "restore of %s failed: %s%s" % (component, err, (" | " + "; ".join(states)) if states else "")
+            journal.finish(message)
+            raise RecoveryError(message, report=result) from None
         outcome["seconds"] = round(time.monotonic() - begin, 3)
         result["components"][component] = outcome
+        journal.record(component, outcome["state"])
+    journal.finish("restored")
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
