@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import stat
 import tarfile
@@ -29,6 +30,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths impo
 
 ARCHIVE_FILE = "config.tar"
 ALLOWED_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "link"}
+MAX_ID = 2**32 - 2  # the largest uid/gid chown can set: 2**32 - 1 means "leave unchanged"
+MAX_MTIME = 2**40  # seconds, some 35,000 years: far inside what utime accepts
 
 
 class TreeDigest:
@@ -134,7 +137,8 @@ def archive_tree(root, set_dir, progress=print):
     except BaseException:
         writer.abort()
         raise
-    metadata = {"source_dir": root, "root_mode": "%o" % stat.S_IMODE(root_info.st_mode),
+    # Absolute: a restore without config_dir goes back to source_dir, whatever its working directory.
+    metadata = {"source_dir": os.path.abspath(root), "root_mode": "%o" % stat.S_IMODE(root_info.st_mode),
                 "root_owner": [root_info.st_uid, root_info.st_gid], "entries": counts,
                 "tree_sha256": digest.hexdigest()}
     return metadata, {ARCHIVE_FILE: (size, sha)}
@@ -159,6 +163,9 @@ def check_members(path):
                     raise RecoveryError("%s is a %s; only files, directories and symlinks are restored" % (
                         label, "hardlink" if member.islnk() else "device, FIFO or other special file"))
                 parts = check_relative_name(name, "config archive member")
+                if not _settable(member):
+                    raise RecoveryError("%s has an owner or time that cannot be set (uid %r, gid %r, mtime %r)" % (
+                        label, member.uid, member.gid, member.mtime))
                 clean = "/".join(parts)
                 if clean in names:
                     raise RecoveryError("%s appears twice in the archive" % label)
@@ -188,6 +195,27 @@ def check_members(path):
     return members, total, digest
 
 
+def _settable(member):
+    """Whether chown and utime accept the member's numbers; a PAX header can carry any, even negative or NaN."""
+    return (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID and math.isfinite(member.mtime)
+            and abs(member.mtime) < MAX_MTIME)
+
+
+def _owners_match(dest, members, metadata):
+    """The tree digest leaves owners out (uids differ between hosts), but a restore as root sets them: as root, a
+    tree whose entries have other owners is not yet the archived one."""
+    if os.geteuid() != 0:
+        return True
+    expected = [(dest, metadata["root_owner"])] + [(os.path.join(dest, name), (member.uid, member.gid))
+                                                    for name, _kind, member in members]
+    try:
+        owners = [os.lstat(path) for path, _owner in expected]
+    except OSError:  # changed while we looked: restore
+        return False
+    return all((info.st_uid, info.st_gid) == tuple(owner)
+               for info, (_path, owner) in zip(owners, expected, strict=True))
+
+
 def restore_tree(archive_path, metadata, dest, set_id, check_mode=False, force=False, progress=print):
     """Make ``dest`` identical to the archived tree; the current tree is first moved aside as a safety copy."""
     members, total, digest = check_members(archive_path)
@@ -199,7 +227,7 @@ def restore_tree(archive_path, metadata, dest, set_id, check_mode=False, force=F
     stamp = time.strftime("%Y%m%d_%H%M%S")
     safety = "%s.pre-restore-%s" % (dest, stamp)
     result = {"config_dir": dest, "entries": len(members)}
-    if not force and current_tree_digest(dest) == metadata["tree_sha256"]:
+    if not force and current_tree_digest(dest) == metadata["tree_sha256"] and _owners_match(dest, members, metadata):
         result.update(changed=False, state="already identical to set %s" % set_id, safety_copy=None)
         return result
     free = require_free_space(parent, int(total * 1.05) + 2**20, "config restore into %s" % parent)

@@ -22,6 +22,9 @@ COMPONENTS = ("db", "redis", "config")
 SET_ID_RE = re.compile(r"^\d{8}_\d{6}$")
 MANIFEST_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# The kinds each component's restore looks up: a set lacking one could pass verification and then fail mid-restore.
+ARTIFACT_KINDS = {"db": ("pg_dump_directory", "pg_globals"), "redis": ("redis_keys",), "config": ("config_tar",)}
+MAX_ID = 2**32 - 2  # the largest uid/gid chown can set: 2**32 - 1 means "leave unchanged"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 SECTION_FIELDS = {
     "db": {"server_version": str, "server_version_num": int, "pg_dump_major": int, "size_bytes": int,
@@ -32,6 +35,7 @@ SECTION_FIELDS = {
 TYPE_NAMES = {str: "string", int: "integer", dict: "object", list: "list"}
 SECTION_FORMATS = {
     ("redis", "version"): re.compile(r"^\d+\.\d+(\.|$)"),
+    ("config", "source_dir"): re.compile(r"^/.*[^/]"),  # restored into when no config_dir is given: never cwd or /
     ("config", "root_mode"): re.compile(r"^[0-7]{1,4}$"),
     ("config", "tree_sha256"): SHA256_RE,
 }
@@ -87,7 +91,8 @@ def check_schema(data, path):
     """Raise naming the first structural problem of a loaded manifest."""
     _require(isinstance(data, dict), path, "top level is not an object")
     _require(data.get("format") == FORMAT, path, "format is not %r" % FORMAT)
-    _require(data.get("format_version") == FORMAT_VERSION, path, "format_version is not %d" % FORMAT_VERSION)
+    _require(_is_int(data.get("format_version")) and data["format_version"] == FORMAT_VERSION, path,
+             "format_version is not %d" % FORMAT_VERSION)
     set_id = data.get("set_id")
     _require(isinstance(set_id, str) and SET_ID_RE.match(set_id), path, "set_id is not YYYYMMDD_HHMMSS")
     match = MANIFEST_RE.match(os.path.basename(path))
@@ -114,17 +119,25 @@ def check_schema(data, path):
         _require(name not in seen, path, "%s.path %s is listed twice" % (where, name))
         seen.add(name)
         size = artifact.get("size")
-        _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, path,
-                 "%s.size is not a size" % where)
+        _require(_is_int(size) and size >= 0, path, "%s.size is not a size" % where)
         _require(isinstance(artifact.get("sha256"), str) and SHA256_RE.match(artifact["sha256"]), path,
                  "%s.sha256 is not a SHA-256 hex digest" % where)
         _require(artifact.get("component") in components, path,
                  "%s.component is not one of the set's components" % where)
         _require(isinstance(artifact.get("kind"), str), path, "%s.kind is missing" % where)
+        kinds = ARTIFACT_KINDS[artifact["component"]]
+        _require(artifact["kind"] in kinds, path, "%s.kind %.100r is not one of %s" % (
+            where, artifact["kind"], ", ".join(kinds)))
     for component in components:
         _require(isinstance(data.get(component), dict), path, "section %r is missing" % component)
-        _require(any(a["component"] == component for a in artifacts), path, "component %s has no artifact" % component)
+        kinds = {a["kind"] for a in artifacts if a["component"] == component}
+        _require(kinds.issuperset(ARTIFACT_KINDS[component]), path, "component %s has no artifact of kind %s" % (
+            component, ", ".join(sorted(set(ARTIFACT_KINDS[component]) - kinds))))
         _check_section(data[component], component, path)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_section(section, component, path):
@@ -140,9 +153,15 @@ def _check_section(section, component, path):
         _require(all(isinstance(ext, dict) and isinstance(ext.get("version"), str)
                      and isinstance(ext.get("schema"), str) for ext in section["extensions"].values()),
                  path, "db.extensions must map names to version and schema")
+        _require(all(_is_int(count) for count in section["row_counts"].values()), path,
+                 "db.row_counts must map table names to row counts")
+    if component == "redis":
+        counts = section["keys_per_db"]
+        _require(all(db.isascii() and db.isdigit() and _is_int(count) for db, count in counts.items()), path,
+                 "redis.keys_per_db must map database numbers to key counts")
     if component == "config":
         owner = section["root_owner"]
-        _require(len(owner) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in owner), path,
+        _require(len(owner) == 2 and all(_is_int(i) and 0 <= i <= MAX_ID for i in owner), path,
                  "config.root_owner must be [uid, gid]")
 
 
@@ -168,12 +187,14 @@ def load(path):
     try:
         with open(path, "rb") as handle:
             data = json.loads(handle.read().decode("utf-8"))
+        sealed = isinstance(data, dict) and data.get("manifest_sha256") == content_checksum(data)
     except (UnicodeDecodeError, ValueError) as err:
         raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0])) from None
+    except RecursionError:  # "[[[[..." deeper than the parser's (or, re-encoded, the checksum's) recursion limit
+        raise RecoveryError("manifest %s is not valid JSON: nested too deeply" % path) from None
     except OSError as err:
         raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
-    _require(isinstance(data, dict) and data.get("manifest_sha256") == content_checksum(data), path,
-             "its checksum does not match its content (corrupted or edited)")
+    _require(sealed, path, "its checksum does not match its content (corrupted or edited)")
     check_schema(data, path)
     return data
 

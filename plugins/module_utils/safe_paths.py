@@ -19,7 +19,11 @@ def check_relative_name(name, what="path"):
     """Reject anything but a normalised relative POSIX path without ``..``; return its parts."""
     if not isinstance(name, str) or not name:
         raise RecoveryError("%s %r is not a non-empty string" % (what, name))
-    if "\x00" in name or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+    try:
+        size = len(name.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate (JSON can carry "\ud800"): no file can have that name
+        raise RecoveryError("%s %r is not a valid file name (unencodable character)" % (what, name[:200])) from None
+    if "\x00" in name or size > MAX_NAME:
         raise RecoveryError("%s %r has a NUL byte or is too long" % (what, name[:200]))
     if name.startswith("/"):
         raise RecoveryError("%s %r is absolute" % (what, name))
@@ -61,8 +65,10 @@ def resolve_inside(root, name, what="path"):
         current = os.path.join(current, part)
         try:
             mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            break
+        except (FileNotFoundError, NotADirectoryError):
+            break  # nothing below this point exists, so no symlink either; opening it will fail
+        except OSError as err:
+            raise RecoveryError("%s %r cannot be checked: %s" % (what, name[:200], err.strerror)) from None
         if stat.S_ISLNK(mode):
             raise RecoveryError("%s %r passes through a symlink at %r" % (what, name, "/".join(parts[: index + 1])))
     joined = posixpath.join(root, *parts)

@@ -26,8 +26,9 @@ def _unlisted_files(backup_dir, manifest):
     if os.path.islink(root) or not os.path.isdir(root):
         return []
     extra = []
-    for base, _dirs, files in os.walk(root):
-        for name in files:
+    for base, dirs, files in os.walk(root):
+        # os.walk lists a symlink to a directory among the directories and does not enter it: report it as well.
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
             relative = os.path.relpath(os.path.join(base, name), backup_dir)
             if relative not in listed:
                 extra.append(relative)
