@@ -28,8 +28,8 @@ options:
     default: christmas
   db_password:
     description:
-      - Password of I(db_user). pg_dump and pg_restore get it from a 0600 password file that exists only while they
-        run; never on a command line or in an environment variable.
+      - Password of I(db_user). pg_dump and pg_restore read it from an anonymous in-memory 0600 password file; it is
+        never on a command line, in an environment variable or on disk.
     type: str
   db_admin_user:
     description:

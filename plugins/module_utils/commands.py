@@ -42,17 +42,20 @@ def child_env(extra):
     return {key: value for key, value in env.items() if value is not None}
 
 
-def last_error_line(text):
+def cause_line(text):
+    """The first error line: later ones are consequences (pg_dump -j ends with "a worker process died unexpectedly"
+    after the worker's own "No space left on device"); without any, the last line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower() or "fatal" in line.lower()]
-    return (errors or lines or ["no output"])[-1]
+    return (errors[:1] or lines[-1:] or ["no output"])[0]
 
 
-def start(argv, env=None, stdout=subprocess.DEVNULL):
+def start(argv, env=None, stdout=subprocess.DEVNULL, pass_fds=()):
     """Start a child with a private umask; stderr is captured for the error message."""
     return subprocess.Popen(
-        argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, stdout=stdout,
-        stderr=subprocess.PIPE, umask=0o077, preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
+        argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+        umask=0o077, pass_fds=pass_fds,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
     )
 
 
@@ -65,7 +68,7 @@ def finish(proc, what, heartbeat=None, every=10.0):
         except subprocess.TimeoutExpired:
             heartbeat()
     if proc.returncode != 0:
-        message = last_error_line(err.decode("utf-8", "replace"))
+        message = cause_line(err.decode("utf-8", "replace"))
         raise RecoveryError("%s failed (exit %s): %s" % (what, proc.returncode, message))
     return err.decode("utf-8", "replace")
 
@@ -77,6 +80,6 @@ def run(argv, what, env=None):
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
     )
     if proc.returncode != 0:
-        message = last_error_line(proc.stderr.decode("utf-8", "replace"))
+        message = cause_line(proc.stderr.decode("utf-8", "replace"))
         raise RecoveryError("%s failed (exit %s): %s" % (what, proc.returncode, message))
     return proc.stdout.decode("utf-8", "replace")

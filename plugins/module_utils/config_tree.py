@@ -253,6 +253,7 @@ def restore_tree(archive_path, metadata, dest, set_id, check_mode=False, force=F
         remove_quietly(staging)
         raise
     if os.path.lexists(dest):
+        progress("moving the current config tree aside to %s" % safety)
         os.rename(dest, safety)
         result["safety_copy"] = safety
     else:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,6 +30,9 @@ def make_private_dir(path):
     """Create ``path`` (and parents) as 0700 whatever the umask; an existing directory keeps its mode."""
     if os.path.isdir(path):
         return False
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != path:
+        make_private_dir(parent)  # makedirs would create missing parents 0777 & ~umask: world-writable under umask 0
     os.makedirs(path, DIR_MODE, exist_ok=True)
     os.chmod(path, DIR_MODE)
     return True
@@ -46,6 +50,13 @@ def make_tree_private(root):
                 os.chmod(path, FILE_MODE)
 
 
+def name_file(err, path):
+    """Errors of buffered writes carry no file name; the operator needs it (which file met a full disk?)."""
+    if err.filename is None:
+        err.filename = path
+    return err
+
+
 def write_json_atomic(path, data):
     """Write JSON to a temporary name, fsync, rename over ``path``, fsync the directory."""
     directory, name = os.path.split(path)
@@ -59,6 +70,9 @@ def write_json_atomic(path, data):
             handle.flush()
             os.fsync(handle.fileno())
         os.rename(tmp, path)
+    except OSError as err:
+        remove_quietly(tmp)
+        raise name_file(err, path) from None
     except BaseException:
         remove_quietly(tmp)
         raise
@@ -112,7 +126,10 @@ class HashingWriter:
         self.size = 0
 
     def write(self, data):
-        self._handle.write(data)
+        try:
+            self._handle.write(data)
+        except OSError as err:
+            raise name_file(err, self.path) from None
         self._digest.update(data)
         self.size += len(data)
         return len(data)
@@ -121,14 +138,19 @@ class HashingWriter:
         return self.size
 
     def commit(self):
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        os.rename(self.tmp_path, self.path)
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            os.rename(self.tmp_path, self.path)
+        except OSError as err:
+            raise name_file(err, self.path) from None
         return self.size, self._digest.hexdigest()
 
     def abort(self):
-        if not self._handle.closed:
+        """Cleanup never raises: closing flushes what a full disk refused, and that error must not replace the
+        caller's, nor leave the temporary file behind."""
+        with contextlib.suppress(OSError):
             self._handle.close()
         remove_quietly(self.tmp_path)
 

@@ -23,8 +23,17 @@ def _pid_alive(pid):
     except (ProcessLookupError, OverflowError):  # no such process, or a number no process can have
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid):
+    """A holder killed but not yet reaped by its parent still answers kill(pid, 0), yet it is dead."""
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False  # no /proc here: kill(pid, 0) is all we know
 
 
 class DirectoryLock:
@@ -72,9 +81,13 @@ class DirectoryLock:
             pid = fields.get("pid", "")
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 self.stale_holder = previous
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, ("pid=%d host=%s since=%s\n" % (
-            os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%dT%H:%M:%S%z"))).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, ("pid=%d host=%s since=%s\n" % (
+                os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%dT%H:%M:%S%z"))).encode(), 0)
+        except OSError as err:  # e.g. a full disk: say which file, and let go of the lock
+            os.close(fd)
+            raise RecoveryError("cannot write the lock file %s: %s" % (self.path, err.strerror)) from None
         self._fd = fd
         return self
 

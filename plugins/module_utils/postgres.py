@@ -10,8 +10,6 @@ import glob
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -62,24 +60,22 @@ class PgTarget:
 
     @contextlib.contextmanager
     def libpq_env(self, dbname=None):
-        """Connection settings for a child process, in its environment; the password in a 0600 passfile that
-        exists only while the child runs, so it is in neither argv nor environ."""
+        """Yield (environment, file descriptors) for a child process. The password is in an anonymous in-memory
+        0600 file passed as PGPASSFILE: in neither argv nor environ, never on disk, gone when the processes are."""
         user, password = self.login
         env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": user, "PGDATABASE": dbname or self.dbname,
                "PGAPPNAME": "christmas.recovery", "PGCONNECT_TIMEOUT": "10", "PGPASSWORD": None}
         if password is None:
-            yield env
+            yield env, ()
             return
-        private = tempfile.mkdtemp(prefix="christmas-recovery-")
+        fd = os.memfd_create("pgpass")
         try:
-            passfile = os.path.join(private, "pgpass")
-            fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, 0o600)  # libpq ignores a password file that others could read
             escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write("*:*:*:*:%s\n" % escaped)
-            yield dict(env, PGPASSFILE=passfile)
+            os.write(fd, ("*:*:*:*:%s\n" % escaped).encode("utf-8"))
+            yield dict(env, PGPASSFILE="/proc/self/fd/%d" % fd), (fd,)
         finally:
-            shutil.rmtree(private, ignore_errors=True)
+            os.close(fd)
 
 
 def connect(target, dbname=None, autocommit=True):
@@ -290,8 +286,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=None, progress=print):
         if compress_level is not None:
             argv.append("--compress=%d" % compress_level)
         progress("dumping database %s with %d jobs" % (target.dbname, jobs))
-        with target.libpq_env() as env:
-            proc = commands.start(argv, env=env)
+        with target.libpq_env() as (env, fds):
+            proc = commands.start(argv, env=env, pass_fds=fds)
             try:
                 extensions = installed_extensions(conn)
                 row_counts = count_rows(conn)
@@ -663,9 +659,9 @@ def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
     progress("loading %s into scratch database %s with %d jobs" % (dump_dir, scratch, jobs))
     pg_restore = find_pg_program("pg_restore", target, major_of(meta["server_version_num"]))
     try:
-        with target.libpq_env(scratch) as env:
+        with target.libpq_env(scratch) as (env, fds):
             proc = commands.start([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
-                                   "--dbname=%s" % scratch, dump_dir], env=env)
+                                   "--dbname=%s" % scratch, dump_dir], env=env, pass_fds=fds)
             commands.finish(proc, "pg_restore into %s" % scratch, heartbeat=lambda: progress(
                 "pg_restore: %s holds %d MiB" % (scratch, _database_size(target, scratch) // 2**20)))
     finally:

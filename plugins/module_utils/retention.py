@@ -18,6 +18,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.manifest import
     manifest_name,
     set_dir_name,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.restore_journal import journal_name
 
 LEFTOVER_RE = re.compile(r"^(\.set_\d{8}_\d{6}\.partial|\.manifest_\d{8}_\d{6}\.json\.tmp)$")
 SET_DIR_RE = re.compile(r"^set_(\d{8}_\d{6})$")
@@ -44,6 +45,7 @@ def prune_expired_sets(backup_dir, retention_days, now=None, keep=None):
         os.unlink(os.path.join(backup_dir, manifest_name(set_id)))
         fsync_dir(backup_dir)
         remove_quietly(os.path.join(backup_dir, set_dir_name(set_id)))
+        remove_quietly(os.path.join(backup_dir, journal_name(set_id)))
         pruned.append(set_id)
     return pruned
 

@@ -102,8 +102,6 @@ def test_backup_as_another_user_under_umask_000_is_private_and_owned_by_that_use
     assert all(entry[0] in (stat.S_IFDIR, stat.S_IFREG) for entry in entries.values())
 
 
-@pytest.mark.xfail(strict=True, reason="fsutil.make_private_dir: os.makedirs creates missing parents with "
-                                       "0o777 & ~umask, so 0777 under umask 000 (fsutil.py is not this task's)")
 def test_backup_dir_parents_created_by_the_backup_are_not_writable_by_others(system_user, config_dir, tmp_dir):
     user = system_user
     os.chmod(tmp_dir, 0o755)
