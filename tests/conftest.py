@@ -241,6 +241,58 @@ def timescaledb_standin():
         os.unlink(path)
 
 
+# ---------------------------------------------------------------- the runbook's backup command and live state
+
+BACKUP_SCRIPT = os.path.join(ROOT, "scripts", "backup.py")
+
+
+def backup_command(backup_dir, platform=None, redis_server=None, config=None, extra=(), tmpdir=None):
+    """argv and environment of scripts/backup.py; passwords only in the environment, as the runbook says."""
+    argv = [sys.executable, BACKUP_SCRIPT, "--backup-dir", backup_dir, *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_")}
+    if tmpdir:
+        env["TMPDIR"] = tmpdir
+    if platform:
+        argv += ["--db-host", "127.0.0.1", "--db-port", str(platform.cluster.port), "--db-admin-user", "postgres"]
+        env.update(CHRISTMAS_DB_PASSWORD=platform.password, CHRISTMAS_DB_ADMIN_PASSWORD=platform.cluster.password)
+    else:
+        argv.append("--skip-db")
+    if redis_server:
+        argv += ["--redis-host", "127.0.0.1", "--redis-port", str(redis_server.port)]
+        if redis_server.password:
+            env["CHRISTMAS_REDIS_PASSWORD"] = redis_server.password
+    else:
+        argv.append("--skip-redis")
+    argv += ["--config-dir", config] if config else ["--skip-config"]
+    return argv, env
+
+
+def group_members(pgid):
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % pid, encoding="utf-8") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(pid))
+    return members
+
+
+def live_state(env):
+    """What a restore could change: rows, the list of databases, Redis keys, the config tree and what lies beside it."""
+    parent = os.path.dirname(env.config)
+    return {
+        "db": env.platform.snapshot(),
+        "databases": env.platform.cluster.sql("SELECT datname, oid FROM pg_database ORDER BY 1"),
+        "redis": redis_state(env.redis),
+        "config": tree_state(env.config),
+        "beside_config": sorted(name for name in os.listdir(parent) if "config" in name),
+    }
+
+
 # ---------------------------------------------------------------- ansible-playbook
 
 

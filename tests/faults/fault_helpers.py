@@ -13,11 +13,10 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 
-from conftest import ROOT
+from conftest import ROOT, group_members
 from sandbox import PG_BIN
 
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
@@ -31,7 +30,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.manifest import
 from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
 
-BACKUP_SCRIPT = os.path.join(ROOT, "scripts", "backup.py")
 RESTORE_SCRIPT = os.path.join(ROOT, "scripts", "restore.py")
 PROGRESS_RE = re.compile(r"^\[ *\d+\.\ds\] (.*)$")
 SET_DIR_RE = re.compile(r"^set_(\d{8}_\d{6})$")
@@ -66,27 +64,6 @@ def make_tree(root, files, size, dirs=10):
 
 
 # ---------------------------------------------------------------- running scripts/backup.py
-
-
-def backup_command(backup_dir, platform=None, redis_server=None, config=None, extra=(), tmpdir=None):
-    """argv and environment of scripts/backup.py; passwords only in the environment, as the runbook says."""
-    argv = [sys.executable, BACKUP_SCRIPT, "--backup-dir", backup_dir, *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_")}
-    if tmpdir:
-        env["TMPDIR"] = tmpdir
-    if platform:
-        argv += ["--db-host", "127.0.0.1", "--db-port", str(platform.cluster.port), "--db-admin-user", "postgres"]
-        env.update(CHRISTMAS_DB_PASSWORD=platform.password, CHRISTMAS_DB_ADMIN_PASSWORD=platform.cluster.password)
-    else:
-        argv.append("--skip-db")
-    if redis_server:
-        argv += ["--redis-host", "127.0.0.1", "--redis-port", str(redis_server.port)]
-        if redis_server.password:
-            env["CHRISTMAS_REDIS_PASSWORD"] = redis_server.password
-    else:
-        argv.append("--skip-redis")
-    argv += ["--config-dir", config] if config else ["--skip-config"]
-    return argv, env
 
 
 def run_script(argv, env, timeout=180):
@@ -196,20 +173,6 @@ class BackupProcess:
     def progress(self):
         """The progress messages printed (after the ``[  1.2s]`` prefix), in order."""
         return [m.group(1) for m in (PROGRESS_RE.match(text) for _t, text in self.lines) if m]
-
-
-def group_members(pgid):
-    """Live (non-zombie) processes of a process group."""
-    members = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/stat" % pid, encoding="utf-8") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(pid))
-    return members
 
 
 def _outliving(pgid, grace=0.05):

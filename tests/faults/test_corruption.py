@@ -16,7 +16,7 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-from conftest import connection_vars, redis_state, seed_redis, tree_state
+from conftest import connection_vars, live_state, seed_redis
 from manifest_samples import SET_ID, valid_manifest
 
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
@@ -53,18 +53,6 @@ def live(platform, make_redis, config_dir, tmp_dir):
     return SimpleNamespace(platform=platform, redis=server, config=config_dir, backup_dir=backup_dir, db=db,
                            redis_target=redis_target, manifest=report["manifest"], set_id=report["set_id"],
                            tmp_dir=tmp_dir)
-
-
-def _live_state(env):
-    """What a restore could change: rows, the databases (a scratch or renamed one shows), keys, config and beside it."""
-    parent = os.path.dirname(env.config)
-    return {
-        "db": env.platform.snapshot(),
-        "databases": env.platform.cluster.sql("SELECT datname, oid FROM pg_database ORDER BY 1"),
-        "redis": redis_state(env.redis),
-        "config": tree_state(env.config),
-        "beside_config": sorted(name for name in os.listdir(parent) if "config" in name),
-    }
 
 
 def _targets(env):
@@ -134,7 +122,7 @@ def test_every_single_byte_flip_in_a_set_is_refused_before_anything_changes(live
     pristine, _manifest = verify_set(env.manifest, deep=True, pg_target=env.db)
     with open(env.manifest, encoding="utf-8") as handle:
         original_manifest = json.load(handle)
-    before = _live_state(env)
+    before = live_state(env)
     rng = random.Random(SEED)
     outcomes = collections.defaultdict(collections.Counter)
     files = collections.defaultdict(set)
@@ -151,7 +139,7 @@ def test_every_single_byte_flip_in_a_set_is_refused_before_anything_changes(live
                 continue
             message = _attempt(env, name)
             outcomes[kind]["refused: " + _failure_kind(message)] += 1
-            assert _live_state(env) == before, "flip of byte %d of %s (mask %#x) changed something" % (
+            assert live_state(env) == before, "flip of byte %d of %s (mask %#x) changed something" % (
                 offset, name, mask)
         finally:
             _flip(path, offset, mask)
@@ -191,7 +179,7 @@ def test_playbooks_refuse_a_corrupted_copy_exactly_like_the_in_process_restore(r
         targets[1:], key=lambda t: os.path.getsize(os.path.join(env.backup_dir, t[0])))[0]
     offset = os.path.getsize(os.path.join(env.backup_dir, name)) // 3
     copy = _corrupted_copy(env, name, offset, 0x5A)
-    before = _live_state(env)
+    before = live_state(env)
     env_copy = SimpleNamespace(**dict(vars(env), backup_dir=copy, manifest=os.path.join(copy, targets[0][0])))
     expected = _attempt(env_copy, name)
 
@@ -200,7 +188,7 @@ def test_playbooks_refuse_a_corrupted_copy_exactly_like_the_in_process_restore(r
     restore = _playbook_message(run_playbook("restore_full", host_vars, expect_ok=False))
 
     assert verify == restore == expected
-    assert _live_state(env) == before
+    assert live_state(env) == before
 
 
 def test_a_flip_turning_json_whitespace_into_other_whitespace_leaves_the_sealed_content_identical(tmp_dir):

@@ -15,11 +15,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import seed_redis, tree_state
+from conftest import backup_command, seed_redis, tree_state
 from fault_helpers import (
     RESTORE_SCRIPT,
     add_market_rows,
-    backup_command,
     error_of,
     fingerprints,
     leftovers,

@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+from conftest import backup_command, group_members
 from fault_helpers import (
     BackupProcess,
     add_market_rows,
-    backup_command,
     copy_set,
     fill_redis,
     fingerprint,
     fingerprints,
-    group_members,
     leftovers,
     make_tree,
     remove_set,

@@ -13,12 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import BACKUP_SCRIPT, ROOT
 
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
 
-BACKUP_SCRIPT = os.path.join(ROOT, "scripts", "backup.py")
 # Numeric owners that need not exist: a config tree may belong to accounts of the host it came from.
 OTHER_UID, OTHER_GID, THIRD_UID = 23456, 34567, 45678
 

@@ -15,12 +15,11 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import seed_redis
+from conftest import backup_command, seed_redis
 from fault_helpers import (
     BackupProcess,
     DirSampler,
     add_market_rows,
-    backup_command,
     error_of,
     fingerprints,
     leftovers,

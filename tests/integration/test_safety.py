@@ -17,18 +17,16 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, connection_vars, redis_state, seed_redis, tree_state
+from conftest import backup_command, connection_vars, group_members, live_state, seed_redis, tree_state
 
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
 
-BACKUP_SCRIPT = os.path.join(ROOT, "scripts", "backup.py")
 LOCK_NAME = ".christmas-recovery.lock"
 MANIFEST_NAME_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
 
@@ -103,28 +101,9 @@ def _flip_byte(path):
 # ---------------------------------------------------------------- helpers: running backups and playbooks
 
 
-def _backup_command(backup_dir, config=None, platform=None, redis_server=None, extra=()):
-    """argv and environment of scripts/backup.py; passwords only in the environment, as the runbook says."""
-    argv = [sys.executable, BACKUP_SCRIPT, "--backup-dir", backup_dir, *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_")}
-    if platform:
-        argv += ["--db-host", "127.0.0.1", "--db-port", str(platform.cluster.port), "--db-admin-user", "postgres"]
-        env.update(CHRISTMAS_DB_PASSWORD=platform.password, CHRISTMAS_DB_ADMIN_PASSWORD=platform.cluster.password)
-    else:
-        argv.append("--skip-db")
-    if redis_server:
-        argv += ["--redis-host", "127.0.0.1", "--redis-port", str(redis_server.port)]
-        if redis_server.password:
-            env["CHRISTMAS_REDIS_PASSWORD"] = redis_server.password
-    else:
-        argv.append("--skip-redis")
-    argv += ["--config-dir", config] if config else ["--skip-config"]
-    return argv, env
-
-
 def _script_backup(backup_dir, config=None, platform=None, redis_server=None, extra=(), expect_ok=True):
     """Run scripts/backup.py; its JSON report on success, else its one error line."""
-    argv, env = _backup_command(backup_dir, config, platform, redis_server, extra)
+    argv, env = backup_command(backup_dir, platform, redis_server, config, extra)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert (proc.returncode == 0) == expect_ok, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -173,18 +152,6 @@ def backed_up(platform, make_redis, config_dir, tmp_dir):
                            host_vars=connection_vars(platform, server, config_dir, backup_dir))
 
 
-def _live_state(env):
-    """What a restore could change: rows, the list of databases, Redis keys, the config tree and what lies beside it."""
-    parent = os.path.dirname(env.config)
-    return {
-        "db": env.platform.snapshot(),
-        "databases": env.platform.cluster.sql("SELECT datname, oid FROM pg_database ORDER BY 1"),
-        "redis": redis_state(env.redis),
-        "config": tree_state(env.config),
-        "beside_config": sorted(name for name in os.listdir(parent) if "config" in name),
-    }
-
-
 @pytest.fixture
 def config_set(config_dir, tmp_dir):
     """One complete config-only set of ``config_dir``."""
@@ -209,24 +176,10 @@ def _wait_for_dump_in_partial(backup_dir, proc, timeout=60):
     raise AssertionError("no partial directory appeared in %s" % backup_dir)
 
 
-def _group_members(pgid):
-    """Live (non-zombie) processes of a process group."""
-    members = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/stat" % pid, encoding="utf-8") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(pid))
-    return members
-
-
 def _kill_group(pgid):
     """SIGKILL what is left of a process group (pg_dump outlives its killed parent) and wait until it is gone."""
     deadline = time.monotonic() + 10
-    while _group_members(pgid):
+    while group_members(pgid):
         assert time.monotonic() < deadline, "process group %d survives SIGKILL" % pgid
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -244,7 +197,7 @@ def test_killed_backup_leaves_no_manifest_and_the_next_backup_removes_its_leftov
     host_vars = connection_vars(platform, server, config_dir, backup_dir)
     complete = _script_backup(backup_dir, config_dir, platform, server)["set_id"]
 
-    argv, env = _backup_command(backup_dir, config_dir, platform, server)
+    argv, env = backup_command(backup_dir, platform, server, config_dir)
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -464,13 +417,13 @@ def test_manifest_naming_a_file_outside_its_set_is_refused_and_restore_changes_n
     # The named file exists with the recorded size and checksum: only the path itself is wrong.
     artifact, named = escape(env)
     _edit_manifest(env.backup_dir, env.set_id, lambda m: _artifact(m, artifact).update(path=named))
-    damaged = _live_state(env)
+    damaged = live_state(env)
 
     verify = run_playbook("verify_backup", env.host_vars, expect_ok=False)
     assert named in _failure_message(verify)
     restore = run_playbook("restore_full", env.host_vars, expect_ok=False)
     assert named in _failure_message(restore)
-    assert _live_state(env) == damaged
+    assert live_state(env) == damaged
 
 
 # ---------------------------------------------------------------- 5. hostile config archives
@@ -620,7 +573,7 @@ def test_damaged_set_fails_verification_in_one_line_and_restore_leaves_everythin
         run_playbook, backed_up, damage):
     env = backed_up
     expected = damage(env)
-    damaged = _live_state(env)
+    damaged = live_state(env)
 
     verify = run_playbook("verify_backup", env.host_vars, expect_ok=False)
     message = _failure_message(verify)
@@ -628,7 +581,7 @@ def test_damaged_set_fails_verification_in_one_line_and_restore_leaves_everythin
     restore = run_playbook("restore_full", env.host_vars, expect_ok=False)
     message = _failure_message(restore)
     assert all(part in message for part in expected), message
-    assert _live_state(env) == damaged
+    assert live_state(env) == damaged
 
 
 # ---------------------------------------------------------------- 7. secrets
