@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
+import time
 
 import pytest
 
@@ -279,6 +283,31 @@ def group_members(pgid):
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(pid))
     return members
+
+
+def kill_group(pgid):
+    """SIGKILL what is left of a process group (pg_dump workers outlive their killed parent) until it is gone."""
+    deadline = time.monotonic() + 10
+    while group_members(pgid):
+        assert time.monotonic() < deadline, "process group %d survives SIGKILL" % pgid
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+
+
+def append_members(path, members):
+    """Rewrite the tar at ``path`` as itself plus ``members`` ((TarInfo, data) pairs): an attacker's archive."""
+    buffer = io.BytesIO()
+    with tarfile.open(path) as source, tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for member in source:
+            out.addfile(member, source.extractfile(member) if member.isreg() else None)
+        for info, data in members:
+            out.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    with open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return path
 
 
 def live_state(env):

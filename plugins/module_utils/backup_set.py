@@ -78,11 +78,8 @@ def _preflight(db, redis_target, config_dir):
     """Reach every source before anything is written; returns what was found."""
     found = {}
     if db:
-        conn = postgres.connect(db)
-        try:
+        with postgres.session(db) as conn:
             found["db"] = postgres.server_facts(conn)
-        finally:
-            conn.close()
     if redis_target:
         found["redis"] = redis_keys.server_info(redis_target)
     if config_dir is not None and not os.path.isdir(config_dir):

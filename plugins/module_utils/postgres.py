@@ -96,6 +96,16 @@ def connect(target, dbname=None, autocommit=True):
     return conn
 
 
+@contextlib.contextmanager
+def session(target, dbname=None):
+    """A connection for a few statements, closed however they end."""
+    conn = connect(target, dbname=dbname)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def _fetch(conn, query, params=None):
     with conn.cursor() as cur:
         cur.execute(query, params)
@@ -452,28 +462,19 @@ def _check_disk(conn, target, facts, meta):
 
 
 def _installed_version(target, extension):
-    conn = connect(target)
-    try:
+    with session(target) as conn:
         rows = _fetch(conn, "SELECT extversion FROM pg_extension WHERE extname = %s", (extension,))
-        return rows[0][0] if rows else None
-    finally:
-        conn.close()
+    return rows[0][0] if rows else None
 
 
 def _database_size(target, name):
-    conn = connect(target, dbname=target.maintenance_db)
-    try:
+    with session(target, target.maintenance_db) as conn:
         return _one(conn, "SELECT pg_database_size(%s)", (name,))
-    finally:
-        conn.close()
 
 
 def _counts_match(target, expected, dbname=None):
-    conn = connect(target, dbname=dbname)
-    try:
+    with session(target, dbname) as conn:
         return count_rows(conn) == expected
-    finally:
-        conn.close()
 
 
 def _role_clause(role):
@@ -591,11 +592,8 @@ def _create_scratch_database(conn, name, database):
 
 
 def _timescaledb_call(target, dbname, function):
-    conn = connect(target, dbname=dbname)
-    try:
+    with session(target, dbname) as conn:
         _execute(conn, sql.SQL("SELECT {}()").format(sql.Identifier(function)))
-    finally:
-        conn.close()
 
 
 def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=2, force=False, check_mode=False,
@@ -648,12 +646,9 @@ def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
     """pg_restore into the scratch database, bracketed by the TimescaleDB hooks; return the tables checked."""
     tsdb = meta["extensions"].get(TIMESCALEDB)
     if tsdb:
-        conn = connect(target, dbname=scratch)
-        try:
+        with session(target, scratch) as conn:
             _execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} VERSION {}").format(
                 sql.Identifier(TIMESCALEDB), sql.Identifier(tsdb["schema"]), sql.Literal(tsdb["version"])))
-        finally:
-            conn.close()
         _timescaledb_call(target, scratch, "timescaledb_pre_restore")
         result["timescaledb"] = ["pre_restore"]
     progress("loading %s into scratch database %s with %d jobs" % (dump_dir, scratch, jobs))
@@ -668,11 +663,8 @@ def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
         if tsdb:
             _timescaledb_call(target, scratch, "timescaledb_post_restore")
             result["timescaledb"].append("post_restore")
-    conn = connect(target, dbname=scratch)
-    try:
+    with session(target, scratch) as conn:
         restored_counts = count_rows(conn)
-    finally:
-        conn.close()
     if restored_counts != meta["row_counts"]:
         differing = sorted(name for name in set(restored_counts) | set(meta["row_counts"])
                            if restored_counts.get(name) != meta["row_counts"].get(name))

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 
-from conftest import ROOT, group_members
+from conftest import ROOT, group_members, kill_group
 from sandbox import PG_BIN
 
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
@@ -180,18 +180,6 @@ def _outliving(pgid, grace=0.05):
     if group_members(pgid):
         time.sleep(grace)
     return len(group_members(pgid))
-
-
-def kill_group(pgid):
-    """SIGKILL what is left of a process group (pg_dump workers outlive their killed parent) until it is gone."""
-    deadline = time.monotonic() + 10
-    while group_members(pgid):
-        assert time.monotonic() < deadline, "process group %d survives SIGKILL" % pgid
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            break
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------- a backup directory as retention and latest see it

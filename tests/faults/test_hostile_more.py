@@ -7,7 +7,6 @@ outside it. Each is refused in one line naming what is wrong, and nothing outsid
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import tree_state
+from conftest import append_members, tree_state
 from manifest_samples import leaf_paths, replaced, valid_manifest
 
 from ansible_collections.christmas.recovery.plugins.module_utils import config_tree
@@ -92,15 +91,7 @@ def _member(name, kind=tarfile.REGTYPE, data=b"", linkname=""):
 def _replace_archive(env, extra, tree_digest=False):
     """The genuine archive with ``extra`` members appended; the manifest re-sealed to match it (and, with
     ``tree_digest``, its tree checksum too, so that only the member checks stand in the way)."""
-    path = os.path.join(env.set_dir, config_tree.ARCHIVE_FILE)
-    buffer = io.BytesIO()
-    with tarfile.open(path) as source, tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as out:
-        for member in source:
-            out.addfile(member, source.extractfile(member) if member.isreg() else None)
-        for info, data in extra:
-            out.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    path = append_members(os.path.join(env.set_dir, config_tree.ARCHIVE_FILE), extra)
     size, digest = sha256_file(path)
 
     def edit(data):

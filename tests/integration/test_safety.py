@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import glob
 import hashlib
-import io
 import json
 import os
 import re
@@ -23,7 +22,15 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import backup_command, connection_vars, group_members, live_state, seed_redis, tree_state
+from conftest import (
+    append_members,
+    backup_command,
+    connection_vars,
+    kill_group,
+    live_state,
+    seed_redis,
+    tree_state,
+)
 
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
 
@@ -176,18 +183,6 @@ def _wait_for_dump_in_partial(backup_dir, proc, timeout=60):
     raise AssertionError("no partial directory appeared in %s" % backup_dir)
 
 
-def _kill_group(pgid):
-    """SIGKILL what is left of a process group (pg_dump outlives its killed parent) and wait until it is gone."""
-    deadline = time.monotonic() + 10
-    while group_members(pgid):
-        assert time.monotonic() < deadline, "process group %d survives SIGKILL" % pgid
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            break
-        time.sleep(0.01)
-
-
 def test_killed_backup_leaves_no_manifest_and_the_next_backup_removes_its_leftovers(
         run_playbook, platform, make_redis, config_dir, tmp_dir):
     platform.sql("CREATE TABLE ticks_big AS SELECT i, md5(i::text) AS h FROM generate_series(1, 300000) AS i")
@@ -205,7 +200,7 @@ def test_killed_backup_leaves_no_manifest_and_the_next_backup_removes_its_leftov
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
 
     assert proc.returncode == -signal.SIGKILL
     assert _complete_ids(backup_dir) == [complete]
@@ -456,20 +451,6 @@ def _hostile_cases(outside, config):
     }
 
 
-def _replace_archive(set_dir, members):
-    """The genuine archive with the attacker's members appended, written over config.tar."""
-    path = os.path.join(set_dir, "config.tar")
-    buffer = io.BytesIO()
-    with tarfile.open(path) as source, tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as out:
-        for member in source:
-            out.addfile(member, source.extractfile(member) if member.isreg() else None)
-        for info, data in members:
-            out.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-    return path
-
-
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink_then_write", "hardlink", "char_device", "fifo",
                                   "duplicate", "long_name"])
 def test_restore_config_refuses_hostile_archive_member_and_writes_nothing(run_playbook, config_set, case):
@@ -477,7 +458,7 @@ def test_restore_config_refuses_hostile_archive_member_and_writes_nothing(run_pl
     outside = os.path.join(env.tmp_dir, "outside")
     os.makedirs(outside)
     members, named, targets = _hostile_cases(outside, env.config)[case]
-    archive = _replace_archive(_set_dir(env.backup_dir, env.set_id), members)
+    archive = append_members(os.path.join(_set_dir(env.backup_dir, env.set_id), "config.tar"), members)
     # The attacker controls the manifest too: the archive's checksums are made to match.
     _edit_manifest(env.backup_dir, env.set_id, lambda m: _artifact(m, "config.tar").update(
         size=os.path.getsize(archive), sha256=_sha256(archive)))
