@@ -111,7 +111,8 @@ class RedisServer:
         conf = os.path.join(self.root, "redis.conf")
         lines = ["port %d" % self.port, "bind 127.0.0.1", "dir %s" % self.root, "daemonize yes",
                  "pidfile %s/redis.pid" % self.root, "logfile %s/redis.log" % self.root, 'save ""',
-                 "appendonly %s" % ("yes" if self.appendonly else "no")]
+                 "appendonly %s" % ("yes" if self.appendonly else "no"),
+                 "repl-diskless-sync-delay 0"]
         if self.password:
             lines.append("requirepass %s" % self.password)
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -39,7 +39,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.retention impor
 
 COLLECTION_VERSION = "0.1.0"
 KINDS = {postgres.DUMP_DIR: "pg_dump_directory", postgres.GLOBALS_FILE: "pg_globals",
-         redis_keys.DUMP_FILE: "redis_keys", config_tree.ARCHIVE_FILE: "config_tar"}
+         redis_keys.DUMP_FILE: "redis_rdb", config_tree.ARCHIVE_FILE: "config_tar"}
 COMPONENT_OF = {postgres.DUMP_DIR: "db", postgres.GLOBALS_FILE: "db", redis_keys.DUMP_FILE: "redis",
                 config_tree.ARCHIVE_FILE: "config"}
 
@@ -156,7 +156,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
         "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder,
         "row_counts": sections.get("db", {}).get("row_counts"),
-        "redis_keys": sections.get("redis", {}).get("keys_per_db"),
+        "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
     }
 
 

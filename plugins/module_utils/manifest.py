@@ -23,13 +23,13 @@ SET_ID_RE = re.compile(r"^\d{8}_\d{6}$")
 MANIFEST_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # The kinds each component's restore looks up: a set lacking one could pass verification and then fail mid-restore.
-ARTIFACT_KINDS = {"db": ("pg_dump_directory", "pg_globals"), "redis": ("redis_keys",), "config": ("config_tar",)}
+ARTIFACT_KINDS = {"db": ("pg_dump_directory", "pg_globals"), "redis": ("redis_rdb",), "config": ("config_tar",)}
 MAX_ID = 2**32 - 2  # the largest uid/gid chown can set: 2**32 - 1 means "leave unchanged"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 SECTION_FIELDS = {
     "db": {"server_version": str, "server_version_num": int, "pg_dump_major": int, "size_bytes": int,
            "row_counts": dict, "extensions": dict, "roles": list},
-    "redis": {"version": str, "key_count": int, "keys_per_db": dict},
+    "redis": {"version": str, "rdb_version": int},
     "config": {"source_dir": str, "root_mode": str, "root_owner": list, "tree_sha256": str},
 }
 TYPE_NAMES = {str: "string", int: "integer", dict: "object", list: "list"}
@@ -155,10 +155,6 @@ def _check_section(section, component, path):
                  path, "db.extensions must map names to version and schema")
         _require(all(_is_int(count) for count in section["row_counts"].values()), path,
                  "db.row_counts must map table names to row counts")
-    if component == "redis":
-        counts = section["keys_per_db"]
-        _require(all(db.isascii() and db.isdigit() and _is_int(count) for db, count in counts.items()), path,
-                 "redis.keys_per_db must map database numbers to key counts")
     if component == "config":
         owner = section["root_owner"]
         _require(len(owner) == 2 and all(_is_int(i) and 0 <= i <= MAX_ID for i in owner), path,

@@ -1,21 +1,22 @@
 # -*- coding: utf-8 -*-
 # Copyright: Christmas platform operations
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Redis over the network only: every key of every database as DUMP payload + TTL, restored with RESTORE.
+"""Redis over the network only: a point-in-time RDB snapshot taken the way a replica takes one, restored key by key.
 
-Artifact layout: a magic line, then records ``K db:u16 key_len:u32 pttl:i64 payload_len:u32 has_digest:u8 key payload
-[digest:32]`` and one closing record ``E count:u64``. A DUMP payload ends with its RDB version (2 bytes) and a CRC64 of
-the rest (8 bytes), which the deep check recomputes. Sets and hashes in hashtable encoding serialise in an order that
-differs between servers, so their records also carry a digest of the sorted content, for comparison after a restore.
+The backup asks the server for its snapshot with ``SYNC`` (as ``redis-cli --rdb`` does: ``REPLCONF rdb-only``, so no
+replication stream follows) and streams it to ``redis.rdb`` while hashing it; the file's own CRC-64 is checked before
+the set is complete. The file is a standard RDB: it also loads into any Redis by hand. The restore parses it (see
+``redis_rdb``), flushes the server and RESTOREs every key with its absolute expiry, then makes the result durable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
+import socket
 import time
+from array import array
 
+from ansible_collections.christmas.recovery.plugins.module_utils import redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import CHUNK, HashingWriter
 
@@ -25,12 +26,11 @@ try:
 except ImportError:  # reported by the modules with missing_required_lib
     HAS_REDIS = False
 
-DUMP_FILE = "redis.keys"
-MAGIC = b"CHRISTMAS-REDIS-KEYS 1\n"
-RECORD = struct.Struct(">HIqIB")
-UNORDERED_TYPES = {2: "set", 4: "hash"}  # RDB_TYPE_SET, RDB_TYPE_HASH (hashtable encodings)
-END = struct.Struct(">Q")
+DUMP_FILE = "redis.rdb"
 BATCH = 1000
+UNORDERED = {2: "SMEMBERS", 4: "HGETALL"}  # sets and hashes in hash-table encoding serialise in table order
+EOF_MARK = 40  # the length of the end mark of a diskless transfer
+SYNC_IDLE_TIMEOUT = 120  # the server sends a newline every second while it prepares the snapshot
 
 
 class RedisTarget:
@@ -65,258 +65,340 @@ def server_info(target):
     return {"version": info["redis_version"], "aof_enabled": bool(info.get("aof_enabled")), "keys_per_db": keyspace}
 
 
-def _crc64_table():
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x95AC9329AC4BC9B5 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
 
 
-_CRC64_TABLE = _crc64_table()
+def _command(*args):
+    parts = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
 
 
-def crc64(data):
-    """Redis' CRC-64/Jones (reflected), as used in DUMP payloads and RDB files."""
-    table, crc = _CRC64_TABLE, 0
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
+class ReplyError(str):
+    """An error reply, returned in place of a value so a pipeline reads every reply."""
 
 
-def payload_rdb_version(payload):
-    return struct.unpack("<H", payload[-10:-8])[0]
+class RawConnection:
+    """A plain RESP connection: what the snapshot transfer needs, and fast pipelines of prepared commands."""
+
+    def __init__(self, target, db=0, timeout=SYNC_IDLE_TIMEOUT):
+        self.target = target
+        try:
+            self.sock = socket.create_connection((target.host, target.port), timeout=10)
+        except OSError as err:
+            raise RecoveryError("Redis unreachable or refused at %s: %s" % (
+                target.describe(), err.strerror or err)) from None
+        self.sock.settimeout(timeout)
+        self.reader = self.sock.makefile("rb", buffering=CHUNK)
+        try:
+            if target.password is not None and self.call("AUTH", target.password) != b"OK":
+                raise RecoveryError("Redis at %s: authentication failed" % target.describe())
+            if db and self.call("SELECT", db) != b"OK":
+                raise RecoveryError("Redis at %s refused SELECT %s" % (target.describe(), db))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+    def line(self):
+        line = self.reader.readline(1 << 16)
+        if not line.endswith(b"\r\n"):
+            raise RecoveryError("Redis at %s closed the connection" % self.target.describe())
+        return line[:-2]
+
+    def reply(self):
+        line = self.line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return ReplyError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self.reader.read(size + 2)[:-2]
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self.reply() for _ in range(size)]
+        raise RecoveryError("Redis at %s sent an unexpected reply %.40r" % (self.target.describe(), line))
+
+    def call(self, *args):
+        self.sock.sendall(_command(*args))
+        return self.reply()
+
+    def pipeline(self, commands):
+        """Send prepared commands in one write; returns their replies in order."""
+        self.sock.sendall(b"".join(commands))
+        return [self.reply() for _ in commands]
 
 
-def payload_intact(payload):
-    return len(payload) > 10 and crc64(payload[:-8]) == struct.unpack("<Q", payload[-8:])[0]
+def _start_snapshot(conn):
+    """Ask for the snapshot the way a replica does; returns the transfer header (``$EOF:<mark>`` or ``$<size>``)."""
+    for args in (("REPLCONF", "capa", "eof"), ("REPLCONF", "rdb-only", "1")):
+        reply = conn.call(*args)  # servers before 7.0 refuse rdb-only: they then stream commands, which we ignore
+        if isinstance(reply, ReplyError) and reply.startswith("NOAUTH"):
+            raise RecoveryError("Redis snapshot at %s: authentication required (set redis_password)"
+                                % conn.target.describe())
+    conn.sock.sendall(_command("SYNC"))
+    while True:
+        if conn.reader.peek(1)[:1] == b"\n":  # a keep-alive while the server prepares the snapshot
+            conn.reader.read(1)
+            continue
+        line = conn.line()
+        if line.startswith(b"$"):
+            return line
+        if line.startswith(b"-"):
+            raise RecoveryError("Redis at %s refused the snapshot (SYNC): %s (the user needs the sync and replconf "
+                                "commands)" % (conn.target.describe(), line[1:].decode("utf-8", "replace")))
+
+
+def _copy_snapshot(conn, header, received):
+    """Read the snapshot that follows ``header`` into ``received``."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    if header.startswith(b"$EOF:"):
+        mark, tail = header[5:], b""
+        while True:
+            got = conn.reader.readinto(buf)
+            if not got:
+                raise RecoveryError("Redis at %s closed the connection before the snapshot ended"
+                                    % conn.target.describe())
+            data = tail + view[:got]
+            received.add(data[:-EOF_MARK])
+            if data.endswith(mark):
+                return
+            tail = data[-EOF_MARK:]
+    left = int(header[1:])
+    while left:
+        got = conn.reader.readinto(view[:min(CHUNK, left)])
+        if not got:
+            raise RecoveryError("Redis at %s closed the connection with %d snapshot bytes to go"
+                                % (conn.target.describe(), left))
+        received.add(view[:got])
+        left -= got
+
+
+class _Received(redis_rdb.Checker):
+    """Writes the snapshot while checking it."""
+
+    def __init__(self, writer):
+        super().__init__()
+        self.writer = writer
+
+    def add(self, data):
+        if data:
+            self.writer.write(data)
+            super().add(data)
 
 
 def dump_redis(target, set_dir, progress=print):
-    """Write every key of every logical database; returns (metadata, {file: (size, sha256)})."""
+    """Stream the server's snapshot into the set; returns (metadata, {file: (size, sha256)})."""
     info = server_info(target)
+    progress("taking the Redis snapshot at %s (%s keys)" % (target.describe(), sum(info["keys_per_db"].values())))
     writer = HashingWriter(os.path.join(set_dir, DUMP_FILE))
-    keys_per_db = {}
-    rdb_versions = set()
-    records = 0
+    conn = None
     try:
-        writer.write(MAGIC)
-        for db in sorted(info["keys_per_db"], key=int):
-            progress("dumping Redis db %s (%d keys)" % (db, info["keys_per_db"][db]))
-            client = target.client(int(db))
-            seen = set()  # SCAN may return a key twice while the keyspace rehashes
-            written = 0
-            try:
-                batch = []
-                for key in client.scan_iter(count=BATCH):
-                    if key not in seen:
-                        seen.add(key)
-                        batch.append(key)
-                    if len(batch) >= BATCH:
-                        written += _dump_batch(client, int(db), batch, writer, rdb_versions)
-                        batch = []
-                written += _dump_batch(client, int(db), batch, writer, rdb_versions)
-            except redis.RedisError as err:
-                raise redis_error(target, "dump of db %s failed" % db, err) from None
-            finally:
-                client.close()
-            keys_per_db[db] = written
-            records += written
-        writer.write(b"E" + END.pack(records))
+        conn = RawConnection(target)
+        header = _start_snapshot(conn)
+        received = _Received(writer)
+        _copy_snapshot(conn, header, received)
+        version = received.version("the snapshot from %s" % target.describe())
         size, digest = writer.commit()
+    except OSError as err:
+        writer.abort()
+        if err.filename:  # the backup's own file system: reported by the set, naming the file
+            raise
+        raise RecoveryError("Redis snapshot from %s failed: %s" % (target.describe(), err.strerror or err)) from None
     except BaseException:
         writer.abort()
         raise
-    metadata = {"version": info["version"], "aof_enabled": info["aof_enabled"], "key_count": records,
-                "keys_per_db": {db: count for db, count in keys_per_db.items() if count},
-                "rdb_version": max(rdb_versions) if rdb_versions else None}
+    finally:
+        if conn:
+            conn.close()
+    metadata = {"version": info["version"], "aof_enabled": info["aof_enabled"], "rdb_version": version,
+                "transfer": "diskless" if header.startswith(b"$EOF:") else "disk",
+                "keys_per_db_at_start": {db: n for db, n in info["keys_per_db"].items() if n}}
     return metadata, {DUMP_FILE: (size, digest)}
 
 
-def content_digest(kind, value):
-    """Order-independent SHA-256 of a set's members or a hash's fields and values."""
-    items = sorted(value.items()) if kind == "hash" else sorted((member, b"") for member in value)
-    digest = hashlib.sha256()
-    for first, second in items:
-        digest.update(struct.pack(">II", len(first), len(second)) + first + second)
-    return digest.digest()
+def scan_snapshot(path):
+    """Read the whole artifact once before anything changes: keys per database still alive now, keys already
+    expired, function libraries. Any structural problem is raised here, not halfway through a restore."""
+    now = redis_rdb.now_ms()
+    counts, expired, functions = {}, 0, 0
+    for kind, item in redis_rdb.read_entries(path):
+        if kind == "function":
+            functions += 1
+        elif item.expire_ms is not None and item.expire_ms <= now:
+            expired += 1
+        else:
+            counts[str(item.db)] = counts.get(str(item.db), 0) + 1
+    return {"keys_per_db": counts, "key_count": sum(counts.values()), "expired": expired, "functions": functions,
+            "rdb_version": redis_rdb.rdb_version(path)}
 
 
-def _read_unordered(pipe, kind, key):
-    return pipe.hgetall(key) if kind == "hash" else pipe.smembers(key)
+def _alive_keys(path):
+    now = redis_rdb.now_ms()
+    for kind, item in redis_rdb.read_entries(path):
+        if kind == "key" and (item.expire_ms is None or item.expire_ms > now):
+            yield item
 
 
-def _dump_batch(client, db, keys, writer, rdb_versions):
-    """DUMP and PTTL a batch in one round trip (plus content digests where needed); returns keys written."""
-    if not keys:
-        return 0
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.dump(key)
-        pipe.pttl(key)
-    replies = pipe.execute()
-    live = [(key, replies[2 * i], replies[2 * i + 1]) for i, key in enumerate(keys)
-            if replies[2 * i] is not None and replies[2 * i + 1] != -2]  # skip keys gone since SCAN saw them
-    unordered = [(key, UNORDERED_TYPES[payload[0]]) for key, payload, _ in live if payload[0] in UNORDERED_TYPES]
-    digests = {}
-    if unordered:
-        for key, kind in unordered:
-            _read_unordered(pipe, kind, key)
-        values = pipe.execute()
-        digests = {key: content_digest(kind, value) for (key, kind), value in zip(unordered, values, strict=True)}
-    for key, payload, pttl in live:
-        digest = digests.get(key, b"")
-        writer.write(b"K" + RECORD.pack(db, len(key), pttl, len(payload), len(digest)) + key + payload + digest)
-        rdb_versions.add(payload_rdb_version(payload))
-    return len(live)
-
-
-def read_records(path):
-    """Yield (db, key, pttl, payload); raise naming the artifact when its structure is broken."""
-    name = os.path.basename(path)
-    with open(path, "rb", buffering=CHUNK) as handle:
-        if handle.read(len(MAGIC)) != MAGIC:
-            raise RecoveryError("Redis artifact %s has no valid header" % name)
-        count = 0
-        while True:
-            tag = handle.read(1)
-            if tag == b"E":
-                raw = handle.read(END.size)
-                if len(raw) != END.size or END.unpack(raw)[0] != count or handle.read(1):
-                    raise RecoveryError("Redis artifact %s has a bad closing record" % name)
-                return
-            if tag != b"K":
-                raise RecoveryError("Redis artifact %s is truncated or corrupt after %d keys" % (name, count))
-            raw = handle.read(RECORD.size)
-            if len(raw) != RECORD.size:
-                raise RecoveryError("Redis artifact %s is truncated after %d keys" % (name, count))
-            db, key_len, pttl, payload_len, digest_len = RECORD.unpack(raw)
-            key = handle.read(key_len)
-            payload = handle.read(payload_len)
-            digest = handle.read(digest_len)
-            if len(key) != key_len or len(payload) != payload_len or len(digest) != digest_len:
-                raise RecoveryError("Redis artifact %s is truncated after %d keys" % (name, count))
-            count += 1
-            yield db, key, pttl, payload, digest
-
-
-def check_dump_readable(path):
-    """Deep check: every record parses and every DUMP payload carries a valid CRC64."""
-    count = 0
-    for _db, key, _pttl, payload, _digest in read_records(path):
-        if not payload_intact(payload):
-            raise RecoveryError("Redis artifact %s: payload of key %r fails its CRC64" % (
-                os.path.basename(path), key[:80]))
-        count += 1
-    return count
-
-
-def _version_tuple(version):
-    return tuple(int(part) for part in version.split(".")[:2])
-
-
-def matches_target(target, path, expected_keys):
-    """True when the server already holds exactly the backed-up keys and values (TTL presence included)."""
-    if server_info(target)["keys_per_db"] != {db: n for db, n in expected_keys.items() if n}:
+def matches_target(target, path, snapshot):
+    """True when the server already holds exactly the snapshot's keys and values (TTL presence included)."""
+    if server_info(target)["keys_per_db"] != snapshot["keys_per_db"]:
         return False
-    clients, batch = {}, []
+    conns, batch = {}, []
     try:
-        for record in read_records(path):
-            batch.append(record)
+        if snapshot["functions"] and not _functions_match(target, path):
+            return False
+        for entry in _alive_keys(path):
+            batch.append(entry)
             if len(batch) >= BATCH:
-                if not _batch_matches(clients, target, batch):
+                if not _batch_matches(conns, target, batch):
                     return False
                 batch = []
-        return _batch_matches(clients, target, batch)
+        return _batch_matches(conns, target, batch)
     finally:
-        for client in clients.values():
-            client.close()
+        for conn in conns.values():
+            conn.close()
 
 
-def _batch_matches(clients, target, records):
-    """Compare records with the server in one round trip per database (plus content reads for unordered types)."""
-    for db in {record[0] for record in records}:
-        client = clients.setdefault(db, target.client(db))
-        mine = [record for record in records if record[0] == db]
-        pipe = client.pipeline(transaction=False)
-        for _db, key, _pttl, _payload, _digest in mine:
-            pipe.pttl(key)
-            pipe.dump(key)
-        replies = pipe.execute()
-        for index, (_db, key, pttl, payload, digest) in enumerate(mine):
-            current_ttl, current = replies[2 * index], replies[2 * index + 1]
-            if (current_ttl >= 0) != (pttl >= 0) or current is None:
+def _functions_match(target, path):
+    mine = sorted(code for kind, code in redis_rdb.read_entries(path) if kind == "function")
+    conn = RawConnection(target)
+    try:
+        libraries = conn.call("FUNCTION", "LIST", "WITHCODE")
+    finally:
+        conn.close()
+    return isinstance(libraries, list) and sorted(
+        dict(zip(library[::2], library[1::2], strict=True)).get(b"library_code") for library in libraries) == mine
+
+
+def _batch_matches(conns, target, entries):
+    """Compare entries with the server in one round trip per database (plus one for hash-table contents)."""
+    for db in {entry.db for entry in entries}:
+        conn = conns.get(db) or conns.setdefault(db, RawConnection(target, db))
+        mine = [entry for entry in entries if entry.db == db]
+        replies = conn.pipeline([_command(verb, entry.key) for entry in mine for verb in ("PTTL", "DUMP")])
+        unordered = []
+        for index, entry in enumerate(mine):
+            ttl, current = replies[2 * index], replies[2 * index + 1]
+            if not isinstance(current, bytes) or (ttl >= 0) != (entry.expire_ms is not None):
                 return False
-            if current == payload:
-                continue
-            if not digest or current[0] != payload[0]:
-                return False
-            kind = UNORDERED_TYPES[payload[0]]
-            if content_digest(kind, client.hgetall(key) if kind == "hash" else client.smembers(key)) != digest:
+            if current[:-10] != bytes((entry.kind,)) + entry.value:
+                if current[0] != entry.kind or entry.kind not in UNORDERED:
+                    return False
+                unordered.append(entry)
+        contents = conn.pipeline([_command(UNORDERED[entry.kind], entry.key) for entry in unordered])
+        for entry, content in zip(unordered, contents, strict=True):
+            if not isinstance(content, list) or sorted(_pairs(entry.kind, content)) != redis_rdb.members(
+                    entry.kind, entry.value):
                 return False
     return True
 
 
+def _pairs(kind, flat):
+    """SMEMBERS as members, HGETALL as (field, value) pairs: the shape ``redis_rdb.members`` returns."""
+    return flat if kind == redis_rdb.SET_HASHTABLE else list(zip(flat[::2], flat[1::2], strict=True))
+
+
 def restore_redis(target, manifest, path, force=False, check_mode=False, progress=print):
-    """Replace the server's whole keyspace with the backup's, over the network, and make it durable."""
+    """Replace the server's whole keyspace with the snapshot's, over the network, and make it durable."""
     meta = manifest["redis"]
     try:
         info = server_info(target)
         if _version_tuple(info["version"]) < _version_tuple(meta["version"]):
             raise RecoveryError("target Redis %s at %s is older than the backup's %s (its data format may not load)"
                                 % (info["version"], target.describe(), meta["version"]))
+        snapshot = scan_snapshot(path)
         result = {"target_version": info["version"], "aof_enabled": info["aof_enabled"],
-                  "keys_before": sum(info["keys_per_db"].values())}
-        if not force and matches_target(target, path, meta["keys_per_db"]):
-            result.update(changed=False, state="already identical to set %s" % manifest["set_id"])
+                  "keys_before": sum(info["keys_per_db"].values()), "keys_expired_since_backup": snapshot["expired"]}
+        if not force and matches_target(target, path, snapshot):
+            result.update(changed=False, state="already identical to set %s" % manifest["set_id"],
+                          keys_per_db=snapshot["keys_per_db"])
             return result
     except redis.RedisError as err:
         raise redis_error(target, "preflight failed", err) from None
     result["changed"] = True
     if check_mode:
-        result["state"] = "would replace %d keys with %d" % (result["keys_before"], meta["key_count"])
+        result["state"] = "would replace %d keys with %d" % (result["keys_before"], snapshot["key_count"])
         return result
-    progress("flushing Redis at %s and loading %d keys" % (target.describe(), meta["key_count"]))
-    result["persisted"] = _replace_keyspace(target, path, meta["key_count"], info["aof_enabled"])
-    after = server_info(target)["keys_per_db"]
-    expected = {db: n for db, n in meta["keys_per_db"].items() if n}
-    if after != expected:
-        raise RecoveryError("Redis at %s holds %s keys per db after restore, the backup has %s" % (
-            target.describe(), after, expected))
+    progress("flushing Redis at %s and loading %d keys" % (target.describe(), snapshot["key_count"]))
+    result["persisted"], loaded = _replace_keyspace(target, path, snapshot, info["aof_enabled"])
+    result["keys_per_db"] = _check_counts(target, loaded)
     result["state"] = "restored from set %s" % manifest["set_id"]
-    result["keys_after"] = sum(after.values())
+    result["keys_after"] = sum(result["keys_per_db"].values())
     return result
 
 
-def _replace_keyspace(target, path, total, aof_enabled):
-    """FLUSHALL, then RESTORE every key pipelined per database; a failure says how far the load got."""
+def _version_tuple(version):
+    return tuple(int(part) for part in version.split(".")[:2])
+
+
+def _replace_keyspace(target, path, snapshot, aof_enabled):
+    """FLUSHALL, then RESTORE every live key with its absolute expiry, pipelined per database; a failure says how far
+    the load got. Returns how the result was persisted and {db: [keys loaded, their expiry times]}."""
     control = target.client()
-    clients, pending, loaded, flushed = {}, {}, 0, False
+    conns, pending, loaded, state = {}, {}, {}, {"flushed": False, "done": 0}
+    version = snapshot["rdb_version"]
     try:
         control.flushall()
-        flushed = True
-        for db, key, pttl, payload, _digest in read_records(path):
-            pipe = pending.get(db)
-            if pipe is None:
-                pipe = pending[db] = clients.setdefault(db, target.client(db)).pipeline(transaction=False)
-            pipe.restore(key, max(pttl, 0), payload, replace=True)
-            if len(pipe) >= BATCH:
-                loaded += len(pipe.execute())
-        for pipe in pending.values():
-            loaded += len(pipe.execute())
-        return _persist(control, aof_enabled)
-    except redis.RedisError as err:
-        if not flushed:
+        state["flushed"] = True
+        for kind, item in redis_rdb.read_entries(path):
+            if kind == "function":
+                control.function_load(item, replace=True)
+                continue
+            if item.expire_ms is not None and item.expire_ms <= redis_rdb.now_ms():
+                continue
+            db = str(item.db)
+            if db not in loaded:
+                conns[db] = RawConnection(target, item.db)
+                pending[db], loaded[db] = [], [0, array("q")]
+            pending[db].append(_command(b"RESTORE", item.key, item.expire_ms or 0, item.restore_payload(version),
+                                        b"REPLACE", *((b"ABSTTL",) if item.expire_ms is not None else ())))
+            loaded[db][0] += 1
+            if item.expire_ms is not None:
+                loaded[db][1].append(item.expire_ms)
+            if len(pending[db]) >= BATCH:
+                _send_restores(conns[db], pending[db], state)
+        for db, commands in pending.items():
+            _send_restores(conns[db], commands, state)
+        return _persist(control, aof_enabled), loaded
+    except (redis.RedisError, RecoveryError) as err:
+        if not state["flushed"]:
             raise redis_error(target, "restore failed before anything changed", err) from None
         raise RecoveryError("Redis restore at %s failed after the flush with %d of %d keys loaded (the keyspace is "
-                            "partial; run the restore again): %s" % (target.describe(), loaded, total,
+                            "partial; run the restore again): %s" % (target.describe(), state["done"],
+                                                                   snapshot["key_count"],
                                                                    str(err).splitlines()[0])) from None
     finally:
         control.close()
-        for client in clients.values():
-            client.close()
+        for conn in conns.values():
+            conn.close()
+
+
+def _send_restores(conn, commands, state):
+    for reply in conn.pipeline(commands):
+        if isinstance(reply, ReplyError):
+            raise RecoveryError(reply)
+        state["done"] += 1
+    commands.clear()
+
+
+def _check_counts(target, loaded):
+    """Every database holds the keys loaded into it, less at most those whose expiry has passed since."""
+    after = server_info(target)["keys_per_db"]
+    now = redis_rdb.now_ms()
+    for db in sorted(set(after) | set(loaded), key=int):
+        count, expiries = loaded.get(db, (0, ()))
+        lapsed = sum(1 for when in expiries if when <= now)
+        if not count - lapsed <= after.get(db, 0) <= count:
+            raise RecoveryError("Redis at %s holds %d keys in db %s after the restore, %d were loaded" % (
+                target.describe(), after.get(db, 0), db, count))
+    return {db: after[db] for db in sorted(after, key=int)}
 
 
 def _persist(client, aof_enabled, timeout=600):

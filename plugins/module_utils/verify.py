@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
     artifact_path,
@@ -46,7 +46,7 @@ def _deep_checks(backup_dir, manifest, pg_target):
                                              os.path.join(set_root, postgres.DUMP_DIR))
                 postgres.load_globals(os.path.join(set_root, postgres.GLOBALS_FILE))
             elif component == "redis":
-                redis_keys.check_dump_readable(artifact_path(backup_dir, artifacts_of(manifest, "redis")[0]))
+                redis_rdb.check_file(artifact_path(backup_dir, artifacts_of(manifest, "redis")[0]))
             elif component == "config":
                 config_tree.check_members(artifact_path(backup_dir, artifacts_of(manifest, "config")[0]))
         except RecoveryError as err:

@@ -104,7 +104,7 @@ row_counts:
   returned: success with the database
   type: dict
 redis_keys:
-  description: Keys per Redis database.
+  description: Keys per Redis database when the snapshot was requested (the snapshot itself is point-in-time).
   returned: success with Redis
   type: dict
 pruned:

@@ -87,7 +87,7 @@ problems:
   returned: when the manifest could be read
   type: list
   elements: dict
-  sample: [{"artifact": "set_20261126_030000/redis.keys", "problem": "SHA-256 mismatch (corrupted)"}]
+  sample: [{"artifact": "set_20261126_030000/redis.rdb", "problem": "SHA-256 mismatch (corrupted)"}]
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -13,7 +13,7 @@ _ARTIFACTS = [
     ("db.dump/3456.dat.gz", "db", "pg_dump_directory"),
     ("db.dump/toc.dat", "db", "pg_dump_directory"),
     ("db_globals.json", "db", "pg_globals"),
-    ("redis.keys", "redis", "redis_keys"),
+    ("redis.rdb", "redis", "redis_rdb"),
     ("config.tar", "config", "config_tar"),
 ]
 
@@ -26,7 +26,7 @@ _TEMPLATE = {
            "row_counts": {"public.orders": 700, "public.positions": 17},
            "extensions": {"plpgsql": {"version": "1.0", "schema": "pg_catalog"}},
            "roles": ["analyst", "christmas", "christmas_readers"]},
-    "redis": {"version": "7.0.15", "aof_enabled": False, "key_count": 309, "keys_per_db": {"0": 9, "3": 300}},
+    "redis": {"version": "7.0.15", "aof_enabled": False, "rdb_version": 10, "keys_per_db_at_start": {"0": 9, "3": 300}},
     "config": {"source_dir": "/srv/christmas/config", "root_mode": "755", "root_owner": [0, 0],
                "entries": {"file": 4, "dir": 2, "link": 2}, "tree_sha256": "ab" * 32},
 }

@@ -146,7 +146,7 @@ def test_disk_filling_up_at_every_write_of_a_backup_always_fails_cleanly(
     failures = [outcome for _free, outcome in outcomes if outcome != "backed up"]
     assert failures and outcomes[-1][1] == "backed up"
     # The disk ran out in each writer at least once, and the message says which.
-    for where in ("lock file", "pg_dump", "redis.keys", "archiving config tree", "manifest_"):
+    for where in ("lock file", "pg_dump", "redis.rdb", "archiving config tree", "manifest_"):
         assert any(where in failure for failure in failures), (where, failures)
 
 

@@ -31,7 +31,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths impo
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MANIFEST_NAME = "manifest_%s.json" % SET_ID
 # The artifact kinds restore_set looks up per component: a set without one cannot be restored.
-RESTORE_READS = {"db": {"pg_dump_directory", "pg_globals"}, "redis": {"redis_keys"}, "config": {"config_tar"}}
+RESTORE_READS = {"db": {"pg_dump_directory", "pg_globals"}, "redis": {"redis_rdb"}, "config": {"config_tar"}}
 
 
 def _one_line(err):
@@ -181,8 +181,7 @@ def _usable(data, root):
         assert all(0 <= i < 2**32 - 1 for i in owner)
         int(data["config"]["root_mode"], 8)
     if "redis" in data:
-        counts = data["redis"]["keys_per_db"]
-        assert all(db.isascii() and db.isdigit() and isinstance(n, int) for db, n in counts.items())
+        assert isinstance(data["redis"]["rdb_version"], int)
 
 
 @FUZZ

@@ -219,7 +219,8 @@ def test_symlink_planted_at_the_staging_path_is_replaced_not_followed(config_set
 # ---------------------------------------------------------------- a wrong type in every field of the manifest
 
 # Fields the restore never reads, kept as written for the operator: free-form on purpose.
-INFORMATIONAL = {("tools",), ("redis", "aof_enabled"), ("config", "entries")}
+INFORMATIONAL = {("tools",), ("redis", "aof_enabled"), ("redis", "transfer"), ("redis", "keys_per_db_at_start"),
+                 ("config", "entries")}
 WRONG_FOR = {
     str: [7, 1.5, True, None, ["x"], {"value": "x"}],
     int: ["7", 7.5, True, None, [7], {"value": 7}],
@@ -280,8 +281,7 @@ BAD_VALUES = [
     (("config", "root_owner"), [-1, 0], "config.root_owner"),
     (("config", "root_owner"), [0, 2**32], "config.root_owner"),
     (("config", "root_owner"), [0], "config.root_owner"),
-    (("redis", "keys_per_db"), {"zero": 9}, "redis.keys_per_db"),
-    (("redis", "keys_per_db"), {"\u00b2": 9}, "redis.keys_per_db"),
+    (("redis", "rdb_version"), "10", "redis.rdb_version"),
     (("artifacts", 4, "kind"), "pg_globals", "artifacts[4].kind"),
     (("artifacts", 2, "kind"), "pg_dump_directory", "component db has no artifact of kind pg_globals"),
 ]

@@ -46,7 +46,7 @@ OFFSETS = 30
 ATTEMPTS = 3  # a trigger aimed at a phase of a few milliseconds may land just after it on a busy machine
 # --compress-level 0: the dump is large enough that checksumming it takes a moment too.
 BACKUP_FLAGS = ["--retention-days", str(RETENTION_DAYS), "--compress-level", "0"]
-PHASE_OF_LINE = (("dumping database", "db"), ("pg_dump:", "db"), ("dumping Redis db", "redis"),
+PHASE_OF_LINE = (("dumping database", "db"), ("pg_dump:", "db"), ("taking the Redis snapshot", "redis"),
                  ("archiving config tree", "config"), ("checksumming set", "checksum"))
 MUST_HIT = ("db", "redis", "config", "checksum", "manifest", "retention")
 LOCK_HELD = ("db", "redis", "config", "checksum", "manifest", "retention")
@@ -79,7 +79,7 @@ class Moment:
 def _triggers():
     """Every kill of the run as Moment arguments; the end-of-run ones with old sets to prune."""
     triggers = [dict(trigger="line: %s" % pattern.strip(), line=pattern, aim=aim) for pattern, aim in (
-        (r"dumping database", "db"), (r"dumping Redis db 1 ", "redis"), (r"dumping Redis db 3 ", "redis"),
+        (r"dumping database", "db"), (r"taking the Redis snapshot", "redis"),
         (r"archiving config tree", "config"), (r"checksumming set", "checksum"))]
     triggers += [
         dict(trigger="appears: set dir", appears=r"^set_\d{8}_\d{6}$", aim="manifest"),

@@ -392,9 +392,9 @@ def _escape_absolute(env):
 
 def _escape_symlink(env):
     os.makedirs(env.outside)
-    os.rename(os.path.join(env.set_dir, "redis.keys"), os.path.join(env.outside, "redis.keys"))
+    os.rename(os.path.join(env.set_dir, "redis.rdb"), os.path.join(env.outside, "redis.rdb"))
     os.symlink(env.outside, os.path.join(env.set_dir, "escape"))
-    return "redis.keys", "set_%s/escape/redis.keys" % env.set_id
+    return "redis.rdb", "set_%s/escape/redis.rdb" % env.set_id
 
 
 def _escape_other_set(env):
@@ -496,8 +496,8 @@ def _db_data_byte_flipped(env):
 
 
 def _redis_byte_flipped(env):
-    _flip_byte(os.path.join(env.set_dir, "redis.keys"))
-    return ["set_%s/redis.keys" % env.set_id, "SHA-256 mismatch"]
+    _flip_byte(os.path.join(env.set_dir, "redis.rdb"))
+    return ["set_%s/redis.rdb" % env.set_id, "SHA-256 mismatch"]
 
 
 def _config_byte_flipped(env):
@@ -506,9 +506,9 @@ def _config_byte_flipped(env):
 
 
 def _redis_truncated(env):
-    path = os.path.join(env.set_dir, "redis.keys")
+    path = os.path.join(env.set_dir, "redis.rdb")
     os.truncate(path, os.path.getsize(path) // 2)
-    return ["set_%s/redis.keys" % env.set_id, "truncated"]
+    return ["set_%s/redis.rdb" % env.set_id, "truncated"]
 
 
 def _db_globals_deleted(env):

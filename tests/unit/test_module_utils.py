@@ -18,7 +18,7 @@ import time
 import pytest
 from conftest import ROOT
 
-from ansible_collections.christmas.recovery.plugins.module_utils import commands, config_tree, postgres, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils import commands, config_tree, postgres, redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import HashingWriter, write_json_atomic
 from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME, DirectoryLock
@@ -91,7 +91,7 @@ def test_resolve_inside_joins_names_below_the_root(tmp_dir):
     assert resolve_inside(tmp_dir, "set_x/db.dump/toc.dat") == os.path.join(tmp_dir, "set_x", "db.dump", "toc.dat")
 
 
-@pytest.mark.parametrize("name", ["set_x/redis.keys", "set_x", "set_x/sub/deeper/file"])
+@pytest.mark.parametrize("name", ["set_x/redis.rdb", "set_x", "set_x/sub/deeper/file"])
 def test_resolve_inside_refuses_a_symlinked_component(tmp_dir, name):
     os.makedirs(os.path.join(tmp_dir, "elsewhere", "sub"))
     os.symlink("elsewhere", os.path.join(tmp_dir, "set_x"))
@@ -102,10 +102,10 @@ def test_resolve_inside_refuses_a_symlinked_component(tmp_dir, name):
 
 def test_resolve_inside_refuses_a_symlinked_last_component(tmp_dir):
     os.makedirs(os.path.join(tmp_dir, "set_x"))
-    os.symlink("/etc/passwd", os.path.join(tmp_dir, "set_x", "redis.keys"))
+    os.symlink("/etc/passwd", os.path.join(tmp_dir, "set_x", "redis.rdb"))
     with pytest.raises(RecoveryError) as err:
-        resolve_inside(tmp_dir, "set_x/redis.keys", "artifact")
-    assert "symlink at 'set_x/redis.keys'" in _one_line(err)
+        resolve_inside(tmp_dir, "set_x/redis.rdb", "artifact")
+    assert "symlink at 'set_x/redis.rdb'" in _one_line(err)
 
 
 def test_resolve_inside_rejects_dot_dot_before_touching_the_disk(tmp_dir):
@@ -124,12 +124,12 @@ def _manifest():
         "started_at": "2026-11-24T03:00:00Z", "finished_at": "2026-11-24T03:00:09Z", "host": "platform",
         "tools": {"christmas.recovery": "0.1.0"},
         "artifacts": [
-            {"path": "set_%s/redis.keys" % SET_ID, "size": 10, "sha256": digest, "component": "redis",
-             "kind": "redis_keys"},
+            {"path": "set_%s/redis.rdb" % SET_ID, "size": 10, "sha256": digest, "component": "redis",
+             "kind": "redis_rdb"},
             {"path": "set_%s/config.tar" % SET_ID, "size": 0, "sha256": digest, "component": "config",
              "kind": "config_tar"},
         ],
-        "redis": {"version": "7.0.15", "key_count": 2, "keys_per_db": {"0": 2}},
+        "redis": {"version": "7.0.15", "rdb_version": 10, "keys_per_db_at_start": {"0": 2}},
         "config": {"source_dir": "/srv/christmas/config", "root_mode": "755", "root_owner": [0, 0],
                    "tree_sha256": digest},
     }
@@ -161,10 +161,10 @@ MALFORMED = [
     ("tools", _set("tools", []), "tools is missing or not an object"),
     ("artifacts-empty", _set("artifacts", []), "artifacts must be a non-empty list"),
     ("artifact-not-object", lambda data: data["artifacts"].append("config.tar"), "artifacts[2] is not an object"),
-    ("artifact-other-set", _set_artifact("path", "set_20261123_030000/redis.keys"),
+    ("artifact-other-set", _set_artifact("path", "set_20261123_030000/redis.rdb"),
      "is not inside set_%s/" % SET_ID),
-    ("artifact-twice", _set_artifact("path", "set_%s/redis.keys" % SET_ID, 1),
-     "artifacts[1].path set_%s/redis.keys is listed twice" % SET_ID),
+    ("artifact-twice", _set_artifact("path", "set_%s/redis.rdb" % SET_ID, 1),
+     "artifacts[1].path set_%s/redis.rdb is listed twice" % SET_ID),
     ("size-negative", _set_artifact("size", -1), "artifacts[0].size is not a size"),
     ("size-bool", _set_artifact("size", True), "artifacts[0].size is not a size"),
     ("size-string", _set_artifact("size", "10"), "artifacts[0].size is not a size"),
@@ -298,82 +298,111 @@ def test_expired_set_ids_rejects_negative_days(tmp_dir):
     assert _one_line(err) == "retention_days must be 0 or more, got -1"
 
 
-# ---------------------------------------------------------------- redis_keys
-
-
-def _with_crc(body):
-    return body + struct.pack("<Q", redis_keys.crc64(body))
+# ---------------------------------------------------------------- redis_rdb
 
 
 def test_crc64_is_redis_crc64_jones():
-    assert redis_keys.crc64(b"123456789") == 0xE9C6D914C4B8D9CA
-    assert redis_keys.crc64(b"") == 0
+    assert redis_rdb.crc64(b"123456789") == 0xE9C6D914C4B8D9CA
+    assert redis_rdb.crc64(b"56789", redis_rdb.crc64(b"1234")) == 0xE9C6D914C4B8D9CA
+    assert redis_rdb.crc64(b"") == 0
 
 
 # What Redis' own documentation shows for SET mykey 10; DUMP mykey: an int-encoded string, RDB version 9, CRC64.
 DOCUMENTED_DUMP = b"\x00\xc0\n\t\x00\xbem\x06\x89Z(\x00\n"
 
 
-def test_payload_checks_accept_a_real_dump_payload_and_catch_any_flipped_bit():
-    assert redis_keys.payload_intact(DOCUMENTED_DUMP)
-    assert redis_keys.payload_rdb_version(DOCUMENTED_DUMP) == 9
-    assert _with_crc(DOCUMENTED_DUMP[:-8]) == DOCUMENTED_DUMP
-    for index in range(len(DOCUMENTED_DUMP) * 8):
-        flipped = bytearray(DOCUMENTED_DUMP)
-        flipped[index // 8] ^= 1 << index % 8
-        assert not redis_keys.payload_intact(bytes(flipped)), index
-    assert not redis_keys.payload_intact(DOCUMENTED_DUMP[-10:])
+def test_payload_rebuilds_a_documented_dump_payload():
+    assert redis_rdb.payload(0, b"\xc0\n", 9) == DOCUMENTED_DUMP
 
 
-def _record(db, key, payload, pttl=-1, digest=b""):
-    return b"K" + redis_keys.RECORD.pack(db, len(key), pttl, len(payload), len(digest)) + key + payload + digest
+def _rdb_string(data):
+    assert len(data) < 64
+    return bytes((len(data),)) + data
 
 
-PAYLOAD = _with_crc(b"\x00\x03abc\x0a\x00")
-RECORDS = [(0, b"session:42", 3600000, PAYLOAD, b""), (3, b"\x00\xff", -1, PAYLOAD, hashlib.sha256(b"x").digest())]
-GOOD_ARTIFACT = (redis_keys.MAGIC + b"".join(_record(db, key, payload, pttl, digest)
-                                             for db, key, pttl, payload, digest in RECORDS)
-                 + b"E" + redis_keys.END.pack(len(RECORDS)))
+def _rdb(*parts, checksum=True):
+    body = b"REDIS0010" + b"".join(parts) + b"\xff"
+    return body + struct.pack("<Q", redis_rdb.crc64(body) if checksum else 0)
 
 
-def _artifact(tmp_dir, data):
-    return _touch(os.path.join(tmp_dir, redis_keys.DUMP_FILE), data)
+EXPIRES = 4102444800000  # 2100-01-01
+SAMPLE_RDB = _rdb(
+    b"\xfa" + _rdb_string(b"redis-ver") + _rdb_string(b"7.0.15"),
+    b"\xfe\x00\xfb\x02\x01",
+    b"\xfc" + struct.pack("<Q", EXPIRES) + b"\x00" + _rdb_string(b"session:42") + _rdb_string(b"alice"),
+    b"\x00" + _rdb_string(b"count") + b"\xc0\x0a",
+    b"\xfe\x03\x02" + _rdb_string(b"\x00\xff") + b"\x02" + _rdb_string(b"a") + _rdb_string(b"b"),
+)
 
 
-def test_read_records_returns_every_record(tmp_dir):
-    path = _artifact(tmp_dir, GOOD_ARTIFACT)
-    assert list(redis_keys.read_records(path)) == RECORDS
-    assert redis_keys.check_dump_readable(path) == 2
+def _rdb_file(tmp_dir, data):
+    return _touch(os.path.join(tmp_dir, "redis.rdb"), data)
 
 
-def test_read_records_rejects_every_truncation(tmp_dir):
-    for length in range(len(GOOD_ARTIFACT)):
-        path = _artifact(tmp_dir, GOOD_ARTIFACT[:length])
+def test_read_entries_returns_every_key_with_its_database_and_expiry(tmp_dir):
+    path = _rdb_file(tmp_dir, SAMPLE_RDB)
+    entries = [(item.db, item.key, item.expire_ms, item.kind, item.value)
+               for kind, item in redis_rdb.read_entries(path) if kind == "key"]
+    assert entries == [(0, b"session:42", EXPIRES, 0, b"\x05alice"), (0, b"count", None, 0, b"\xc0\x0a"),
+                       (3, b"\x00\xff", None, 2, b"\x02\x01a\x01b")]
+    assert redis_rdb.check_file(path) == 10
+    assert redis_rdb.members(2, b"\x02\x01b\x01a") == [b"a", b"b"]
+    assert redis_rdb.members(4, b"\x01\x01f\xc0\x07") == [(b"f", b"7")]
+
+
+def test_every_truncation_and_every_flipped_byte_is_caught(tmp_dir):
+    for length in range(len(SAMPLE_RDB)):
         with pytest.raises(RecoveryError) as err:
-            list(redis_keys.read_records(path))
-        assert "redis.keys" in _one_line(err), length
+            redis_rdb.check_file(_rdb_file(tmp_dir, SAMPLE_RDB[:length]))
+        assert "Redis artifact redis.rdb " in _one_line(err), length
+    for index in range(len(SAMPLE_RDB)):
+        flipped = bytearray(SAMPLE_RDB)
+        flipped[index] ^= 0x40
+        with pytest.raises(RecoveryError) as err:
+            redis_rdb.check_file(_rdb_file(tmp_dir, bytes(flipped)))
+        assert "Redis artifact redis.rdb " in _one_line(err), index
+
+
+def test_a_file_without_checksum_is_checked_for_structure_only(tmp_dir):
+    assert redis_rdb.check_file(_rdb_file(tmp_dir, _rdb(b"\xfe\x00", checksum=False))) == 10
 
 
 @pytest.mark.parametrize("data, problem", [
-    (b"CHRISTMAS-REDIS-KEYS 2\n" + GOOD_ARTIFACT[len(redis_keys.MAGIC):], "has no valid header"),
-    (b"", "has no valid header"),
-    (GOOD_ARTIFACT[:-8] + redis_keys.END.pack(3), "has a bad closing record"),
-    (GOOD_ARTIFACT + b"\n", "has a bad closing record"),
-    (GOOD_ARTIFACT[:-9], "is truncated or corrupt after 2 keys"),
-    (GOOD_ARTIFACT[:-9] + b"X" + GOOD_ARTIFACT[-8:], "is truncated or corrupt after 2 keys"),
+    (b"REDIX0010" + SAMPLE_RDB[9:], "is not an RDB file (no REDIS header)"),
+    (SAMPLE_RDB[:-9] + b"\x00" + SAMPLE_RDB[-8:], "is truncated: it does not end with the RDB end marker"),
+    (SAMPLE_RDB[:5], "is truncated (5 bytes)"),
 ])
-def test_read_records_names_a_broken_structure(tmp_dir, data, problem):
+def test_check_file_names_the_problem(tmp_dir, data, problem):
     with pytest.raises(RecoveryError) as err:
-        list(redis_keys.read_records(_artifact(tmp_dir, data)))
-    assert _one_line(err) == "Redis artifact redis.keys %s" % problem
+        redis_rdb.check_file(_rdb_file(tmp_dir, data))
+    assert _one_line(err) == "Redis artifact redis.rdb %s" % problem
 
 
-def test_check_dump_readable_names_the_key_whose_payload_is_corrupt(tmp_dir):
-    bad = PAYLOAD[:2] + b"X" + PAYLOAD[3:]
-    data = redis_keys.MAGIC + _record(0, b"ok", PAYLOAD) + _record(0, b"user:1", bad) + b"E" + redis_keys.END.pack(2)
+@pytest.mark.parametrize("entry, problem", [
+    (b"\x06" + _rdb_string(b"old-module") + b"\x00", "unsupported RDB value type 6"),
+    (b"\xf7\x01\x02\x02\x00", "it holds module auxiliary data, which a key-by-key restore cannot carry"),
+    (b"\xf6" + _rdb_string(b"x"), "unknown RDB opcode 0xf6"),
+    (b"\x00" + _rdb_string(b"k") + b"\xc4", "bad string encoding 0xc4"),
+])
+def test_read_entries_refuses_what_it_cannot_restore(tmp_dir, entry, problem):
+    path = _rdb_file(tmp_dir, _rdb(b"\xfe\x00", b"\x00" + _rdb_string(b"first") + _rdb_string(b"v"), entry))
     with pytest.raises(RecoveryError) as err:
-        redis_keys.check_dump_readable(_artifact(tmp_dir, data))
-    assert _one_line(err) == "Redis artifact redis.keys: payload of key b'user:1' fails its CRC64"
+        list(redis_rdb.read_entries(path))
+    assert _one_line(err) == "Redis artifact redis.rdb is corrupt after 1 keys: %s" % problem
+
+
+def test_read_entries_names_a_truncated_entry(tmp_dir):
+    path = _rdb_file(tmp_dir, SAMPLE_RDB[:60])
+    with pytest.raises(RecoveryError) as err:
+        list(redis_rdb.read_entries(path))
+    assert _one_line(err).startswith("Redis artifact redis.rdb is corrupt after ")
+    assert _one_line(err).endswith(": the file ends in the middle of an entry (truncated)")
+
+
+def test_lzf_decompress_handles_literals_and_back_references():
+    assert redis_rdb.lzf_decompress(b"\x02abc\xe0\x00\x02", 12) == b"abcabcabcabc"
+    with pytest.raises(RecoveryError):
+        redis_rdb.lzf_decompress(b"\x20\x05", 3)
 
 
 # ---------------------------------------------------------------- config_tree
@@ -504,18 +533,18 @@ def test_directory_lock_reports_a_dead_holders_leftover_file_as_stale(tmp_dir):
 
 
 def test_hashing_writer_commit_renames_into_place_with_its_digest(tmp_dir):
-    path = os.path.join(tmp_dir, "redis.keys")
+    path = os.path.join(tmp_dir, "redis.rdb")
     writer = HashingWriter(path)
     writer.write(b"first ")
     writer.write(b"second")
     assert writer.tell() == 12
     assert writer.commit() == (12, hashlib.sha256(b"first second").hexdigest())
-    assert os.listdir(tmp_dir) == ["redis.keys"]
+    assert os.listdir(tmp_dir) == ["redis.rdb"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 def test_hashing_writer_abort_leaves_nothing(tmp_dir):
-    writer = HashingWriter(os.path.join(tmp_dir, "redis.keys"))
+    writer = HashingWriter(os.path.join(tmp_dir, "redis.rdb"))
     writer.write(b"half a dump")
     writer.abort()
     writer.abort()
