@@ -36,6 +36,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.retention impor
     prune_expired_sets,
     remove_incomplete_leftovers,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
 
 COLLECTION_VERSION = "0.1.0"
 KINDS = {postgres.DUMP_DIR: "pg_dump_directory", postgres.GLOBALS_FILE: "pg_globals",
@@ -88,8 +89,9 @@ def _preflight(db, redis_target, config_dir):
 
 
 def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2, compress_level=None,
-                    retention_days=30, lock_wait=0, check_mode=False, progress=print):
-    """Back up the enabled components as one set and prune expired sets; returns a report."""
+                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print):
+    """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
+    returns a report. A set that fails its read-back is removed like any failed backup."""
     if not (db or redis_target or config_dir):
         raise RecoveryError("nothing to back up: every component is skipped")
     if not os.path.isabs(backup_dir):
@@ -112,18 +114,11 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         partial = os.path.join(backup_dir, partial_dir_name(set_id))
         final = os.path.join(backup_dir, set_dir_name(set_id))
         os.mkdir(partial, 0o700)
-        sections, hashed = {}, {}
+        manifest_path = os.path.join(backup_dir, manifest_name(set_id))
+        verification = None
         try:
-            for name, run in (
-                ("db", db and (lambda: postgres.dump_database(db, partial, jobs, compress_level, progress))),
-                ("redis", redis_target and (lambda: redis_keys.dump_redis(redis_target, partial, progress))),
-                ("config", config_dir and (lambda: config_tree.archive_tree(config_dir, partial, progress))),
-            ):
-                if run:
-                    begin = time.monotonic()
-                    sections[name], files = run()
-                    hashed.update(files)
-                    timings[name] = round(time.monotonic() - begin, 3)
+            sections, hashed = _dump_components(partial, db, redis_target, config_dir, jobs, compress_level, timings,
+                                                progress)
             progress("checksumming set %s" % set_id)
             begin = time.monotonic()
             make_tree_private(partial)
@@ -139,15 +134,18 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
                           "platform": platform.platform()},
             }
             manifest.update(sections)
-            write_json_atomic(os.path.join(backup_dir, manifest_name(set_id)), seal(manifest))
+            write_json_atomic(manifest_path, seal(manifest))
+            if verify:
+                progress("reading set %s back" % set_id)
+                begin = time.monotonic()
+                verification = _read_back(manifest_path, jobs, db)
+                timings["verify"] = round(time.monotonic() - begin, 3)
         except OSError as err:
-            remove_quietly(partial)
-            remove_quietly(final)
+            _discard(manifest_path, partial, final)
             raise RecoveryError("backup into %s failed, nothing kept: %s%s" % (
                 backup_dir, err.strerror, " (%s)" % err.filename if err.filename else "")) from None
         except BaseException:
-            remove_quietly(partial)
-            remove_quietly(final)
+            _discard(manifest_path, partial, final)
             raise
         pruned = prune_expired_sets(backup_dir, retention_days, keep=set_id)
     return {
@@ -155,9 +153,42 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         "set_dir": final, "components": components, "artifact_count": len(artifacts),
         "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
         "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder,
+        "verification": verification,
         "row_counts": sections.get("db", {}).get("row_counts"),
         "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
     }
+
+
+def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress):
+    """Each enabled component into ``set_dir``; returns (manifest sections, {file: (size, sha256)} hashed so far)."""
+    sections, hashed = {}, {}
+    for name, run in (
+        ("db", db and (lambda: postgres.dump_database(db, set_dir, jobs, compress_level, progress))),
+        ("redis", redis_target and (lambda: redis_keys.dump_redis(redis_target, set_dir, progress))),
+        ("config", config_dir and (lambda: config_tree.archive_tree(config_dir, set_dir, progress))),
+    ):
+        if run:
+            begin = time.monotonic()
+            sections[name], files = run()
+            hashed.update(files)
+            timings[name] = round(time.monotonic() - begin, 3)
+    return sections, hashed
+
+
+def _read_back(manifest_path, jobs, db):
+    """Deep verification of the set just written, as ``manifest_verify`` does it."""
+    try:
+        report, _manifest = verify_set(manifest_path, deep=True, jobs=jobs, pg_target=db)
+    except RecoveryError as err:
+        raise RecoveryError("the new set failed its read-back and was removed: %s" % err) from None
+    return {key: report[key] for key in ("ok", "deep", "artifact_count", "total_bytes")}
+
+
+def _discard(manifest_path, partial, final):
+    """The manifest goes first, so the set is never visible as complete without its files."""
+    remove_quietly(manifest_path)
+    remove_quietly(partial)
+    remove_quietly(final)
 
 
 def _public(sources):

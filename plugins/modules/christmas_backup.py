@@ -40,6 +40,12 @@ options:
     description: Seconds to wait for another backup in the same directory before failing.
     type: int
     default: 0
+  verify:
+    description:
+      - Read the new set back deeply, as M(christmas.recovery.manifest_verify) does with C(deep=true), before expired
+        sets are pruned. A set that fails is removed and the task fails.
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full
@@ -96,9 +102,14 @@ total_bytes:
   returned: success, not in check mode
   type: int
 timings:
-  description: Seconds spent per component and on checksums.
+  description: Seconds spent per component, on checksums and on the read-back.
   returned: success, not in check mode
   type: dict
+verification:
+  description: The read-back of the new set (V(null) with O(verify=false)).
+  returned: success, not in check mode
+  type: dict
+  sample: {"ok": true, "deep": true, "artifact_count": 7, "total_bytes": 104857600}
 row_counts:
   description: Rows per table at the dump's snapshot.
   returned: success with the database
@@ -152,6 +163,7 @@ def main():
         retention_days={"type": "int", "default": 30},
         compress_level={"type": "int", "choices": list(range(10))},
         lock_wait={"type": "int", "default": 0},
+        verify={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("skip_config", False, ("config_dir",))])
@@ -164,7 +176,7 @@ def main():
         redis_target=redis_target(params) if "redis" in components else None,
         config_dir=params["config_dir"] if "config" in components else None,
         jobs=params["jobs"], compress_level=params["compress_level"], retention_days=params["retention_days"],
-        lock_wait=params["lock_wait"], check_mode=module.check_mode, progress=progress,
+        lock_wait=params["lock_wait"], verify=params["verify"], check_mode=module.check_mode, progress=progress,
     ))
 
 
