@@ -9,15 +9,13 @@ import time
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.christmas.recovery.plugins.module_utils import postgres, redis_keys, redis_rdb
+from ansible_collections.christmas.recovery.plugins.module_utils import postgres, redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 
 
 def require_libraries(module, needs_postgres, needs_redis):
     if needs_postgres and not postgres.HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib("psycopg2 (psycopg2-binary)"))
-    if needs_redis and not redis_keys.HAS_REDIS:
-        module.fail_json(msg=missing_required_lib("redis"))
     if needs_redis and not redis_rdb.HAS_ANYCRC:
         module.fail_json(msg=missing_required_lib("anycrc"))
 

@@ -20,12 +20,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils import redis_rd
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import CHUNK, HashingWriter
 
-try:
-    import redis
-    HAS_REDIS = True
-except ImportError:  # reported by the modules with missing_required_lib
-    HAS_REDIS = False
-
 DUMP_FILE = "redis.rdb"
 BATCH = 1000
 UNORDERED = {2: "SMEMBERS", 4: "HGETALL"}  # sets and hashes in hash-table encoding serialise in table order
@@ -40,31 +34,45 @@ class RedisTarget:
     def describe(self):
         return "%s:%s" % (self.host, self.port)
 
-    def client(self, db=0):
-        if not HAS_REDIS:
-            raise RecoveryError("the redis Python library is required on this host (pip install redis)")
-        return redis.Redis(host=self.host, port=self.port, password=self.password, db=db, socket_timeout=60,
-                           socket_connect_timeout=10)
+    def connect(self, db=0):
+        return RawConnection(self, db)
 
 
-def redis_error(target, what, err):
-    kind = "authentication failed" if isinstance(err, redis.AuthenticationError) else str(err).splitlines()[0]
-    return RecoveryError("Redis %s at %s: %s" % (what, target.describe(), kind))
+def _info(conn, section=None):
+    """INFO as {field: value}; keyspace lines (db0:keys=1,expires=0,...) as {field: {name: int}}."""
+    reply = conn.call("INFO", *((section,) if section else ()))
+    fields = {}
+    for line in _text(conn, reply).splitlines():
+        name, sep, value = line.partition(":")
+        if not sep or line.startswith("#"):
+            continue
+        if name.startswith("db") and name[2:].isdigit():
+            value = {key: int(number) for key, _, number in (part.partition("=") for part in value.split(","))}
+        fields[name] = value
+    return fields
+
+
+def _text(conn, reply):
+    if isinstance(reply, ReplyError) or not isinstance(reply, bytes):
+        raise RecoveryError("Redis at %s answered %s" % (conn.target.describe(), str(reply).splitlines()[0]))
+    return reply.decode("utf-8", "replace")
+
+
+def _ok(conn, *args):
+    reply = conn.call(*args)
+    if isinstance(reply, ReplyError):
+        raise RecoveryError("Redis at %s refused %s: %s" % (conn.target.describe(), args[0], reply))
+    return reply
 
 
 def server_info(target):
-    client = target.client()
+    conn = target.connect()
     try:
-        info = client.info()
-    except redis.RedisError as err:
-        raise redis_error(target, "unreachable or refused", err) from None
+        info = _info(conn)
     finally:
-        client.close()
-    keyspace = {str(int(name[2:])): value["keys"] for name, value in info.items()
-                if name.startswith("db") and name[2:].isdigit() and isinstance(value, dict)}
-    return {"version": info["redis_version"], "aof_enabled": bool(info.get("aof_enabled")), "keys_per_db": keyspace}
-
-
+        conn.close()
+    keyspace = {name[2:]: value["keys"] for name, value in info.items() if isinstance(value, dict)}
+    return {"version": info["redis_version"], "aof_enabled": info.get("aof_enabled") == "1", "keys_per_db": keyspace}
 
 
 def _command(*args):
@@ -90,7 +98,7 @@ class RawConnection:
         self.reader = self.sock.makefile("rb", buffering=CHUNK)
         try:
             if target.password is not None and self.call("AUTH", target.password) != b"OK":
-                raise RecoveryError("Redis at %s: authentication failed" % target.describe())
+                raise RecoveryError("Redis unreachable or refused at %s: authentication failed" % target.describe())
             if db and self.call("SELECT", db) != b"OK":
                 raise RecoveryError("Redis at %s refused SELECT %s" % (target.describe(), db))
         except BaseException:
@@ -101,8 +109,26 @@ class RawConnection:
         self.reader.close()
         self.sock.close()
 
+    def lost(self, err):
+        return RecoveryError("Redis at %s: connection lost (%s)" % (self.target.describe(), err.strerror or err))
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError as err:
+            raise self.lost(err) from None
+
+    def readinto(self, view):
+        try:
+            return self.reader.readinto(view)
+        except OSError as err:
+            raise self.lost(err) from None
+
     def line(self):
-        line = self.reader.readline(1 << 16)
+        try:
+            line = self.reader.readline(1 << 16)
+        except OSError as err:
+            raise self.lost(err) from None
         if not line.endswith(b"\r\n"):
             raise RecoveryError("Redis at %s closed the connection" % self.target.describe())
         return line[:-2]
@@ -118,19 +144,27 @@ class RawConnection:
             return int(rest)
         if kind == b"$":
             size = int(rest)
-            return None if size < 0 else self.reader.read(size + 2)[:-2]
+            if size < 0:
+                return None
+            try:
+                data = self.reader.read(size + 2)
+            except OSError as err:
+                raise self.lost(err) from None
+            if len(data) != size + 2:
+                raise RecoveryError("Redis at %s closed the connection" % self.target.describe())
+            return data[:-2]
         if kind == b"*":
             size = int(rest)
             return None if size < 0 else [self.reply() for _ in range(size)]
         raise RecoveryError("Redis at %s sent an unexpected reply %.40r" % (self.target.describe(), line))
 
     def call(self, *args):
-        self.sock.sendall(_command(*args))
+        self.send(_command(*args))
         return self.reply()
 
     def pipeline(self, commands):
         """Send prepared commands in one write; returns their replies in order."""
-        self.sock.sendall(b"".join(commands))
+        self.send(b"".join(commands))
         return [self.reply() for _ in commands]
 
 
@@ -141,7 +175,7 @@ def _start_snapshot(conn):
         if isinstance(reply, ReplyError) and reply.startswith("NOAUTH"):
             raise RecoveryError("Redis snapshot at %s: authentication required (set redis_password)"
                                 % conn.target.describe())
-    conn.sock.sendall(_command("SYNC"))
+    conn.send(_command("SYNC"))
     while True:
         if conn.reader.peek(1)[:1] == b"\n":  # a keep-alive while the server prepares the snapshot
             conn.reader.read(1)
@@ -161,7 +195,7 @@ def _copy_snapshot(conn, header, received):
     if header.startswith(b"$EOF:"):
         mark, tail = header[5:], b""
         while True:
-            got = conn.reader.readinto(buf)
+            got = conn.readinto(buf)
             if not got:
                 raise RecoveryError("Redis at %s closed the connection before the snapshot ended"
                                     % conn.target.describe())
@@ -172,7 +206,7 @@ def _copy_snapshot(conn, header, received):
             tail = data[-EOF_MARK:]
     left = int(header[1:])
     while left:
-        got = conn.reader.readinto(view[:min(CHUNK, left)])
+        got = conn.readinto(view[:min(CHUNK, left)])
         if not got:
             raise RecoveryError("Redis at %s closed the connection with %d snapshot bytes to go"
                                 % (conn.target.describe(), left))
@@ -200,7 +234,7 @@ def dump_redis(target, set_dir, progress=print):
     writer = HashingWriter(os.path.join(set_dir, DUMP_FILE))
     conn = None
     try:
-        conn = RawConnection(target)
+        conn = target.connect()
         header = _start_snapshot(conn)
         received = _Received(writer)
         _copy_snapshot(conn, header, received)
@@ -268,7 +302,7 @@ def matches_target(target, path, snapshot):
 
 def _functions_match(target, path):
     mine = sorted(code for kind, code in redis_rdb.read_entries(path) if kind == "function")
-    conn = RawConnection(target)
+    conn = target.connect()
     try:
         libraries = conn.call("FUNCTION", "LIST", "WITHCODE")
     finally:
@@ -280,7 +314,7 @@ def _functions_match(target, path):
 def _batch_matches(conns, target, entries):
     """Compare entries with the server in one round trip per database (plus one for hash-table contents)."""
     for db in {entry.db for entry in entries}:
-        conn = conns.get(db) or conns.setdefault(db, RawConnection(target, db))
+        conn = conns.get(db) or conns.setdefault(db, target.connect(db))
         mine = [entry for entry in entries if entry.db == db]
         replies = conn.pipeline([_command(verb, entry.key) for entry in mine for verb in ("PTTL", "DUMP")])
         unordered = []
@@ -308,20 +342,17 @@ def _pairs(kind, flat):
 def restore_redis(target, manifest, path, force=False, check_mode=False, progress=print):
     """Replace the server's whole keyspace with the snapshot's, over the network, and make it durable."""
     meta = manifest["redis"]
-    try:
-        info = server_info(target)
-        if _version_tuple(info["version"]) < _version_tuple(meta["version"]):
-            raise RecoveryError("target Redis %s at %s is older than the backup's %s (its data format may not load)"
-                                % (info["version"], target.describe(), meta["version"]))
-        snapshot = scan_snapshot(path)
-        result = {"target_version": info["version"], "aof_enabled": info["aof_enabled"],
-                  "keys_before": sum(info["keys_per_db"].values()), "keys_expired_since_backup": snapshot["expired"]}
-        if not force and matches_target(target, path, snapshot):
-            result.update(changed=False, state="already identical to set %s" % manifest["set_id"],
-                          keys_per_db=snapshot["keys_per_db"])
-            return result
-    except redis.RedisError as err:
-        raise redis_error(target, "preflight failed", err) from None
+    info = server_info(target)
+    if _version_tuple(info["version"]) < _version_tuple(meta["version"]):
+        raise RecoveryError("target Redis %s at %s is older than the backup's %s (its data format may not load)"
+                            % (info["version"], target.describe(), meta["version"]))
+    snapshot = scan_snapshot(path)
+    result = {"target_version": info["version"], "aof_enabled": info["aof_enabled"],
+              "keys_before": sum(info["keys_per_db"].values()), "keys_expired_since_backup": snapshot["expired"]}
+    if not force and matches_target(target, path, snapshot):
+        result.update(changed=False, state="already identical to set %s" % manifest["set_id"],
+                      keys_per_db=snapshot["keys_per_db"])
+        return result
     result["changed"] = True
     if check_mode:
         result["state"] = "would replace %d keys with %d" % (result["keys_before"], snapshot["key_count"])
@@ -341,21 +372,21 @@ def _version_tuple(version):
 def _replace_keyspace(target, path, snapshot, aof_enabled):
     """FLUSHALL, then RESTORE every live key with its absolute expiry, pipelined per database; a failure says how far
     the load got. Returns how the result was persisted and {db: [keys loaded, their expiry times]}."""
-    control = target.client()
     conns, pending, loaded, state = {}, {}, {}, {"flushed": False, "done": 0}
     version = snapshot["rdb_version"]
     try:
-        control.flushall()
+        control = conns["control"] = target.connect()
+        _ok(control, "FLUSHALL")
         state["flushed"] = True
         for kind, item in redis_rdb.read_entries(path):
             if kind == "function":
-                control.function_load(item, replace=True)
+                _ok(control, "FUNCTION", "LOAD", "REPLACE", item)
                 continue
             if item.expire_ms is not None and item.expire_ms <= redis_rdb.now_ms():
                 continue
             db = str(item.db)
             if db not in loaded:
-                conns[db] = RawConnection(target, item.db)
+                conns[db] = target.connect(item.db)
                 pending[db], loaded[db] = [], [0, array("q")]
             pending[db].append(_command(b"RESTORE", item.key, item.expire_ms or 0, item.restore_payload(version),
                                         b"REPLACE", *((b"ABSTTL",) if item.expire_ms is not None else ())))
@@ -367,15 +398,14 @@ def _replace_keyspace(target, path, snapshot, aof_enabled):
         for db, commands in pending.items():
             _send_restores(conns[db], commands, state)
         return _persist(control, aof_enabled), loaded
-    except (redis.RedisError, RecoveryError) as err:
+    except (OSError, RecoveryError) as err:
         if not state["flushed"]:
-            raise redis_error(target, "restore failed before anything changed", err) from None
+            raise
         raise RecoveryError("Redis restore at %s failed after the flush with %d of %d keys loaded (the keyspace is "
                             "partial; run the restore again): %s" % (target.describe(), state["done"],
                                                                    snapshot["key_count"],
                                                                    str(err).splitlines()[0])) from None
     finally:
-        control.close()
         for conn in conns.values():
             conn.close()
 
@@ -401,16 +431,16 @@ def _check_counts(target, loaded):
     return {db: after[db] for db in sorted(after, key=int)}
 
 
-def _persist(client, aof_enabled, timeout=600):
+def _persist(conn, aof_enabled, timeout=600):
     """Make the restored keyspace survive a restart: rewrite the AOF when it is on, else write an RDB snapshot."""
     if not aof_enabled:
-        client.save()
+        _ok(conn, "SAVE")
         return "rdb snapshot"
-    client.bgrewriteaof()
+    _ok(conn, "BGREWRITEAOF")
     deadline = time.monotonic() + timeout
     while True:
-        persistence = client.info("persistence")
-        if not persistence["aof_rewrite_in_progress"] and not persistence["aof_rewrite_scheduled"]:
+        persistence = _info(conn, "persistence")
+        if persistence["aof_rewrite_in_progress"] == "0" and persistence["aof_rewrite_scheduled"] == "0":
             if persistence.get("aof_last_bgrewrite_status", "ok") != "ok":
                 raise RecoveryError("Redis AOF rewrite after the restore failed; check the server's log and disk")
             return "aof rewritten"
