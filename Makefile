@@ -2,7 +2,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: setup demo test lint pytest clean
+.PHONY: setup demo test lint pytest clean bench
 
 ## Everything the demo and the tests need (Debian packages, .venv); safe to run again.
 setup:
@@ -22,6 +22,12 @@ lint:
 
 pytest:
 	$(BIN)/pytest -n 2 tests
+
+## Playbooks against pg_dump/pg_restore, redis-cli, tar and openssl at three data sizes; writes docs/benchmarks.*
+## (options: make bench BENCH_ARGS="--sizes small,medium --runs 2").
+bench: setup
+	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .sandbox .pytest_cache .ruff_cache .ansible
