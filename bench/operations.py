@@ -46,7 +46,8 @@ def key_counts(server):
 @dataclass
 class Options:
     jobs: int
-    compress: int = None  # None keeps pg_dump's default on both sides
+    compress: int = None  # both sides at this level; None: each side at its own default
+    tool_compress: int = None  # the level the tool dumps at
 
 
 class Suite:
@@ -88,8 +89,9 @@ class Suite:
             handle.write("CREATE ROLE christmas LOGIN PASSWORD '%s';\n" % password_hash)
         return path
 
-    def compress_args(self):
-        return [] if self.options.compress is None else ["--compress=%d" % self.options.compress]
+    def compress_args(self, level=None):
+        level = self.options.compress if level is None else level
+        return [] if level is None else ["--compress=%d" % level]
 
     def backup_vars(self, component):
         return {"christmas_backup_dir": self.path("backups", component),
@@ -109,29 +111,43 @@ class Suite:
         return Redis(self.path("targets", "redis-%d" % run), self.redis.password).start()
 
     def operations(self, with_fixed_cost):
-        made = [self.db_backup(), self.db_restore(), self.redis_backup(), self.redis_restore(),
-                self.config_backup(), self.config_restore(), self.verify()]
+        made = [self.db_backup(), self.db_restore(), *self.db_backup_same_level(), self.redis_backup(),
+                self.redis_restore(), self.config_backup(), self.config_restore(), self.verify()]
         return ([self.fixed_cost()] if with_fixed_cost else []) + made
 
     # ------------------------------------------------------------ database
 
-    def pg_dump_argv(self, dump_dir):
+    def pg_dump_argv(self, dump_dir, level=None):
         return [os.path.join(PG_BIN, "pg_dump"), "--format=directory", "--jobs=%d" % self.options.jobs,
-                *self.compress_args(), "--port=%d" % self.source.port, "--dbname=christmas", "--file=%s" % dump_dir]
+                *self.compress_args(level), "--port=%d" % self.source.port, "--dbname=christmas",
+                "--file=%s" % dump_dir]
 
-    def baseline_db_backup(self, run):
+    def baseline_db_backup(self, run, level=None):
         dump_dir = self.path("baseline", "db.dump")
         shutil.rmtree(dump_dir, ignore_errors=True)
         os.makedirs(os.path.dirname(dump_dir), exist_ok=True)
-        return run_commands([self.pg_dump_argv(dump_dir),
+        return run_commands([self.pg_dump_argv(dump_dir, level),
                              lambda: ["openssl", "dgst", "-sha256", *sorted(glob.glob(os.path.join(dump_dir, "*")))]],
-                            self.log("db backup baseline", run), env=self.pg_env)
+                            self.log("db backup baseline" + ("" if level is None else " Z%d" % level), run),
+                            env=self.pg_env)
 
     def db_backup(self):
         return Operation("DB backup", "db", target=1.10, sides=[
             Side("backup.yml (db)", measure=lambda run: self.tool_backup("db", run)),
             Side("pg_dump -Fd + openssl", measure=self.baseline_db_backup, tool=False),
         ])
+
+    def db_backup_same_level(self):
+        """With the tool at its own compression level and pg_dump at its default, also compare at the same level:
+        that ratio is the cost of the automation alone."""
+        level = self.options.tool_compress
+        if self.options.compress is not None or level is None or level < 0:
+            return []
+        return [Operation("DB backup, same level", "db", sides=[
+            Side("backup.yml (db)", measure=lambda run: self.tool_backup("db", run)),
+            Side("pg_dump -Fd -Z%d + openssl" % level, measure=lambda run: self.baseline_db_backup(run, level),
+                 tool=False),
+        ])]
 
     def tool_db_restore(self, context):
         run, cluster = context

@@ -114,7 +114,7 @@ def _verdict(ok):
 def print_table(rows, grow):
     """Ratios and verdicts twice: ``ratio``/``play`` for the whole playbook run, ``mod ratio``/``mod`` for the module
     processes alone."""
-    line = "%-7s %-15s %-29s %-27s %7s %7s %7s %7s %9s %6s %-5s %-5s %7s %7s"
+    line = "%-7s %-21s %-29s %-27s %7s %7s %7s %7s %9s %6s %-5s %-5s %7s %7s"
     header = line % ("size", "operation", "tool", "baseline", "tool s", "mod s", "base s", "ratio", "mod ratio",
                      "target", "play", "mod", "mod MB", "ctl MB")
     print("\n" + header + "\n" + "-" * len(header))
@@ -126,7 +126,7 @@ def print_table(rows, grow):
     if grow:
         print("\ngrowth %s -> %s (time ratio against data ratio):" % (grow[0]["from"], grow[0]["to"]))
         for item in grow:
-            print("  %-15s %-29s time x%6.2f   data x%6.2f (%s)" % (
+            print("  %-21s %-29s time x%6.2f   data x%6.2f (%s)" % (
                 item["operation"], item["side"], item["time_ratio"], item["data_ratio"], item["measure"]))
 
 
@@ -280,7 +280,8 @@ def markdown(results, settings, machine_facts):
             ["`--sizes small,medium,large`", "which sizes (default all three)"],
             ["`--runs N`", "runs per side, tool and baseline alternating (default 3); medians are reported"],
             ["`--jobs N`", "parallel jobs for both sides (default: the role's `christmas_jobs`, 2)"],
-            ["`--compress LEVEL`", "`pg_dump --compress` for both sides (default: pg_dump's own default on both)"],
+            ["`--compress LEVEL`", "`pg_dump --compress` for both sides (default: the role's level for the tool, "
+             "pg_dump's own default for the baseline, plus a same-level row)"],
             ["`--data-dir DIR`", "where data, servers and backups live (default `bench/data/`)"],
             ["`--no-report`", "print the table only; leave `docs/` alone"]]),
         "The data is generated on the first run and kept in the data directory with a marker recording its "

@@ -43,7 +43,8 @@ def parse_args(argv):
     parser.add_argument("--runs", type=int, default=3, help="runs per side, tool and baseline alternating")
     parser.add_argument("--jobs", type=int, default=None, help="parallel jobs for both sides (default: the role's)")
     parser.add_argument("--compress", type=int, default=None, choices=range(10), metavar="LEVEL",
-                        help="pg_dump --compress level for both sides (default: pg_dump's default)")
+                        help="pg_dump --compress level for both sides (default: the role's level for the tool, "
+                             "pg_dump's default for the baseline)")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "bench", "data"))
     parser.add_argument("--no-report", action="store_true", help="print the table, leave docs/ alone")
     args = parser.parse_args(argv)
@@ -113,7 +114,9 @@ def measure_size(args, spec, context, with_fixed_cost):
     redis_server = start_source_redis(data, run_dir)
     try:
         playbooks = Playbooks(run_dir, playbook_settings(args, data, source, redis_server))
-        suite = Suite(data, run_dir, Options(args.jobs or role_default("christmas_jobs"), args.compress), playbooks,
+        options = Options(args.jobs or role_default("christmas_jobs"), args.compress,
+                          role_default("christmas_compress_level") if args.compress is None else args.compress)
+        suite = Suite(data, run_dir, options, playbooks,
                       source, redis_server, template)
         operations = []
         for operation in suite.operations(with_fixed_cost):
@@ -154,7 +157,9 @@ def run_all(args):
 def settings_notes(args, results):
     jobs = args.jobs or role_default("christmas_jobs")
     compress = ("`--compress=%d` on both sides" % args.compress if args.compress is not None
-                else "pg_dump's default (gzip) on both sides")
+                else "the role's `christmas_compress_level` (%d) for the tool, pg_dump's default (gzip level 6) for "
+                     "the baseline, as each runs out of the box; the row `DB backup, same level` runs pg_dump at the "
+                     "tool's level" % role_default("christmas_compress_level"))
     fixed = [name for name in report.ordered_sizes(results)
              if any(op["name"] == "fixed cost" for op in results[name]["operations"])]
     return [
