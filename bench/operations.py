@@ -17,7 +17,7 @@ SIDES = """\
 | operation | tool (ansible-playbook ...) | baseline |
 |---|---|---|
 | DB backup | `backup.yml -e skip_redis=true -e skip_config=true` | `pg_dump -Fd -j N`, then `openssl dgst -sha256` of every file it wrote |
-| DB restore | `restore_db.yml` onto a fresh cluster | `psql` (the `christmas` role with its password) + `pg_restore -j N --create -d postgres` onto a fresh cluster |
+| DB restore | `restore_db.yml` onto a fresh cluster | `psql` (the `christmas` role with its password) + `pg_restore -j N --create -d postgres` onto a fresh cluster, of the very dump the tool restores |
 | Redis backup | `backup.yml -e skip_db=true -e skip_config=true` | `redis-cli --rdb FILE` |
 | Redis restore | `restore_redis.yml` onto a fresh empty server | the RDB copied into a new server's directory, loaded at start: time until PING answers and `loading:0` |
 | config backup | `backup.yml -e skip_db=true -e skip_redis=true` | `tar -cf` of the tree |
@@ -160,8 +160,15 @@ class Suite:
         psql = [os.path.join(PG_BIN, "psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
                 "--port=%d" % cluster.port, "--dbname=postgres", "--file=%s" % self.globals_sql]
         pg_restore = [os.path.join(PG_BIN, "pg_restore"), "--jobs=%d" % self.options.jobs, "--exit-on-error",
-                      "--create", "--port=%d" % cluster.port, "--dbname=postgres", self.path("baseline", "db.dump")]
+                      "--create", "--port=%d" % cluster.port, "--dbname=postgres", self.tool_dump()]
         return run_commands([psql, pg_restore], self.log("db restore baseline", run), env=self.pg_env)
+
+    def tool_dump(self):
+        """The dump the tool restores: both sides of the restore load the same bytes."""
+        found = glob.glob(self.path("backups", "db", "set_*", "db.dump"))
+        if len(found) != 1:
+            raise BenchError("expected one set in %s, found %d" % (self.path("backups", "db"), len(found)))
+        return found[0]
 
     def restored_db_check(self, context):
         _run, cluster = context

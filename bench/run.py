@@ -47,6 +47,9 @@ def parse_args(argv):
                              "pg_dump's default for the baseline)")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "bench", "data"))
     parser.add_argument("--no-report", action="store_true", help="print the table, leave docs/ alone")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: write the report again from the last run's results.json (run with "
+                             "the same --jobs and --compress)")
     args = parser.parse_args(argv)
     args.sizes = [name.strip() for name in args.sizes.split(",") if name.strip()]
     unknown = [name for name in args.sizes if name not in dataset.SIZES]
@@ -198,6 +201,10 @@ def finish(args, results):
     report.print_table(rows, report.growth(results))
     with open(os.path.join(args.data_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=1)
+    _write_report(args, results)
+
+
+def _write_report(args, results):
     if not args.no_report:
         settings = {"runs": args.runs, "notes": settings_notes(args, results), "sides": SIDES}
         report.write_docs(results, settings, report.machine(args.data_dir, PG_BIN), os.path.join(ROOT, "docs"))
@@ -224,6 +231,13 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     started = time.monotonic()
+    if args.report_only:
+        with open(os.path.join(args.data_dir, "results.json"), encoding="utf-8") as handle:
+            results = json.load(handle)
+        first = results[report.ordered_sizes(results)[0]]["operations"][0]["sides"][0]
+        args.runs = len(first["seconds"])
+        _write_report(args, results)
+        return 0
     try:
         results = run_all(args)
     except BenchError as err:

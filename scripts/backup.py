@@ -13,6 +13,7 @@ import sys
 import _cli
 
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.postgres import DEFAULT_COMPRESS_LEVEL
 
 
 def _days(text):
@@ -26,7 +27,8 @@ def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backup-dir", default="./backups", help="directory of the backup sets (default: ./backups)")
     parser.add_argument("--retention-days", type=_days, default=30, help="keep complete sets this long (default: 30)")
-    parser.add_argument("--compress-level", type=int, choices=range(10), help="pg_dump --compress level")
+    parser.add_argument("--compress-level", type=int, choices=range(-1, 10), default=DEFAULT_COMPRESS_LEVEL,
+                        help="pg_dump --compress level, -1 for pg_dump's default (default: %(default)s)")
     parser.add_argument("--lock-wait", type=int, default=0, help="seconds to wait for a running backup")
     _cli.add_connection_flags(parser)
     args = parser.parse_args(argv)

@@ -88,7 +88,8 @@ def _preflight(db, redis_target, config_dir):
     return found
 
 
-def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2, compress_level=None,
+def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
+                    compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
                     retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print):
     """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
     returns a report. A set that fails its read-back is removed like any failed backup."""

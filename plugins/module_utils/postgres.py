@@ -33,6 +33,8 @@ DUMP_DIR = "db.dump"
 GLOBALS_FILE = "db_globals.json"
 MARKER_SETTING = "christmas_recovery.restored_set"
 TIMESCALEDB = "timescaledb"
+# gzip level 1: at pg_dump's own level 6 gzip is slower than the disk and the database; -1 keeps pg_dump's level.
+DEFAULT_COMPRESS_LEVEL = 1
 
 
 @dataclass
@@ -275,7 +277,7 @@ def installed_extensions(conn):
         JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY 1""")}
 
 
-def dump_database(target, set_dir, jobs=2, compress_level=None, progress=print):
+def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL, progress=print):
     """pg_dump -Fd -j at an exported snapshot; row counts and globals are read in that same snapshot."""
     conn = connect(target, autocommit=False)
     try:
@@ -293,7 +295,7 @@ def dump_database(target, set_dir, jobs=2, compress_level=None, progress=print):
         dump_dir = os.path.join(set_dir, DUMP_DIR)
         argv = [pg_dump, "--format=directory", "--jobs=%d" % jobs, "--snapshot=%s" % snapshot, "--no-password",
                 "--file=%s" % dump_dir]
-        if compress_level is not None:
+        if compress_level >= 0:
             argv.append("--compress=%d" % compress_level)
         progress("dumping database %s with %d jobs" % (target.dbname, jobs))
         with target.libpq_env() as (env, fds):

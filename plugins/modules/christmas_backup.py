@@ -34,8 +34,11 @@ options:
     type: int
     default: 30
   compress_level:
-    description: C(pg_dump --compress) level (0-9); by default pg_dump's own default.
+    description:
+      - C(pg_dump --compress) level, 0 (none) to 9; -1 keeps pg_dump's own default (gzip level 6).
+      - Level 1 dumps about four times faster than 6 for about 10% more bytes.
     type: int
+    default: 1
   lock_wait:
     description: Seconds to wait for another backup in the same directory before failing.
     type: int
@@ -154,6 +157,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.arguments impor
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
+from ansible_collections.christmas.recovery.plugins.module_utils.postgres import DEFAULT_COMPRESS_LEVEL
 
 
 def main():
@@ -161,7 +165,7 @@ def main():
     argument_spec.update(
         backup_dir={"type": "path", "required": True},
         retention_days={"type": "int", "default": 30},
-        compress_level={"type": "int", "choices": list(range(10))},
+        compress_level={"type": "int", "default": DEFAULT_COMPRESS_LEVEL, "choices": list(range(-1, 10))},
         lock_wait={"type": "int", "default": 0},
         verify={"type": "bool", "default": True},
     )

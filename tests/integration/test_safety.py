@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import (
+    PG_BIN,
     append_members,
     backup_command,
     connection_vars,
@@ -298,6 +299,31 @@ def test_retention_zero_keeps_the_newest_complete_set_and_ignores_incomplete_one
     assert _complete_ids(backup_dir) == [report["set_id"]]
     assert sorted(n for n in os.listdir(backup_dir) if n.startswith("set_2")) == ["set_" + report["set_id"]]
     assert {name: _entry_state(os.path.join(backup_dir, name)) for name in foreign} == foreign
+
+
+def test_a_set_that_fails_its_read_back_is_removed_and_prunes_nothing(platform, tmp_dir):
+    backup_dir = os.path.join(tmp_dir, "backups")
+    first = _script_backup(backup_dir, platform=platform)["set_id"]
+    old = _set_id_days_ago(5)
+    _copy_set_as(backup_dir, first, old)
+    before = {name: _entry_state(os.path.join(backup_dir, name)) for name in os.listdir(backup_dir)}
+    # The dump is written by the real pg_dump; the read-back's pg_restore --list finds it unreadable.
+    bin_dir = os.path.join(tmp_dir, "bin")
+    os.makedirs(bin_dir)
+    os.symlink(os.path.join(PG_BIN, "pg_dump"), os.path.join(bin_dir, "pg_dump"))
+    with open(os.path.join(bin_dir, "pg_restore"), "w", encoding="ascii") as handle:
+        handle.write('#!/bin/sh\n[ "$1" = --version ] && exec %s --version\n'
+                     'echo "pg_restore: error: could not read from input file: end of file" >&2\nexit 1\n'
+                     % os.path.join(PG_BIN, "pg_restore"))
+    os.chmod(os.path.join(bin_dir, "pg_restore"), 0o755)
+
+    error = _script_backup(backup_dir, platform=platform, extra=["--retention-days", "0", "--pg-bin-dir", bin_dir],
+                           expect_ok=False)
+
+    assert "the new set failed its read-back and was removed" in error
+    assert "could not read from input file" in error
+    assert {name: _entry_state(os.path.join(backup_dir, name)) for name in os.listdir(backup_dir)} == before
+    assert _complete_ids(backup_dir) == [old, first]
 
 
 def test_backup_never_prunes_the_set_it_just_made_even_behind_a_future_dated_set(config_set):
