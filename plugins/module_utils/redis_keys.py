@@ -261,16 +261,16 @@ def scan_snapshot(path):
     """Read the whole artifact once before anything changes: keys per database still alive now, keys already
     expired, function libraries. Any structural problem is raised here, not halfway through a restore."""
     now = redis_rdb.now_ms()
-    counts, expired, functions = {}, 0, 0
+    counts, expired, functions = {}, 0, []
     for kind, item in redis_rdb.read_entries(path):
         if kind == "function":
-            functions += 1
+            functions.append(item)
         elif item.expire_ms is not None and item.expire_ms <= now:
             expired += 1
         else:
             counts[str(item.db)] = counts.get(str(item.db), 0) + 1
-    return {"keys_per_db": counts, "key_count": sum(counts.values()), "expired": expired, "functions": functions,
-            "rdb_version": redis_rdb.rdb_version(path)}
+    return {"keys_per_db": counts, "key_count": sum(counts.values()), "expired": expired,
+            "functions": sorted(functions), "rdb_version": redis_rdb.rdb_version(path)}
 
 
 def _alive_keys(path):
@@ -286,7 +286,7 @@ def matches_target(target, path, snapshot):
         return False
     conns, batch = {}, []
     try:
-        if snapshot["functions"] and not _functions_match(target, path):
+        if snapshot["functions"] and not _functions_match(target, snapshot["functions"]):
             return False
         for entry in _alive_keys(path):
             batch.append(entry)
@@ -300,8 +300,8 @@ def matches_target(target, path, snapshot):
             conn.close()
 
 
-def _functions_match(target, path):
-    mine = sorted(code for kind, code in redis_rdb.read_entries(path) if kind == "function")
+def _functions_match(target, mine):
+    """``mine``: the snapshot's library codes, sorted."""
     conn = target.connect()
     try:
         libraries = conn.call("FUNCTION", "LIST", "WITHCODE")
@@ -339,17 +339,26 @@ def _pairs(kind, flat):
     return flat if kind == redis_rdb.SET_HASHTABLE else list(zip(flat[::2], flat[1::2], strict=True))
 
 
-def restore_redis(target, manifest, path, force=False, check_mode=False, progress=print):
-    """Replace the server's whole keyspace with the snapshot's, over the network, and make it durable."""
+def restore_redis(target, manifest, path, force=False, check_mode=False, progress=print, memo=None):
+    """Replace the server's whole keyspace with the snapshot's, over the network, and make it durable.
+
+    ``memo`` (a dict) carries the snapshot's scan and the comparison with the server from the planning call (check
+    mode) to the call that restores, which happens only when the plan found a difference: neither is done twice.
+    """
+    memo = {} if memo is None else memo
     meta = manifest["redis"]
     info = server_info(target)
     if _version_tuple(info["version"]) < _version_tuple(meta["version"]):
         raise RecoveryError("target Redis %s at %s is older than the backup's %s (its data format may not load)"
                             % (info["version"], target.describe(), meta["version"]))
-    snapshot = scan_snapshot(path)
+    if "snapshot" not in memo:
+        memo["snapshot"] = scan_snapshot(path)
+    snapshot = memo["snapshot"]
     result = {"target_version": info["version"], "aof_enabled": info["aof_enabled"],
               "keys_before": sum(info["keys_per_db"].values()), "keys_expired_since_backup": snapshot["expired"]}
-    if not force and matches_target(target, path, snapshot):
+    if "identical" not in memo:
+        memo["identical"] = not force and matches_target(target, path, snapshot)
+    if memo["identical"]:
         result.update(changed=False, state="already identical to set %s" % manifest["set_id"],
                       keys_per_db=snapshot["keys_per_db"])
         return result

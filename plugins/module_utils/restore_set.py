@@ -25,7 +25,8 @@ def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, f
                                                        check, progress)
     if component == "redis":
         path = artifact_path(set_root, artifacts_of(manifest, "redis")[0])
-        return lambda check: redis_keys.restore_redis(redis_target, manifest, path, force, check, progress)
+        memo = {}  # the plan's scan and comparison serve the restore
+        return lambda check: redis_keys.restore_redis(redis_target, manifest, path, force, check, progress, memo)
     path = artifact_path(set_root, artifacts_of(manifest, "config")[0])
     dest = config_dir or manifest["config"]["source_dir"]
     return lambda check: config_tree.restore_tree(path, manifest["config"], dest, manifest["set_id"], check, force,
