@@ -70,6 +70,15 @@ def make_redis(workdir):
         server.destroy()
 
 
+@pytest.fixture(scope="module")
+def module_dir(workdir):
+    """One directory per test module: what its tests share, and every example of a hypothesis test (function-scoped
+    fixtures would be shared by all of them anyway)."""
+    path = tempfile.mkdtemp(prefix="module-", dir=workdir)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def tmp_dir(workdir):
     path = tempfile.mkdtemp(prefix="case-", dir=workdir)

@@ -40,6 +40,13 @@ VERIFY_TARGET = PgTarget(bin_dir=PG_BIN)  # only pg_restore --list runs; it need
 # ---------------------------------------------------------------- data big enough that each phase takes a moment
 
 
+def one_line(err):
+    """The error's message, which must be a single non-empty line."""
+    message = str(err)
+    assert message and "\n" not in message and "\r" not in message, repr(message)
+    return message
+
+
 def add_market_rows(platform, rows):
     platform.sql(
         "INSERT INTO market_data SELECT timestamptz '2025-01-01 00:00:00+00' + i * interval '1 second', "

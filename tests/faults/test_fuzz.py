@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 
 import pytest
+from fault_helpers import one_line
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from manifest_samples import REMOVE, SET_ID, leaf_paths, replaced, valid_manifest
@@ -32,20 +33,6 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 MANIFEST_NAME = "manifest_%s.json" % SET_ID
 # The artifact kinds restore_set looks up per component: a set without one cannot be restored.
 RESTORE_READS = {"db": {"pg_dump_directory", "pg_globals"}, "redis": {"redis_rdb"}, "config": {"config_tar"}}
-
-
-def _one_line(err):
-    message = str(err)
-    assert message and "\n" not in message and "\r" not in message, repr(message)
-    return message
-
-
-@pytest.fixture(scope="module")
-def scratch():
-    """One directory per module: function-scoped fixtures would be shared by all examples of a @given test."""
-    path = tempfile.mkdtemp(prefix="fuzz-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- strategies
@@ -133,29 +120,29 @@ def _write(directory, data):
     return path
 
 
-def _check_loaded(scratch, data):
+def _check_loaded(module_dir, data):
     """load() returns a manifest that passes its own schema, or refuses in one line naming the file; returns which,
     for hypothesis' statistics (--hypothesis-show-statistics)."""
-    path = _write(scratch, data)
+    path = _write(module_dir, data)
     try:
         loaded = manifest.load(path)
     except RecoveryError as err:
-        assert MANIFEST_NAME in _one_line(err)
+        assert MANIFEST_NAME in one_line(err)
         return "refused: " + _reason(err)
     manifest.check_schema(loaded, path)
-    _usable(loaded, scratch)
+    _usable(loaded, module_dir)
     return "loaded"
 
 
 @FUZZ
 @given(data=st.one_of(manifest_texts, damaged_real_manifest(), st.binary(max_size=300)))
-def test_manifest_load_returns_a_valid_manifest_or_refuses_in_one_line(scratch, data):
-    event(_check_loaded(scratch, data))
+def test_manifest_load_returns_a_valid_manifest_or_refuses_in_one_line(module_dir, data):
+    event(_check_loaded(module_dir, data))
 
 
-def test_manifest_load_refuses_deep_nesting_and_huge_numbers_in_one_line(scratch):
+def test_manifest_load_refuses_deep_nesting_and_huge_numbers_in_one_line(module_dir):
     for text in (_deeply_nested(100000), '{"a":' * 5000 + "1" + "}" * 5000, "1" * 5000):
-        assert _check_loaded(scratch, text.encode()).startswith("refused: not valid JSON")
+        assert _check_loaded(module_dir, text.encode()).startswith("refused: not valid JSON")
 
 
 def _reason(err):
@@ -173,7 +160,7 @@ def _usable(data, root):
         try:
             path = resolve_inside(root, artifact["path"], "artifact")
         except RecoveryError as err:
-            _one_line(err)
+            one_line(err)
             continue
         assert os.path.commonpath([root, path]) == root
     if "config" in data:
@@ -187,16 +174,16 @@ def _usable(data, root):
 @FUZZ
 @given(data=st.one_of(st.dictionaries(st.text(max_size=12), json_values, max_size=8), mutated_manifests(),
                       json_values))
-def test_check_schema_accepts_only_what_the_restore_can_use_and_refuses_the_rest_in_one_line(scratch, data):
-    path = os.path.join(scratch, MANIFEST_NAME)
+def test_check_schema_accepts_only_what_the_restore_can_use_and_refuses_the_rest_in_one_line(module_dir, data):
+    path = os.path.join(module_dir, MANIFEST_NAME)
     try:
         manifest.check_schema(data, path)
     except RecoveryError as err:
-        assert MANIFEST_NAME in _one_line(err)
+        assert MANIFEST_NAME in one_line(err)
         event("refused: " + _reason(err))
         return
     event("accepted")
-    _usable(data, scratch)
+    _usable(data, module_dir)
 
 
 # ---------------------------------------------------------------- names and link targets
@@ -208,7 +195,7 @@ def test_check_relative_name_returns_clean_parts_or_refuses_in_one_line(name):
     try:
         parts = check_relative_name(name)
     except RecoveryError as err:
-        _one_line(err)
+        one_line(err)
         return
     assert parts and all(part not in ("", ".", "..") and "/" not in part and "\x00" not in part for part in parts)
     "/".join(parts).encode("utf-8", "surrogateescape")
@@ -230,14 +217,14 @@ def test_link_stays_inside_only_accepts_targets_that_resolve_inside_the_root(lin
 
 
 @pytest.fixture(scope="module")
-def tree(scratch):
+def tree(module_dir):
     """A root with a directory, a file, a symlink out of the root and one inside it, and a sibling outside."""
-    root = os.path.join(scratch, "tree", "root")
+    root = os.path.join(module_dir, "tree", "root")
     os.makedirs(os.path.join(root, "sub", "deeper"))
-    os.makedirs(os.path.join(scratch, "tree", "outside"))
+    os.makedirs(os.path.join(module_dir, "tree", "outside"))
     with open(os.path.join(root, "file"), "w", encoding="utf-8") as handle:
         handle.write("x")
-    os.symlink(os.path.join(scratch, "tree", "outside"), os.path.join(root, "out"))
+    os.symlink(os.path.join(module_dir, "tree", "outside"), os.path.join(root, "out"))
     os.symlink("sub", os.path.join(root, "in"))
     return root
 
@@ -249,7 +236,7 @@ def test_resolve_inside_joins_inside_the_root_without_passing_a_symlink_or_refus
     try:
         path = resolve_inside(tree, name)
     except RecoveryError as err:
-        _one_line(err)
+        one_line(err)
         return
     assert os.path.commonpath([tree, path]) == tree
     probe = tree
@@ -350,9 +337,9 @@ def _archive(path, specs):
     return path
 
 
-def _fresh_site(scratch):
+def _fresh_site(module_dir):
     """parent/{config (the current tree), sentinel (must stay empty)}; returns (parent, dest, sentinel)."""
-    parent = tempfile.mkdtemp(prefix="site-", dir=scratch)
+    parent = tempfile.mkdtemp(prefix="site-", dir=module_dir)
     dest, sentinel = os.path.join(parent, DEST), os.path.join(parent, "sentinel")
     os.makedirs(dest)
     os.makedirs(sentinel)
@@ -380,21 +367,21 @@ def _restore(archive, members_found, dest):
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs=member_lists())
-def test_check_members_refuses_or_the_archive_extracts_inside_its_destination_only(scratch, specs):
-    parent, dest, sentinel = _fresh_site(scratch)
+def test_check_members_refuses_or_the_archive_extracts_inside_its_destination_only(module_dir, specs):
+    parent, dest, sentinel = _fresh_site(module_dir)
     try:
         archive = _archive(os.path.join(parent, "config.tar"), specs)
         assume(archive is not None)
         try:
             found = config_tree.check_members(archive)
         except RecoveryError as err:
-            _one_line(err)
+            one_line(err)
             event("refused by check_members: " + " ".join(str(err).split("'")[-1].split()[:3]))
             return
         try:
             _restore(archive, found, dest)
         except RecoveryError as err:
-            _one_line(err)
+            one_line(err)
             event("accepted, restore refused")
             assert os.listdir(dest) == ["current.yml"]
         else:
@@ -410,8 +397,8 @@ def test_check_members_refuses_or_the_archive_extracts_inside_its_destination_on
 
 @FUZZ
 @given(data=st.data())
-def test_check_members_on_a_damaged_archive_accepts_or_refuses_in_one_line(scratch, data):
-    path = os.path.join(scratch, "damaged.tar")
+def test_check_members_on_a_damaged_archive_accepts_or_refuses_in_one_line(module_dir, data):
+    path = os.path.join(module_dir, "damaged.tar")
     specs = [_spec("sub", "dir", mode=0o755), _spec("sub/app.yml", "file", data=b"a: 1\n" * 50, mode=0o640),
              _spec("link", "symlink", "sub/app.yml")]
     _archive(path, specs)
@@ -425,4 +412,4 @@ def test_check_members_on_a_damaged_archive_accepts_or_refuses_in_one_line(scrat
     try:
         config_tree.check_members(path)
     except RecoveryError as err:
-        _one_line(err)
+        one_line(err)

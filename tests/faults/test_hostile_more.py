@@ -11,12 +11,12 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 from types import SimpleNamespace
 
 import pytest
 from conftest import append_members, tree_state
+from fault_helpers import one_line
 from manifest_samples import leaf_paths, replaced, valid_manifest
 
 from ansible_collections.christmas.recovery.plugins.module_utils import config_tree
@@ -30,12 +30,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.verify import v
 
 def _quiet(_message):
     pass
-
-
-def _one_line(err):
-    message = str(err)
-    assert message and "\n" not in message and "\r" not in message, message
-    return message
 
 
 def _read_json(path):
@@ -146,7 +140,7 @@ def test_member_aimed_at_the_destination_parent_or_staging_is_refused_and_nothin
         _restore_config(env)
 
     for err in (verify_err, restore_err):
-        message = _one_line(err.value)
+        message = one_line(err.value)
         assert "config archive member " + quoted in message, message
     assert tree_state(env.config) == before
     assert _surroundings(env) == around
@@ -179,7 +173,7 @@ def test_member_with_hostile_pax_records_is_refused_before_anything_changes(conf
     with pytest.raises(RecoveryError) as err:
         _restore_config(env)
 
-    assert expected in _one_line(err.value)
+    assert expected in one_line(err.value)
     assert tree_state(env.config) == before
     assert _surroundings(env) == around
 
@@ -253,22 +247,15 @@ def _wrong_type_cases():
     return cases
 
 
-@pytest.fixture(scope="module")
-def manifest_dir():
-    path = tempfile.mkdtemp(prefix="manifests-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.parametrize("path, wrong", _wrong_type_cases())
-def test_manifest_field_of_the_wrong_type_is_refused_in_one_line_naming_the_field(manifest_dir, path, wrong):
-    manifest = os.path.join(manifest_dir, manifest_name(valid_manifest()["set_id"]))
+def test_manifest_field_of_the_wrong_type_is_refused_in_one_line_naming_the_field(module_dir, path, wrong):
+    manifest = os.path.join(module_dir, manifest_name(valid_manifest()["set_id"]))
     _write_sealed(manifest, replaced(valid_manifest(), path, wrong))
 
     with pytest.raises(RecoveryError) as err:
         verify_set(manifest)
 
-    message = _one_line(err.value)
+    message = one_line(err.value)
     assert message.startswith("manifest %s is invalid: " % manifest), message
     assert _field_name(path) in message, message
 
@@ -289,30 +276,30 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("path, bad, named", BAD_VALUES, ids=["%s=%s" % (".".join(map(str, p)), json.dumps(v))
                                                               for p, v, _n in BAD_VALUES])
-def test_manifest_value_the_restore_could_not_use_is_refused_in_one_line(manifest_dir, path, bad, named):
-    manifest = os.path.join(manifest_dir, manifest_name(valid_manifest()["set_id"]))
+def test_manifest_value_the_restore_could_not_use_is_refused_in_one_line(module_dir, path, bad, named):
+    manifest = os.path.join(module_dir, manifest_name(valid_manifest()["set_id"]))
     _write_sealed(manifest, replaced(valid_manifest(), path, bad))
 
     with pytest.raises(RecoveryError) as err:
         verify_set(manifest)
 
-    assert named in _one_line(err.value)
+    assert named in one_line(err.value)
 
 
-def test_manifest_nested_too_deeply_or_naming_an_unencodable_file_is_refused_in_one_line(manifest_dir):
-    manifest = os.path.join(manifest_dir, manifest_name(valid_manifest()["set_id"]))
+def test_manifest_nested_too_deeply_or_naming_an_unencodable_file_is_refused_in_one_line(module_dir):
+    manifest = os.path.join(module_dir, manifest_name(valid_manifest()["set_id"]))
     with open(manifest, "w", encoding="utf-8") as handle:
         handle.write("[" * 100000 + "]" * 100000)
     with pytest.raises(RecoveryError) as err:
         verify_set(manifest)
-    assert _one_line(err.value).endswith("is not valid JSON: nested too deeply")
+    assert one_line(err.value).endswith("is not valid JSON: nested too deeply")
 
     data = valid_manifest()
     data["artifacts"][0]["path"] += "\ud800"  # json.dump writes it as the escape "\ud800", which JSON allows
     _write_sealed(manifest, data)
     with pytest.raises(RecoveryError) as err:
         verify_set(manifest)
-    assert "is not a valid file name (unencodable character)" in _one_line(err.value)
+    assert "is not a valid file name (unencodable character)" in one_line(err.value)
 
 
 # ---------------------------------------------------------------- symlinks in and as the set directory
@@ -343,7 +330,7 @@ def test_set_dir_that_is_a_symlink_to_another_set_is_refused(config_set, target)
     for attempt in (lambda: verify_set(env.manifest), lambda: _restore_config(env)):
         with pytest.raises(RecoveryError) as err:
             attempt()
-        message = _one_line(err.value)
+        message = one_line(err.value)
         assert "passes through a symlink at '%s'" % set_dir_name(env.set_id) in message, message
     assert verify_set(os.path.join(env.backup_dir, manifest_name(other)))[0]["ok"]
     assert tree_state(env.config) == before
@@ -387,6 +374,6 @@ def test_symlink_inside_the_set_pointing_outside_is_refused(config_set, plant):
     for attempt in (lambda: verify_set(env.manifest), lambda: _restore_config(env)):
         with pytest.raises(RecoveryError) as err:
             attempt()
-        assert expected in _one_line(err.value)
+        assert expected in one_line(err.value)
     assert tree_state(env.config) == before
     assert _surroundings(env) == around
