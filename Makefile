@@ -21,6 +21,7 @@ lint:
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --offline
 
 pytest:
+	@bash lab/image.sh >/dev/null
 	$(BIN)/pytest -n 2 tests
 
 ## Playbooks against pg_dump/pg_restore, redis-cli, tar and openssl at three data sizes; writes docs/benchmarks.*

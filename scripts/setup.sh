@@ -11,6 +11,12 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v runuser >/dev/null || missing+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# The lab: the sample platform as a compose project under podman, on an image built with debootstrap (lab/image.sh).
+for tool in podman podman-compose runc debootstrap iptables; do
+  command -v $tool >/dev/null || missing+=($tool)
+done
+[ -x /usr/lib/podman/netavark ] || missing+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   # A package-installed PostgreSQL must not start a cluster of its own on 5432.

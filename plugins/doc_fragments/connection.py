@@ -60,6 +60,12 @@ options:
       - Parallel jobs for pg_dump, pg_restore and checksumming.
     type: int
     default: 2
+  connect_wait:
+    description:
+      - Seconds to keep retrying while PostgreSQL or Redis is still starting (nothing listening yet, starting up,
+        loading its data), as after the service was just started. 0 fails at once.
+    type: int
+    default: 0
   config_dir:
     description:
       - The platform's config directory. A backup needs it unless I(skip_config=true); a restore writes the tree

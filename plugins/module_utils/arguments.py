@@ -24,6 +24,7 @@ def connection_argument_spec():
         "redis_port": {"type": "int", "default": 6379},
         "redis_password": {"type": "str", "no_log": True},
         "jobs": {"type": "int", "default": 2},
+        "connect_wait": {"type": "int", "default": 0},
         "config_dir": {"type": "path"},
         "skip_db": {"type": "bool", "default": False},
         "skip_redis": {"type": "bool", "default": False},
@@ -38,8 +39,10 @@ def enabled_components(params):
 def pg_target(params):
     return PgTarget(host=params["db_host"], port=params["db_port"], dbname=params["db_name"], user=params["db_user"],
                     password=params["db_password"], admin_user=params["db_admin_user"],
-                    admin_password=params["db_admin_password"], bin_dir=params["pg_bin_dir"])
+                    admin_password=params["db_admin_password"], bin_dir=params["pg_bin_dir"],
+                    connect_wait=params["connect_wait"])
 
 
 def redis_target(params):
-    return RedisTarget(host=params["redis_host"], port=params["redis_port"], password=params["redis_password"])
+    return RedisTarget(host=params["redis_host"], port=params["redis_port"], password=params["redis_password"],
+                       connect_wait=params["connect_wait"])

@@ -155,10 +155,25 @@ def _check_section(section, component, path):
                  path, "db.extensions must map names to version and schema")
         _require(all(_is_int(count) for count in section["row_counts"].values()), path,
                  "db.row_counts must map table names to row counts")
+        if "market_data" in section:  # recorded since the validation module; older manifests lack it
+            _check_market_data(section["market_data"], path)
     if component == "config":
         owner = section["root_owner"]
         _require(len(owner) == 2 and all(_is_int(i) and 0 <= i <= MAX_ID for i in owner), path,
                  "config.root_owner must be [uid, gid]")
+
+
+def _check_market_data(market, path):
+    _require(isinstance(market, dict), path, "db.market_data is not an object")
+    _require(isinstance(market.get("table"), str) and market["table"], path,
+             "db.market_data.table is missing or not a table name")
+    _require(_is_int(market.get("rows")) and market["rows"] >= 0, path,
+             "db.market_data.rows is missing or not a row count")
+    for field in ("time_column", "newest"):
+        _require(field in market and (market[field] is None or isinstance(market[field], str)), path,
+                 "db.market_data.%s is missing or neither a string nor null" % field)
+    _require(market["time_column"] is not None or market["newest"] is None, path,
+             "db.market_data.newest is set but time_column is null")
 
 
 def content_checksum(data):

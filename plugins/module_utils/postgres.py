@@ -50,6 +50,7 @@ class PgTarget:
     admin_password: str = None
     maintenance_db: str = "postgres"
     bin_dir: str = None
+    connect_wait: float = 0
 
     @property
     def login(self):
@@ -80,19 +81,32 @@ class PgTarget:
             os.close(fd)
 
 
+# A server that is starting, restarting or not yet listening: worth waiting for (connect_wait), unlike a wrong
+# password or a missing database.
+STARTING_RE = re.compile(r"Connection refused|starting up|shutting down|not yet accepting|server closed the connection"
+                         r"|Connection reset|No such file or directory|could not receive data")
+
+
 def connect(target, dbname=None, autocommit=True):
+    """A connection; while the server is still starting, retried for up to ``target.connect_wait`` seconds."""
     if not HAS_PSYCOPG2:
         raise RecoveryError("psycopg2 is required on this host (pip install psycopg2-binary)")
     user, password = target.login
-    try:
-        conn = psycopg2.connect(
-            host=target.host, port=target.port, user=user, password=password, dbname=dbname or target.dbname,
-            connect_timeout=10, application_name="christmas.recovery",
-        )
-    except psycopg2.Error as err:
-        first = (str(err).strip().splitlines() or ["unknown error"])[0]
-        raise RecoveryError("cannot connect to PostgreSQL %s@%s:%s/%s: %s" % (
-            user, target.host, target.port, dbname or target.dbname, first)) from None
+    deadline = time.monotonic() + target.connect_wait
+    while True:
+        try:
+            conn = psycopg2.connect(
+                host=target.host, port=target.port, user=user, password=password, dbname=dbname or target.dbname,
+                connect_timeout=10, application_name="christmas.recovery",
+            )
+            break
+        except psycopg2.Error as err:
+            first = (str(err).strip().splitlines() or ["unknown error"])[0]
+            if STARTING_RE.search(str(err)) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise RecoveryError("cannot connect to PostgreSQL %s@%s:%s/%s: %s" % (
+                user, target.host, target.port, dbname or target.dbname, first)) from None
     if autocommit:
         conn.set_isolation_level(ISOLATION_LEVEL_AUTOCOMMIT)
     return conn
@@ -169,6 +183,61 @@ def count_rows(conn):
         query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         counts["%s.%s" % (schema, table)] = _one(conn, query)
     return counts
+
+
+MARKET_DATA_TABLE_QUERY = """
+SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('market_data') AND c.relkind IN ('r', 'p')
+"""
+
+HYPERTABLE_TIME_QUERY = """
+SELECT a.attname::text, format_type(a.atttypid, NULL)
+FROM timescaledb_information.dimensions d JOIN pg_attribute a ON a.attrelid = %(oid)s AND a.attname = d.column_name
+WHERE d.hypertable_schema = %(schema)s AND d.hypertable_name = %(table)s AND d.dimension_type = 'Time'
+  AND NOT a.attisdropped
+ORDER BY d.dimension_number LIMIT 1
+"""
+
+TIME_COLUMN_QUERY = """
+SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
+WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped
+  AND (%(name)s::text IS NULL AND atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+       OR attname = %(name)s)
+ORDER BY attnum LIMIT 1
+"""
+
+# max(column) as text that reads the same whatever the session's TimeZone and DateStyle: UTC ISO 8601.
+ISO_FORMATS = {
+    "timestamp with time zone": "to_char({0} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    "timestamp without time zone": "to_char({0}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')",
+    "date": "to_char({0}, 'YYYY-MM-DD')",
+}
+
+
+def market_data_facts(conn, time_column=None):
+    """The platform's ``market_data`` table as the manifest records it, or None when there is none: its rows
+    (``count(*)`` without ONLY: a hypertable's rows live in its chunks), its time column (the hypertable's time
+    dimension, else the first timestamp or date column; ``time_column`` names it instead) and the newest time in it."""
+    found = _fetch(conn, MARKET_DATA_TABLE_QUERY)
+    if not found:
+        return None
+    oid, schema, table = found[0]
+    relation = sql.Identifier(schema, table)
+    rows = _one(conn, sql.SQL("SELECT count(*) FROM {}").format(relation))
+    facts = {"table": "%s.%s" % (schema, table), "rows": rows, "time_column": None, "newest": None}
+    column = None
+    if time_column is None and _one(conn, "SELECT to_regclass('timescaledb_information.dimensions') IS NOT NULL"):
+        column = (_fetch(conn, HYPERTABLE_TIME_QUERY, {"oid": oid, "schema": schema, "table": table}) or [None])[0]
+    if column is None:
+        column = (_fetch(conn, TIME_COLUMN_QUERY, {"oid": oid, "name": time_column}) or [None])[0]
+    if column:
+        name, type_name = column
+        newest = sql.SQL("max({})").format(sql.Identifier(name))
+        text = sql.SQL(ISO_FORMATS.get(type_name, "{0}::text")).format(newest)
+        if type_name in ISO_FORMATS:  # to_char cannot spell infinity
+            text = sql.SQL("CASE WHEN isfinite({0}) THEN {1} ELSE {0}::text END").format(newest, text)
+        facts.update(time_column=name, newest=_one(conn, sql.SQL("SELECT {} FROM {}").format(text, relation)))
+    return facts
 
 
 ROLES_QUERY = """
@@ -304,6 +373,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
                 extensions = installed_extensions(conn)
                 row_counts = count_rows(conn)
                 globals_data = collect_globals(conn, with_passwords=bool(target.admin_user))
+                _execute(conn, "SET LOCAL TIME ZONE 'UTC'")  # the newest market_data time is read in UTC
+                market_data = market_data_facts(conn)
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -342,6 +413,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
         "roles": [role["name"] for role in roles],
         "roles_with_passwords": globals_data["passwords_included"],
     }
+    if market_data is not None:
+        metadata["market_data"] = market_data
     return metadata, {GLOBALS_FILE: (size, digest)}
 
 

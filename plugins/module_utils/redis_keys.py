@@ -28,14 +28,30 @@ SYNC_IDLE_TIMEOUT = 120  # the server sends a newline every second while it prep
 
 
 class RedisTarget:
-    def __init__(self, host="localhost", port=6379, password=None):
-        self.host, self.port, self.password = host, port, password
+    def __init__(self, host="localhost", port=6379, password=None, connect_wait=0):
+        self.host, self.port, self.password, self.connect_wait = host, port, password, connect_wait
 
     def describe(self):
         return "%s:%s" % (self.host, self.port)
 
     def connect(self, db=0):
-        return RawConnection(self, db)
+        """A connection; while Redis is not listening yet or still loading its data, retried for up to
+        ``connect_wait`` seconds."""
+        deadline = time.monotonic() + self.connect_wait
+        while True:
+            try:
+                conn = RawConnection(self, db)
+                if self.connect_wait:
+                    conn.wait_loaded()
+                return conn
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+
+class Unavailable(RecoveryError):
+    """Redis does not answer yet: nothing listens, or it is loading its data."""
 
 
 def _info(conn, section=None):
@@ -92,7 +108,7 @@ class RawConnection:
         try:
             self.sock = socket.create_connection((target.host, target.port), timeout=10)
         except OSError as err:
-            raise RecoveryError("Redis unreachable or refused at %s: %s" % (
+            raise Unavailable("Redis unreachable or refused at %s: %s" % (
                 target.describe(), err.strerror or err)) from None
         self.sock.settimeout(timeout)
         self.reader = self.sock.makefile("rb", buffering=CHUNK)
@@ -108,6 +124,12 @@ class RawConnection:
     def close(self):
         self.reader.close()
         self.sock.close()
+
+    def wait_loaded(self):
+        reply = self.call("PING")
+        if isinstance(reply, ReplyError):
+            self.close()
+            raise Unavailable("Redis at %s answered %s" % (self.target.describe(), reply.splitlines()[0]))
 
     def lost(self, err):
         return RecoveryError("Redis at %s: connection lost (%s)" % (self.target.describe(), err.strerror or err))

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-MODULES = ["christmas_backup", "manifest_verify", "christmas_restore"]
+MODULES = ["christmas_backup", "manifest_verify", "christmas_restore", "christmas_service", "christmas_validate",
+           "christmas_incident", "christmas_incident_info"]
 
 
 class _Captured(Exception):

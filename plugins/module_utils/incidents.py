@@ -1,0 +1,668 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The incident database: every recovery as a row (SQLite or PostgreSQL) and a Markdown report, searchable later so a
+similar failure is fixed faster."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import sqlite3
+import urllib.parse
+
+from ansible_collections.christmas.recovery.plugins.module_utils import postgres
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
+    FILE_MODE,
+    fsync_dir,
+    make_private_dir,
+    remove_quietly,
+)
+
+DEFAULT_DB = "/var/lib/christmas/incidents.sqlite"
+DEFAULT_TABLE = "christmas_incidents"
+SQLITE_TABLE = "christmas_incidents"
+# Documented values of ``status``; others are accepted (it is free text) but these are what the role writes.
+STATUSES = ("recovered", "healed_by_restart", "failed", "planned")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+BUSY_TIMEOUT_SECONDS = 30
+UTC = datetime.timezone.utc  # noqa: UP017 - modules may run on a host Python older than 3.11
+
+TEXT_FIELDS = (
+    "procedure", "status", "operator", "host", "incident_type", "incident_symptoms", "incident_impact", "backup_set",
+    "backup_manifest", "error", "remaining_problems", "followup_prevention", "followup_monitoring",
+    "followup_config_changes",
+)
+TIME_FIELDS = ("started_at", "finished_at")
+LIST_FIELDS = ("components", "commands", "verification")
+RECORD_FIELDS = TEXT_FIELDS[:2] + TIME_FIELDS + ("duration_seconds",) + TEXT_FIELDS[2:] + LIST_FIELDS
+REQUIRED_FIELDS = ("procedure", "status")
+CHECK_KEYS = ("name", "ok", "expected", "actual", "detail")
+# Columns searched by ``text`` (commands too, element by element).
+SEARCHED_FIELDS = ("incident_symptoms", "incident_impact", "error", "remaining_problems", "followup_prevention",
+                   "followup_monitoring", "followup_config_changes")
+COLUMNS = RECORD_FIELDS + ("markdown",)
+WHEN = "COALESCE(started_at, finished_at)"
+
+
+# ---------------------------------------------------------------- the record
+
+
+def utc_now():
+    return datetime.datetime.now(UTC).replace(microsecond=0)
+
+
+def parse_time(value, what):
+    """An ISO 8601 date or date-time as an aware UTC datetime; without an offset, UTC is meant."""
+    if not isinstance(value, str) or not value.strip():
+        raise RecoveryError("%s: expected an ISO 8601 date or date-time string, got %r" % (what, value))
+    try:
+        text = value.strip()
+        # Python before 3.11 does not read a trailing Z
+        parsed = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
+    except ValueError:
+        raise RecoveryError("%s: %r is not an ISO 8601 date or date-time (e.g. 2026-11-26 or "
+                            "2026-11-26T03:00:00Z)" % (what, value)) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_time(moment):
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def _text(record, key):
+    value = record.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RecoveryError("record: %s must be a string, got %s" % (key, type(value).__name__))
+    return str(value)
+
+
+def _string_list(record, key):
+    value = record.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecoveryError("record: %s must be a list of strings, got %s" % (key, type(value).__name__))
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise RecoveryError("record: %s[%d] must be a string, got %s" % (key, index, type(item).__name__))
+    return list(value)
+
+
+def _boolean(value, what):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.strip().lower() in ("true", "yes", "on", "1")
+    raise RecoveryError("%s must be true or false, got %r" % (what, value))
+
+
+def _json_value(value, what):
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise RecoveryError("%s is not a JSON value: %r" % (what, value)) from None
+    return value
+
+
+def _checks(record):
+    value = record.get("verification")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecoveryError("record: verification must be a list of checks, got %s" % type(value).__name__)
+    checks = []
+    for index, check in enumerate(value):
+        what = "record: verification[%d]" % index
+        if not isinstance(check, dict):
+            raise RecoveryError("%s must be a dict with %s" % (what, ", ".join(CHECK_KEYS)))
+        unknown = sorted(set(check) - set(CHECK_KEYS))
+        if unknown:
+            raise RecoveryError("%s: unknown key %r (known: %s)" % (what, unknown[0], ", ".join(CHECK_KEYS)))
+        if not isinstance(check.get("name"), str) or not check["name"]:
+            raise RecoveryError("%s: name is required and must be a string" % what)
+        if "ok" not in check:
+            raise RecoveryError("%s (%s): ok is required" % (what, check["name"]))
+        detail = check.get("detail")
+        checks.append({
+            "name": check["name"],
+            "ok": _boolean(check["ok"], "%s (%s): ok" % (what, check["name"])),
+            "expected": _json_value(check.get("expected"), "%s: expected" % what),
+            "actual": _json_value(check.get("actual"), "%s: actual" % what),
+            "detail": None if detail is None or detail == "" else str(detail),
+        })
+    return checks
+
+
+def _duration(record, started, finished):
+    value = record.get("duration_seconds")
+    if value is None or value == "":
+        return round((finished - started).total_seconds(), 3) if started else None
+    if isinstance(value, bool):
+        raise RecoveryError("record: duration_seconds must be a number, got %r" % value)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise RecoveryError("record: duration_seconds must be a number, got %r" % value) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise RecoveryError("record: duration_seconds must be a number >= 0, got %r" % value)
+    return round(seconds, 3)
+
+
+def normalize_record(record, now=None):
+    """The record as stored: every field present (None or [] when not given), times as UTC ``...Z`` strings,
+    finished_at defaulting to now and duration_seconds to finished_at - started_at."""
+    if not isinstance(record, dict):
+        raise RecoveryError("record must be a dict, got %s" % type(record).__name__)
+    unknown = sorted(set(record) - set(RECORD_FIELDS))
+    if unknown:
+        raise RecoveryError("record: unknown key %r (known: %s)" % (unknown[0], ", ".join(RECORD_FIELDS)))
+    normalized = {key: _text(record, key) for key in TEXT_FIELDS}
+    for key in REQUIRED_FIELDS:
+        if not normalized[key]:
+            raise RecoveryError("record: %s is required" % key)
+    started = None if record.get("started_at") in (None, "") else parse_time(record["started_at"],
+                                                                             "record: started_at")
+    finished = (now or utc_now()) if record.get("finished_at") in (None, "") else parse_time(
+        record["finished_at"], "record: finished_at")
+    if started and finished < started:
+        raise RecoveryError("record: finished_at %s is before started_at %s" % (format_time(finished),
+                                                                               format_time(started)))
+    normalized.update(
+        started_at=format_time(started) if started else None,
+        finished_at=format_time(finished),
+        duration_seconds=_duration(record, started, finished),
+        components=_string_list(record, "components"),
+        commands=_string_list(record, "commands"),
+        verification=_checks(record),
+    )
+    return {key: normalized[key] for key in RECORD_FIELDS}
+
+
+# ---------------------------------------------------------------- searching
+
+
+def _day(value, what):
+    """A YYYY-MM-DD date (as a datetime at 00:00 UTC), or None when ``value`` carries a time."""
+    with contextlib.suppress(ValueError):
+        return datetime.datetime.combine(datetime.date.fromisoformat(value.strip()), datetime.time(),
+                                         UTC)
+    parse_time(value, what)  # raises when it is no date-time either
+    return None
+
+
+def time_bounds(since=None, until=None):
+    """(lower, upper, upper_inclusive) as UTC datetimes: a date ``until`` includes that whole day."""
+    lower = upper = None
+    inclusive = True
+    if since not in (None, ""):
+        lower = _day(since, "since") if isinstance(since, str) else None
+        lower = lower or parse_time(since, "since")
+    if until not in (None, ""):
+        day = _day(until, "until") if isinstance(until, str) else None
+        if day:
+            upper, inclusive = day + datetime.timedelta(days=1), False
+        else:
+            upper = parse_time(until, "until")
+    if lower and upper and (upper < lower or (upper == lower and not inclusive)):
+        raise RecoveryError("since %s is after until %s" % (since, until))
+    return lower, upper, inclusive
+
+
+def _check_limit(limit):
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise RecoveryError("limit must be a whole number >= 1, got %r" % (limit,))
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _plain(value):
+    """Free text in a Markdown list item: no raw HTML, continuation lines kept inside the item."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    lines = text.splitlines() or [""]
+    return "\n  ".join(line.rstrip() for line in lines)
+
+
+def _cell(value):
+    """A table cell: one line, pipes escaped."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("&", "&amp;").replace("<", "&lt;")
+    return "<br>".join(line.strip() for line in text.splitlines())
+
+
+def _title(value):
+    return " ".join(str(value).replace("<", "&lt;").split())
+
+
+def _fenced(lines):
+    """A code block whose fence is longer than any run of backticks inside it."""
+    runs = [len(chunk) for line in lines for chunk in "".join(c if c == "`" else " " for c in line).split()]
+    longest = max(runs, default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text"] + [line for command in lines for line in command.splitlines() or [""]] + [fence]
+
+
+def _seconds(value):
+    if value is None:
+        return None
+    minutes, seconds = divmod(value, 60)
+    return "%.3g s" % value if not minutes else "%d min %02d s (%s s)" % (minutes, seconds, value)
+
+
+def _items(pairs):
+    return ["- %s: %s" % (label, _plain(value)) for label, value in pairs if value not in (None, "", [])]
+
+
+def render_markdown(record, incident_id):
+    """The runbook's recovery record template."""
+    when = record["started_at"] or record["finished_at"]
+    title = "# Incident %d: %s restore %s" % (incident_id, _title(record["procedure"]), _title(record["status"]))
+    lines = [title, "", "## When/who", ""]
+    lines += _items([("Date", when[:10]), ("Started", record["started_at"]), ("Finished", record["finished_at"]),
+                     ("Operator", record["operator"]), ("Host", record["host"])])
+    lines += ["", "## Failure", ""]
+    lines += _items([("Type", record["incident_type"]), ("Symptoms", record["incident_symptoms"]),
+                     ("Impact", record["incident_impact"])]) or ["- not recorded"]
+    lines += ["", "## What was done", ""]
+    backup = record["backup_set"]
+    if record["backup_manifest"]:
+        backup = "%s (%s)" % (backup, record["backup_manifest"]) if backup else record["backup_manifest"]
+    lines += _items([("Procedure", record["procedure"]), ("Backup used", backup),
+                     ("Components", ", ".join(record["components"])),
+                     ("Time taken", _seconds(record["duration_seconds"]))])
+    if record["commands"]:
+        lines += ["", "Steps and commands, in order:", ""] + _fenced(record["commands"])
+    lines += ["", "## Result", ""]
+    lines += _items([("Status", record["status"]), ("Error", record["error"]),
+                     ("Remaining problems", record["remaining_problems"])])
+    if record["verification"]:
+        lines += ["", "Verification:", "", "| check | ok | expected | actual |", "|---|---|---|---|"]
+        for check in record["verification"]:
+            lines.append("| %s | %s | %s | %s |" % (_cell(check["name"]), "yes" if check["ok"] else "**NO**",
+                                                    _cell(check["expected"]), _cell(check["actual"])))
+        details = [(check["name"], check["detail"]) for check in record["verification"] if check["detail"]]
+        if details:
+            lines += [""] + _items(details)
+    lines += ["", "## Follow-up", ""]
+    lines += _items([("Prevention", record["followup_prevention"]),
+                     ("Monitoring improvements", record["followup_monitoring"]),
+                     ("Changed configuration", record["followup_config_changes"])]) or ["- none recorded"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_name(record, incident_id):
+    when = datetime.datetime.strptime(record["started_at"] or record["finished_at"], TIME_FORMAT)
+    return "incident_%s_%d.md" % (when.strftime("%Y%m%d_%H%M%S"), incident_id)
+
+
+def write_markdown(markdown_dir, record, incident_id):
+    """Write the report under a temporary name and link it into place: an existing report is never replaced."""
+    path = os.path.join(os.path.abspath(markdown_dir), markdown_name(record, incident_id))
+    tmp = os.path.join(os.path.dirname(path), ".%s.tmp" % os.path.basename(path))
+    try:
+        make_private_dir(markdown_dir)
+    except OSError as err:
+        raise RecoveryError("cannot create the incident report directory %s: %s" % (
+            markdown_dir, err.strerror or err)) from None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            handle.write(render_markdown(record, incident_id))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        raise RecoveryError("incident report %s already exists; not replacing it" % path) from None
+    except OSError as err:
+        raise RecoveryError("cannot write incident report %s: %s" % (path, err.strerror or err)) from None
+    finally:
+        remove_quietly(tmp)
+    fsync_dir(os.path.dirname(path))
+    return path
+
+
+# ---------------------------------------------------------------- stores
+
+
+def _to_row(record):
+    return [json.dumps(record[key], ensure_ascii=False) if key in LIST_FIELDS else record[key]
+            for key in RECORD_FIELDS]
+
+
+def _from_row(names, row):
+    record = {name: row[index] for index, name in enumerate(names)}
+    for key in LIST_FIELDS:
+        value = record[key]
+        record[key] = json.loads(value) if isinstance(value, str) else (value or [])
+    for key in TIME_FIELDS:
+        if isinstance(record[key], datetime.datetime):
+            record[key] = format_time(record[key])
+    return record
+
+
+class SqliteStore:
+    """One SQLite file (0600, in a 0700 directory); a busy timeout lets two plays write one after the other."""
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+
+    def describe(self):
+        return "SQLite %s" % self.path
+
+    @property
+    def default_markdown_dir(self):
+        return os.path.dirname(self.path)
+
+    def _fail(self, err):
+        return RecoveryError("incident database %s: %s" % (self.path, err))
+
+    def _open(self, create):
+        if os.path.isdir(self.path):
+            raise RecoveryError("incident database %s is a directory" % self.path)
+        if create:
+            try:
+                make_private_dir(os.path.dirname(self.path))
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+                os.fchmod(fd, FILE_MODE)
+                os.close(fd)
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise self._fail(err.strerror or err) from None
+            uri = "file:%s" % urllib.parse.quote(self.path)
+        else:
+            uri = "file:%s?mode=ro" % urllib.parse.quote(self.path)
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        except sqlite3.Error as err:
+            raise self._fail(err) from None
+        conn.create_function("christmas_contains", 2, _contains, deterministic=True)
+        return conn
+
+    def _create_table(self, conn):
+        columns = ", ".join(
+            '"%s" %s' % (key, "TEXT NOT NULL DEFAULT '[]'" if key in LIST_FIELDS
+                         else "REAL" if key == "duration_seconds"
+                         else "TEXT NOT NULL" if key in REQUIRED_FIELDS + ("finished_at",) else "TEXT")
+            for key in COLUMNS)
+        conn.execute("CREATE TABLE IF NOT EXISTS %s (id INTEGER PRIMARY KEY AUTOINCREMENT, %s)"
+                     % (SQLITE_TABLE, columns))
+
+    def insert(self, record, write_report):
+        """Insert ``record``; ``write_report(id)`` runs inside the transaction and returns the report's path, so a
+        failed report leaves no row."""
+        conn = self._open(create=True)
+        path = None
+        try:
+            self._create_table(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            cursor = conn.execute('INSERT INTO %s (%s) VALUES (%s)' % (
+                SQLITE_TABLE, ", ".join('"%s"' % key for key in RECORD_FIELDS), ", ".join("?" * len(RECORD_FIELDS))),
+                _to_row(record))
+            incident_id = cursor.lastrowid
+            path = write_report(incident_id)
+            conn.execute("UPDATE %s SET markdown = ? WHERE id = ?" % SQLITE_TABLE, (path, incident_id))
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if path:
+                remove_quietly(path)
+            raise self._fail(err) from None
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        return incident_id, path
+
+    def select(self, filters, limit):
+        if not os.path.exists(self.path):
+            return []
+        conn = self._open(create=False)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (SQLITE_TABLE,)).fetchall():
+                return []
+            where, params = _sqlite_where(filters)
+            cursor = conn.execute('SELECT id, %s FROM %s%s ORDER BY %s DESC, id DESC LIMIT ?' % (
+                ", ".join('"%s"' % key for key in COLUMNS), SQLITE_TABLE, where, WHEN), params + [limit])
+            names = [column[0] for column in cursor.description]
+            return [_from_row(names, row) for row in cursor.fetchall()]
+        except sqlite3.Error as err:
+            raise self._fail(err) from None
+        finally:
+            conn.close()
+
+
+def _contains(haystack, needle):
+    return haystack is not None and needle.casefold() in haystack.casefold()
+
+
+def _sqlite_where(filters):
+    clauses, params = [], []
+    if filters.get("incident_type"):
+        clauses.append("lower(incident_type) = lower(?)")
+        params.append(filters["incident_type"])
+    if filters.get("status"):
+        clauses.append("status = ?")
+        params.append(filters["status"])
+    if filters.get("text"):
+        searched = ["christmas_contains(%s, ?)" % key for key in SEARCHED_FIELDS]
+        searched.append("EXISTS (SELECT 1 FROM json_each(commands) WHERE christmas_contains(value, ?))")
+        clauses.append("(%s)" % " OR ".join(searched))
+        params += [filters["text"]] * len(searched)
+    lower, upper, inclusive = time_bounds(filters.get("since"), filters.get("until"))
+    if lower:
+        clauses.append("%s >= ?" % WHEN)
+        params.append(format_time(lower))
+    if upper:
+        clauses.append("%s %s ?" % (WHEN, "<=" if inclusive else "<"))
+        params.append(format_time(upper))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def table_identifier(name):
+    """``table`` or ``schema.table`` as psycopg2 identifier parts."""
+    parts = (name or "").split(".")
+    if not 1 <= len(parts) <= 2 or not all(parts) or any(len(part.encode()) > 63 for part in parts):
+        raise RecoveryError("pg_table must be a table name or schema.table (at most 63 bytes each), got %r" % name)
+    return parts
+
+
+class PostgresStore:
+    """A table (``christmas_incidents`` by default) in a PostgreSQL database."""
+
+    def __init__(self, host="localhost", port=5432, dbname=None, user=None, password=None, table=DEFAULT_TABLE):
+        self.target = postgres.PgTarget(host=host, port=port, dbname=dbname, user=user, password=password)
+        self.table_parts = table_identifier(table)
+        self.table = ".".join(self.table_parts)
+        self.default_markdown_dir = None
+
+    def describe(self):
+        return "PostgreSQL %s@%s:%s/%s table %s" % (self.target.user, self.target.host, self.target.port,
+                                                    self.target.dbname, self.table)
+
+    def _connect(self):
+        conn = postgres.connect(self.target, autocommit=False)
+        with conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+        return conn
+
+    def _identifier(self):
+        return postgres.sql.Identifier(*self.table_parts)
+
+    def _create_table(self, cur):
+        sql = postgres.sql
+        kinds = {key: "jsonb NOT NULL DEFAULT '[]'" if key in LIST_FIELDS
+                 else "timestamptz" if key in TIME_FIELDS
+                 else "double precision" if key == "duration_seconds" else "text" for key in COLUMNS}
+        for key in REQUIRED_FIELDS + ("finished_at",):
+            kinds[key] += " NOT NULL"
+        columns = sql.SQL(", ").join(sql.SQL("{} " + kinds[key]).format(sql.Identifier(key)) for key in COLUMNS)
+        # Two plays creating the table at once would collide on its type name: one at a time.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("christmas.recovery incidents " + self.table,))
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, {})")
+                    .format(self._identifier(), columns))
+
+    def insert(self, record, write_report):
+        sql = postgres.sql
+        conn = self._connect()
+        path = None
+        try:
+            with conn.cursor() as cur:
+                self._create_table(cur)
+                row = _to_row(record)
+                cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+                    self._identifier(), sql.SQL(", ").join(map(sql.Identifier, RECORD_FIELDS)),
+                    sql.SQL(", ").join(sql.SQL("%s::jsonb" if key in LIST_FIELDS else "%s")
+                                       for key in RECORD_FIELDS)), row)
+                incident_id = cur.fetchone()[0]
+                path = write_report(incident_id)
+                cur.execute(sql.SQL("UPDATE {} SET markdown = %s WHERE id = %s").format(self._identifier()),
+                            (path, incident_id))
+            conn.commit()
+        except postgres.psycopg2.Error as err:
+            with contextlib.suppress(postgres.psycopg2.Error):
+                conn.rollback()
+            if path:
+                remove_quietly(path)
+            raise postgres.sql_error("incident database %s" % self.describe(), err) from None
+        finally:
+            conn.close()
+        return incident_id, path
+
+    def select(self, filters, limit):
+        sql = postgres.sql
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (self._identifier().as_string(conn),))
+                if cur.fetchone()[0] is None:
+                    return []
+                where, params = _postgres_where(filters)
+                cur.execute(sql.SQL("SELECT id, {} FROM {} {} ORDER BY {} DESC, id DESC LIMIT %s").format(
+                    sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), self._identifier(), sql.SQL(where),
+                    sql.SQL(WHEN)), params + [limit])
+                names = [column[0] for column in cur.description]
+                return [_from_row(names, row) for row in cur.fetchall()]
+        except postgres.psycopg2.Error as err:
+            raise postgres.sql_error("incident database %s" % self.describe(), err) from None
+        finally:
+            conn.rollback()
+            conn.close()
+
+
+def _postgres_where(filters):
+    clauses, params = [], []
+    if filters.get("incident_type"):
+        clauses.append("lower(incident_type) = lower(%s)")
+        params.append(filters["incident_type"])
+    if filters.get("status"):
+        clauses.append("status = %s")
+        params.append(filters["status"])
+    if filters.get("text"):
+        searched = ["strpos(lower(%s), lower(%%s)) > 0" % key for key in SEARCHED_FIELDS]
+        searched.append("EXISTS (SELECT 1 FROM jsonb_array_elements_text(commands) AS c(value) "
+                        "WHERE strpos(lower(c.value), lower(%s)) > 0)")
+        clauses.append("(%s)" % " OR ".join(searched))
+        params += [filters["text"]] * len(searched)
+    lower, upper, inclusive = time_bounds(filters.get("since"), filters.get("until"))
+    if lower:
+        clauses.append("%s >= %%s" % WHEN)
+        params.append(lower)
+    if upper:
+        clauses.append("%s %s %%s" % (WHEN, "<=" if inclusive else "<"))
+        params.append(upper)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def open_store(backend="sqlite", db=DEFAULT_DB, pg_host="localhost", pg_port=5432, pg_dbname=None, pg_user=None,
+               pg_password=None, pg_table=DEFAULT_TABLE):
+    if backend == "sqlite":
+        if not db:
+            raise RecoveryError("db (the SQLite file) is required with backend sqlite")
+        return SqliteStore(db)
+    if backend == "postgresql":
+        if not pg_dbname:
+            raise RecoveryError("pg_dbname is required with backend postgresql")
+        return PostgresStore(pg_host, pg_port, pg_dbname, pg_user, pg_password, pg_table or DEFAULT_TABLE)
+    raise RecoveryError("backend must be sqlite or postgresql, got %r" % backend)
+
+
+# ---------------------------------------------------------------- the interface
+
+
+def _markdown_dir(store, markdown_dir):
+    markdown_dir = markdown_dir or store.default_markdown_dir
+    if not markdown_dir:
+        raise RecoveryError("markdown_dir is required with backend postgresql")
+    return markdown_dir
+
+
+def plan_incident(store, record, markdown_dir=None):
+    """Check mode: what record_incident would write, without touching the store or the disk (id and path unknown)."""
+    _markdown_dir(store, markdown_dir)
+    return {"id": None, "markdown": None, "record": normalize_record(record)}
+
+
+def record_incident(store, record, markdown_dir=None):
+    """Insert ``record`` and write its Markdown report; returns {"id", "markdown", "record" (normalized)}."""
+    normalized = normalize_record(record)
+    markdown_dir = _markdown_dir(store, markdown_dir)
+    incident_id, path = store.insert(normalized, lambda new_id: write_markdown(markdown_dir, normalized, new_id))
+    return {"id": incident_id, "markdown": path, "record": normalized}
+
+
+def find_incidents(store, incident_type=None, text=None, since=None, until=None, status=None, limit=20):
+    """Records (with id and markdown path) matching every filter given, newest first."""
+    _check_limit(limit)
+    filters = {"incident_type": incident_type, "text": text, "since": since, "until": until, "status": status}
+    time_bounds(since, until)  # bad dates fail before the store is opened
+    return store.select(filters, limit)
+
+
+def summary_line(incident):
+    """One line for an operator: date, type, status, duration, symptoms, report."""
+    when = (incident["started_at"] or incident["finished_at"]).replace("T", " ")
+    duration = "-" if incident["duration_seconds"] is None else "%gs" % incident["duration_seconds"]
+    symptoms = " ".join((incident["incident_symptoms"] or incident["error"] or "-").split())
+    if len(symptoms) > 120:
+        symptoms = symptoms[:117] + "..."
+    return "%s  %s  %s  %s  %s  %s" % (when, incident["incident_type"] or incident["procedure"], incident["status"],
+                                       duration, symptoms, incident["markdown"] or "-")
+
+
+# ---------------------------------------------------------------- module options
+
+
+def store_argument_spec():
+    """Options naming the incident database, shared by christmas_incident and christmas_incident_info."""
+    return {
+        "backend": {"type": "str", "default": "sqlite", "choices": ["sqlite", "postgresql"]},
+        "db": {"type": "path", "default": DEFAULT_DB},
+        "pg_host": {"type": "str", "default": "localhost"},
+        "pg_port": {"type": "int", "default": 5432},
+        "pg_dbname": {"type": "str"},
+        "pg_user": {"type": "str"},
+        "pg_password": {"type": "str", "no_log": True},
+        "pg_table": {"type": "str", "default": DEFAULT_TABLE},
+    }
+
+
+def store_from_params(params):
+    return open_store(params["backend"], params["db"], params["pg_host"], params["pg_port"], params["pg_dbname"],
+                      params["pg_user"], params["pg_password"], params["pg_table"])
