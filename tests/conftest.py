@@ -344,6 +344,28 @@ class PlaybookRun:
     def output(self):
         return self.stdout + self.stderr
 
+    @property
+    def changed_tasks(self):
+        """Titles of the tasks that reported a change."""
+        titles, task = [], None
+        for line in self.stdout.splitlines():
+            if line.startswith("TASK ["):
+                task = line[len("TASK ["):line.rindex("]")]
+            elif line.startswith("changed: [") and task not in titles:
+                titles.append(task)
+        return titles
+
+    def failure_message(self):
+        """The failed task's message, as the operator reads it: one line, never a traceback. A restore play repeats
+        it once more when it fails after recording the failure."""
+        assert self.rc != 0 and "Traceback" not in self.output, self.output[-3000:]
+        fatal = [line for line in self.stdout.splitlines() if line.startswith("fatal: [platform]: FAILED! => ")]
+        messages = {json.loads(line.split(" => ", 1)[1])["msg"] for line in fatal}
+        assert len(messages) == 1 and len(fatal) <= 2, self.output[-3000:]
+        message = messages.pop()
+        assert "\n" not in message
+        return message
+
 
 def connection_vars(platform=None, redis_server=None, config=None, backup_dir=None, admin=True):
     variables = {}
@@ -370,6 +392,8 @@ def run_playbook(tmp_dir):
     def run(name, host_vars, extra_vars=None, check=False, verbosity=0, expect_ok=True, env=None):
         inventory = os.path.join(tmp_dir, "inventory.json")
         host = dict(host_vars, ansible_connection="local", ansible_python_interpreter=sys.executable)
+        # Recovery records of the test's restores stay in the test's directory, never in /var/lib/christmas.
+        host.setdefault("christmas_incident_db", os.path.join(tmp_dir, "incidents", "incidents.sqlite"))
         with open(inventory, "w", encoding="utf-8") as handle:
             json.dump({"christmas": {"hosts": {"platform": host}}}, handle)
         argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,

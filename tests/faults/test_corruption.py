@@ -164,13 +164,6 @@ def _corrupted_copy(env, name, offset, mask):
     return copy
 
 
-def _playbook_message(result):
-    assert result.rc != 0 and "Traceback" not in result.output, result.output[-3000:]
-    fatal = [line for line in result.stdout.splitlines() if line.startswith("fatal: [platform]: FAILED! => ")]
-    assert len(fatal) == 1, result.output[-3000:]
-    return json.loads(fatal[0].split(" => ", 1)[1])["msg"]
-
-
 @pytest.mark.parametrize("which", ["artifact", "manifest"])
 def test_playbooks_refuse_a_corrupted_copy_exactly_like_the_in_process_restore(run_playbook, live, which):
     env = live
@@ -184,8 +177,8 @@ def test_playbooks_refuse_a_corrupted_copy_exactly_like_the_in_process_restore(r
     expected = _attempt(env_copy, name)
 
     host_vars = connection_vars(env.platform, env.redis, env.config, copy)
-    verify = _playbook_message(run_playbook("verify_backup", host_vars, expect_ok=False))
-    restore = _playbook_message(run_playbook("restore_full", host_vars, expect_ok=False))
+    verify = run_playbook("verify_backup", host_vars, expect_ok=False).failure_message()
+    restore = run_playbook("restore_full", host_vars, expect_ok=False).failure_message()
 
     assert verify == restore == expected
     assert live_state(env) == before

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 
+import psycopg2
 import pytest
 from conftest import redis_state, seed_redis, tree_state
 
@@ -115,6 +116,39 @@ def test_redis_procedure_after_flushall(lab, play):
 
     assert_recovered(lab, expected, "redis")
     assert lab.started_at("redis") != started  # restarted after the restore, and served its keys from disk
+
+
+def test_redis_procedure_with_the_aof_off(image, play):
+    platform = LabPlatform(image, appendonly=False)
+    try:
+        platform.up()
+        seed_redis(platform)
+        expected = backed_up(platform, play)["redis"]
+        platform.client().flushall()
+
+        play("restore_redis", platform.host_vars())
+
+        assert redis_state(platform) == expected  # after the restart: loaded from the RDB the restore saved
+        assert platform.client().config_get("appendonly") == {"appendonly": "no"}
+        assert last_incident(platform)["status"] == "recovered"
+    finally:
+        platform.destroy()
+
+
+def test_db_procedure_ends_open_sessions_of_a_client_it_does_not_manage(lab, play):
+    expected = backed_up(lab, play)
+    lab.sql("DELETE FROM orders WHERE id % 2 = 0")  # healthy but wrong: the operator wants the set back
+    client = lab.connect()
+    client.autocommit = False
+    with client.cursor() as cur:
+        cur.execute("SELECT count(*) FROM orders")  # a session holding a snapshot of the old database
+
+    play("restore_db", lab.host_vars())
+
+    assert_recovered(lab, expected, "db")
+    with pytest.raises(psycopg2.OperationalError), client.cursor() as cur:
+        cur.execute("SELECT 1")
+    client.close()
 
 
 def test_config_procedure_after_corruption(lab, play):

@@ -122,17 +122,6 @@ def _script_backup(backup_dir, config=None, platform=None, redis_server=None, ex
     return errors[0]
 
 
-def _failure_message(result):
-    """The message of the one failed task, as the operator reads it: one line, never a traceback."""
-    assert result.rc != 0, result.output[-3000:]
-    assert "Traceback" not in result.output, result.output[-3000:]
-    fatal = [line for line in result.stdout.splitlines() if line.startswith("fatal: [platform]: FAILED! => ")]
-    assert len(fatal) == 1, result.output[-3000:]
-    message = json.loads(fatal[0].split(" => ", 1)[1])["msg"]
-    assert "\n" not in message
-    return message
-
-
 def _task_result(result, task):
     """The result a -v run printed for the first task whose title contains ``task``."""
     lines = result.stdout.splitlines()
@@ -355,7 +344,7 @@ def test_backup_fails_clearly_while_another_holds_the_lock(run_playbook, config_
     finally:
         os.close(fd)
 
-    message = _failure_message(result)
+    message = result.failure_message()
     assert "locked" in message and "pid=%d host=test-holder" % os.getpid() in message
     assert "locked" in script_error
     assert sorted(os.listdir(backup_dir)) == before
@@ -441,9 +430,9 @@ def test_manifest_naming_a_file_outside_its_set_is_refused_and_restore_changes_n
     damaged = live_state(env)
 
     verify = run_playbook("verify_backup", env.host_vars, expect_ok=False)
-    assert named in _failure_message(verify)
+    assert named in verify.failure_message()
     restore = run_playbook("restore_full", env.host_vars, expect_ok=False)
-    assert named in _failure_message(restore)
+    assert named in restore.failure_message()
     assert live_state(env) == damaged
 
 
@@ -494,7 +483,7 @@ def test_restore_config_refuses_hostile_archive_member_and_writes_nothing(run_pl
 
     result = run_playbook("restore_config", env.host_vars, expect_ok=False)
 
-    message = _failure_message(result)
+    message = result.failure_message()
     assert named in message
     assert tree_state(env.config) == before
     assert not [path for path in targets if os.path.lexists(path)]
@@ -583,10 +572,10 @@ def test_damaged_set_fails_verification_in_one_line_and_restore_leaves_everythin
     damaged = live_state(env)
 
     verify = run_playbook("verify_backup", env.host_vars, expect_ok=False)
-    message = _failure_message(verify)
+    message = verify.failure_message()
     assert all(part in message for part in expected), message
     restore = run_playbook("restore_full", env.host_vars, expect_ok=False)
-    message = _failure_message(restore)
+    message = restore.failure_message()
     assert all(part in message for part in expected), message
     assert live_state(env) == damaged
 
@@ -691,6 +680,6 @@ def test_backup_dir_that_is_a_file_fails_in_one_line(run_playbook, config_dir, t
         handle.write("keep me")
     result = run_playbook("backup", {"christmas_backup_dir": not_a_dir, "christmas_config_dir": config_dir},
                           {"skip_db": True, "skip_redis": True}, expect_ok=False)
-    assert "File exists" in _failure_message(result)
+    assert "File exists" in result.failure_message()
     with open(not_a_dir, encoding="utf-8") as handle:
         assert handle.read() == "keep me"
