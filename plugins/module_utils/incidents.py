@@ -437,7 +437,7 @@ class SqliteStore:
             if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                 (SQLITE_TABLE,)).fetchall():
                 return []
-            where, params = _sqlite_where(filters)
+            where, params = _where(filters, "sqlite")
             cursor = conn.execute('SELECT id, %s FROM %s%s ORDER BY %s DESC, id DESC LIMIT ?' % (
                 ", ".join('"%s"' % key for key in COLUMNS), SQLITE_TABLE, where, WHEN), params + [limit])
             names = [column[0] for column in cursor.description]
@@ -450,29 +450,6 @@ class SqliteStore:
 
 def _contains(haystack, needle):
     return haystack is not None and needle.casefold() in haystack.casefold()
-
-
-def _sqlite_where(filters):
-    clauses, params = [], []
-    if filters.get("incident_type"):
-        clauses.append("lower(incident_type) = lower(?)")
-        params.append(filters["incident_type"])
-    if filters.get("status"):
-        clauses.append("status = ?")
-        params.append(filters["status"])
-    if filters.get("text"):
-        searched = ["christmas_contains(%s, ?)" % key for key in SEARCHED_FIELDS]
-        searched.append("EXISTS (SELECT 1 FROM json_each(commands) WHERE christmas_contains(value, ?))")
-        clauses.append("(%s)" % " OR ".join(searched))
-        params += [filters["text"]] * len(searched)
-    lower, upper, inclusive = time_bounds(filters.get("since"), filters.get("until"))
-    if lower:
-        clauses.append("%s >= ?" % WHEN)
-        params.append(format_time(lower))
-    if upper:
-        clauses.append("%s %s ?" % (WHEN, "<=" if inclusive else "<"))
-        params.append(format_time(upper))
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def table_identifier(name):
@@ -553,8 +530,8 @@ class PostgresStore:
                 cur.execute("SELECT to_regclass(%s)", (self._identifier().as_string(conn),))
                 if cur.fetchone()[0] is None:
                     return []
-                where, params = _postgres_where(filters)
-                cur.execute(sql.SQL("SELECT id, {} FROM {} {} ORDER BY {} DESC, id DESC LIMIT %s").format(
+                where, params = _where(filters, "postgresql")
+                cur.execute(sql.SQL("SELECT id, {} FROM {}{} ORDER BY {} DESC, id DESC LIMIT %s").format(
                     sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), self._identifier(), sql.SQL(where),
                     sql.SQL(WHEN)), params + [limit])
                 names = [column[0] for column in cur.description]
@@ -566,28 +543,40 @@ class PostgresStore:
             conn.close()
 
 
-def _postgres_where(filters):
+# How each backend says "parameter", "contains (case-insensitive)", "a command contains", and how it takes a time.
+DIALECTS = {
+    "sqlite": {"param": "?", "contains": "christmas_contains(%s, ?)",
+               "in_commands": "EXISTS (SELECT 1 FROM json_each(commands) WHERE christmas_contains(value, ?))",
+               "time": format_time},
+    "postgresql": {"param": "%s", "contains": "strpos(lower(%s), lower(%%s)) > 0",
+                   "in_commands": "EXISTS (SELECT 1 FROM jsonb_array_elements_text(commands) AS c(value) "
+                                  "WHERE strpos(lower(c.value), lower(%s)) > 0)",
+                   "time": lambda moment: moment},
+}
+
+
+def _where(filters, dialect):
+    """The WHERE clause (with a leading space, or empty) and its parameters for ``filters`` in ``dialect``."""
+    words = DIALECTS[dialect]
     clauses, params = [], []
     if filters.get("incident_type"):
-        clauses.append("lower(incident_type) = lower(%s)")
+        clauses.append("lower(incident_type) = lower(%s)" % words["param"])
         params.append(filters["incident_type"])
     if filters.get("status"):
-        clauses.append("status = %s")
+        clauses.append("status = %s" % words["param"])
         params.append(filters["status"])
     if filters.get("text"):
-        searched = ["strpos(lower(%s), lower(%%s)) > 0" % key for key in SEARCHED_FIELDS]
-        searched.append("EXISTS (SELECT 1 FROM jsonb_array_elements_text(commands) AS c(value) "
-                        "WHERE strpos(lower(c.value), lower(%s)) > 0)")
+        searched = [words["contains"] % key for key in SEARCHED_FIELDS] + [words["in_commands"]]
         clauses.append("(%s)" % " OR ".join(searched))
         params += [filters["text"]] * len(searched)
     lower, upper, inclusive = time_bounds(filters.get("since"), filters.get("until"))
     if lower:
-        clauses.append("%s >= %%s" % WHEN)
-        params.append(lower)
+        clauses.append("%s >= %s" % (WHEN, words["param"]))
+        params.append(words["time"](lower))
     if upper:
-        clauses.append("%s %s %%s" % (WHEN, "<=" if inclusive else "<"))
-        params.append(upper)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+        clauses.append("%s %s %s" % (WHEN, "<=" if inclusive else "<", words["param"]))
+        params.append(words["time"](upper))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def open_store(backend="sqlite", db=DEFAULT_DB, pg_host="localhost", pg_port=5432, pg_dbname=None, pg_user=None,

@@ -19,41 +19,9 @@ description:
   - Check mode validates and normalizes the record and returns it; nothing is written, nor is the database opened.
 version_added: 0.1.0
 author: Christmas platform operations
+extends_documentation_fragment:
+  - christmas.recovery.incident_store
 options:
-  backend:
-    description:
-      - Where the incident database lives; C(sqlite) is a file on the managed host, C(postgresql) a table in a
-        PostgreSQL database.
-    type: str
-    default: sqlite
-    choices: [sqlite, postgresql]
-  db:
-    description:
-      - The SQLite file (with I(backend=sqlite)). When missing it is created 0600, its directory 0700.
-    type: path
-    default: /var/lib/christmas/incidents.sqlite
-  pg_host:
-    description: PostgreSQL host name, IP address or Unix socket directory (with I(backend=postgresql)).
-    type: str
-    default: localhost
-  pg_port:
-    description: PostgreSQL port.
-    type: int
-    default: 5432
-  pg_dbname:
-    description: PostgreSQL database holding the incident table; required with I(backend=postgresql).
-    type: str
-  pg_user:
-    description: PostgreSQL login; when not given, libpq's default (the user running the module).
-    type: str
-  pg_password:
-    description: Password of I(pg_user); never logged nor put on a command line.
-    type: str
-  pg_table:
-    description:
-      - The incident table, as C(name) or C(schema.name); quoted as an identifier.
-    type: str
-    default: christmas_incidents
   markdown_dir:
     description:
       - Directory of the Markdown reports, created 0700 when missing. Defaults to the SQLite file's directory;
