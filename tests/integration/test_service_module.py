@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, connection_vars, redis_state, seed_redis
 
 CONTAINERS_CONF = os.path.join(ROOT, "lab", "containers.conf")
 PODMAN_ENV = dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF)
@@ -232,3 +232,28 @@ def test_systemd_units_through_a_standin_systemctl(tmp_dir):
                                   "timeout": 1}, env=env)
     assert stuck["msg"] == ("service timescaledb.service is activating, not running, 1 s after: "
                             "systemctl start timescaledb.service")
+
+
+def test_redis_procedure_restarts_the_redis_unit_under_systemd(run_playbook, make_redis, tmp_dir):
+    """The role's Redis procedure with the systemd manager: the real Redis is restored, the (stand-in) unit restarted,
+    and the units' states are part of the validation."""
+    server = make_redis()
+    expected = seed_redis(server)
+    state_file = os.path.join(tmp_dir, "units.json")
+    with open(state_file, "w", encoding="utf-8") as handle:
+        json.dump({"calls": [], "units": {name: {"state": "active", "log": []} for name in (
+            "timescaledb.service", "redis-server.service", "christmas-api.service")}}, handle)
+    env = {"PATH": STANDIN_BIN + os.pathsep + os.environ["PATH"], "SYSTEMCTL_STANDIN_STATE": state_file}
+    host_vars = dict(connection_vars(redis_server=server, backup_dir=os.path.join(tmp_dir, "backups")),
+                     christmas_service_manager="systemd", christmas_db_service="timescaledb.service",
+                     christmas_redis_service="redis-server.service", christmas_app_services=["christmas-api.service"])
+    run_playbook("backup", host_vars, {"skip_db": True, "skip_config": True}, env=env)
+    server.client().flushall()
+
+    run_playbook("restore_redis", host_vars, env=env)
+
+    assert redis_state(server) == expected
+    calls = _units(state_file)["calls"]
+    assert ["journalctl", "-u", "redis-server.service", "-n", "30", "--no-pager"] in calls  # state and logs first
+    assert [call for call in calls if call[0] == "systemctl" and call[1] != "show"] == [
+        ["systemctl", "restart", "redis-server.service"]]

@@ -355,3 +355,42 @@ def test_module_never_shows_health_url_credentials(run_playbook, env, http_servi
     text = run.output + json.dumps(result)
     for secret in (HEALTH_USER, HEALTH_PASSWORD, HEALTH_TOKEN):
         assert secret not in text
+
+
+# ---------------------------------------------------------------- mode running: the probe of a database that went on
+
+
+def test_running_mode_accepts_a_database_that_went_on_since_the_backup(env):
+    env.platform.sql("INSERT INTO market_data VALUES ('2026-11-30 00:00:00+00', 'NEW', 1, 1);"
+                     "DELETE FROM orders WHERE id % 2 = 0")
+    assert not _validate(env, components=("db",))["ok"]  # exact: it differs from the set
+
+    report = _validate(env, components=("db",), mode="running")
+
+    assert report["ok"], report
+    assert [check["name"] for check in report["checks"]] == ["db: tables of the set", "db: market_data rows",
+                                                              "db: newest market_data"]
+
+
+def test_running_mode_refuses_lost_market_data_and_missing_tables(env):
+    env.platform.sql("DELETE FROM market_data WHERE ts > '2026-11-01 01:00:00+00'; DROP TABLE positions")
+
+    report = _validate(env, components=("db",), mode="running")
+
+    assert report["failed"] == ["db: tables of the set", "db: market_data rows", "db: newest market_data"]
+    assert "public.positions" in _by_name(report)["db: tables of the set"]["detail"]
+
+
+def test_connect_wait_rides_out_a_server_that_is_still_starting(env):
+    env.platform.cluster.stop()
+    starter = threading.Timer(1.5, env.platform.cluster.start)
+    starter.start()
+    try:
+        report = validate(env.manifest, components=("db",), db=PgTarget(**dict(vars(env.db), connect_wait=30)),
+                          progress=_quiet)
+    finally:
+        starter.join()
+    assert report["ok"], report
+    env.platform.cluster.stop()
+    refused = validate(env.manifest, components=("db",), db=env.db, progress=_quiet)  # no wait: fails at once
+    assert "Connection refused" in _by_name(refused)["db: row counts"]["detail"]
