@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, connection_vars
 
 MODULES = "ansible_collections.christmas.recovery.plugins.modules."
 
@@ -341,3 +341,30 @@ def test_postgresql_password_stays_out_of_output_argv_and_records(incident_pg, t
     assert argv.count(shim) >= 3  # every module went through the shim
     for text in (output, argv, report, rows[0][2]):
         assert password not in text
+
+
+def test_a_restore_play_records_into_postgresql_and_incidents_finds_it(incident_pg, run_playbook, config_dir,
+                                                                       tmp_dir):
+    """The role's own record and search with the postgresql backend: Markdown beside christmas_incident_db's
+    directory, the row in the chosen table, the password nowhere in the output."""
+    cluster, password = incident_pg
+    host_vars = dict(connection_vars(config=config_dir, backup_dir=os.path.join(tmp_dir, "backups")),
+                     christmas_incident_backend="postgresql", christmas_incident_pg_host="127.0.0.1",
+                     christmas_incident_pg_port=cluster.port, christmas_incident_pg_dbname="operations",
+                     christmas_incident_pg_user="recorder", christmas_incident_pg_password=password,
+                     christmas_incident_db=os.path.join(tmp_dir, "records", "unused.sqlite"))
+    run_playbook("backup", host_vars, {"skip_db": True, "skip_redis": True})
+    with open(os.path.join(config_dir, "app.yml"), "w", encoding="utf-8") as handle:
+        handle.write("damaged\n")
+
+    restore = run_playbook("restore_config", host_vars, {"incident_type": "configuration",
+                                                         "incident_symptoms": "api reads a damaged app.yml"})
+    found = run_playbook("incidents", host_vars, {"type": "configuration"})
+
+    (status, symptoms, markdown), = cluster.sql(
+        "SELECT status, incident_symptoms, markdown FROM christmas_incidents", dbname="operations")
+    assert (status, symptoms) == ("recovered", "api reads a damaged app.yml")
+    assert os.path.dirname(markdown) == os.path.join(tmp_dir, "records") and os.path.isfile(markdown)
+    assert not os.path.exists(os.path.join(tmp_dir, "records", "unused.sqlite"))
+    assert markdown in found.stdout and "api reads a damaged app.yml" in found.stdout
+    assert password not in restore.output + found.output

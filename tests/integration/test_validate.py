@@ -394,3 +394,16 @@ def test_connect_wait_rides_out_a_server_that_is_still_starting(env):
     env.platform.cluster.stop()
     refused = validate(env.manifest, components=("db",), db=env.db, progress=_quiet)  # no wait: fails at once
     assert "Connection refused" in _by_name(refused)["db: row counts"]["detail"]
+
+
+def test_connect_wait_rides_out_a_redis_that_is_not_listening_yet(env):
+    env.redis.client().save()  # the keys come back from dump.rdb at the start
+    env.redis.stop()
+    starter = threading.Timer(1.5, env.redis.start)
+    starter.start()
+    try:
+        waiting = RedisTarget("127.0.0.1", env.redis.port, env.redis.password, connect_wait=30)
+        report = validate(env.manifest, components=("redis",), redis_target=waiting, progress=_quiet)
+    finally:
+        starter.join()
+    assert report["ok"], report
