@@ -5,10 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export CONTAINERS_CONF="$PWD/containers.conf"
 
-PACKAGES=python3,python3-psycopg2,postgresql-15,redis-server,openssh-server,sudo,iproute2,procps,keepalived,rsync,git
+# debootstrap does not resolve virtual packages: python3-cryptography needs python3-cffi-backend named.
+PACKAGES=python3,python3-psycopg2,python3-cryptography,python3-cffi-backend,python3-crcmod,python3-yaml,postgresql-15,redis-server,openssh-server,sudo,iproute2,procps,keepalived,rsync,git
 MIRROR=${CHRISTMAS_LAB_MIRROR:-http://deb.debian.org/debian}
 image="localhost/christmas-lab:$(sha256sum image.sh | cut -c1-12)"
 
+# One build at a time: parallel test runs wait for the first one's image instead of building it again.
+exec 9>/var/tmp/christmas-lab-image.lock
+flock 9
 if podman image exists "$image"; then
   echo "$image"
   exit 0
@@ -19,7 +23,10 @@ echo "lab image: debootstrap into $rootfs (about 90 s)" >&2
 # Package-installed PostgreSQL must not create a cluster: the lab's services create their own.
 mkdir -p "$rootfs/etc/postgresql-common"
 echo "create_main_cluster = false" > "$rootfs/etc/postgresql-common/createcluster.conf"
-debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" "$MIRROR" >/dev/null
+if ! debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" "$MIRROR" >/dev/null; then
+  tail -n 20 "$rootfs/debootstrap/debootstrap.log" >&2 || true
+  exit 1
+fi
 rm -f "$rootfs"/etc/ssh/ssh_host_*
 mkdir -p "$rootfs/run/sshd"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*

@@ -12,11 +12,15 @@ command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v runuser >/dev/null || missing+=(util-linux)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # The lab: the sample platform as a compose project under podman, on an image built with debootstrap (lab/image.sh).
-for tool in podman podman-compose runc debootstrap iptables; do
+for tool in podman podman-compose runc debootstrap iptables rsync; do
   command -v $tool >/dev/null || missing+=($tool)
 done
 [ -x /usr/lib/podman/netavark ] || missing+=(netavark)
 [ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
+# The lab's replacement hosts install podman offline from a repository made here (lab/apt_repo.sh).
+command -v dpkg-scanpackages >/dev/null || missing+=(dpkg-dev)
+# The CRC-64 library a managed host with only Debian packages uses (tested against anycrc).
+/usr/bin/python3 -c 'import crcmod' 2>/dev/null || missing+=(python3-crcmod)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   # A package-installed PostgreSQL must not start a cluster of its own on 5432.
@@ -26,6 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# lab/apt_repo.sh resolves packages against the host's package lists.
+compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null || $SUDO apt-get update -qq
 # Debian starts redis-server and postgresql services on install; the demo and tests start their own.
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres user is missing" >&2; exit 1; }
 

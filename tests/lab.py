@@ -23,14 +23,7 @@ CONTAINERS_CONF = os.path.join(LAB, "containers.conf")
 COMPOSE_COMMAND = "podman-compose"
 SERVICES = ("timescaledb", "redis", "api")
 
-SEED_SQL = """
-INSERT INTO market_data SELECT timestamptz '2026-11-20 00:00:00+00' + i * interval '1 second', 'SYM' || (i % 7),
-       100 + (i % 500) / 10.0, i % 900 FROM generate_series(1, 3000) AS i;
-INSERT INTO orders (ts, symbol, side, qty, price) SELECT timestamptz '2026-11-20 00:00:00+00' + i * interval '1 minute',
-       'SYM' || (i % 7), CASE WHEN i % 2 = 0 THEN 'buy' ELSE 'sell' END, i, 100 + i / 10.0
-       FROM generate_series(1, 400) AS i;
-INSERT INTO positions SELECT 'SYM' || i, i * 10, timestamptz '2026-11-20 12:00:00+00' FROM generate_series(0, 6) AS i;
-"""
+SAMPLE_DATA = os.path.join(LAB, "platform", "db", "sample_data.sql")
 
 
 def lab_env():
@@ -149,7 +142,8 @@ class LabPlatform:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.redis_password, db=db)
 
     def seed_db(self):
-        self.sql(SEED_SQL)
+        with open(SAMPLE_DATA, encoding="utf-8") as handle:
+            self.sql(handle.read())
 
     def table_digests(self):
         """Every platform table's content digest and row count, read from the server."""

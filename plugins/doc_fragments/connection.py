@@ -84,6 +84,7 @@ options:
     type: bool
     default: false
 requirements:
-  - psycopg2 (psycopg2-binary) and anycrc Python libraries on the managed node.
+  - psycopg2 (psycopg2-binary) and, for Redis, anycrc (or Debian's python3-crcmod) Python libraries on the managed
+    node.
   - PostgreSQL client programs (pg_dump, pg_restore) of the server's major version or newer.
 """

@@ -6,6 +6,8 @@ fragment): where the servers and the config tree are, and which components to le
 
 from __future__ import annotations
 
+from ansible_collections.christmas.recovery.plugins.module_utils import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.offsite import Remote
 from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget
 
@@ -46,3 +48,37 @@ def pg_target(params):
 def redis_target(params):
     return RedisTarget(host=params["redis_host"], port=params["redis_port"], password=params["redis_password"],
                        connect_wait=params["connect_wait"])
+
+
+def vault_argument_spec():
+    """The vault options of the ``christmas.recovery.vault`` fragment."""
+    return {
+        "vault_host": {"type": "str", "required": True},
+        "vault_port": {"type": "int", "default": 22},
+        "vault_user": {"type": "str", "required": True},
+        "vault_dir": {"type": "str", "required": True},
+        "ssh_key_file": {"type": "path", "required": True},
+        "known_hosts_file": {"type": "path", "required": True},
+        "connect_timeout": {"type": "int", "default": 10},
+    }
+
+
+def vault_remote(params):
+    return Remote(host=params["vault_host"], port=params["vault_port"], user=params["vault_user"],
+                  directory=params["vault_dir"], key_file=params["ssh_key_file"],
+                  known_hosts=params["known_hosts_file"], connect_timeout=params["connect_timeout"])
+
+
+def encryption_argument_spec():
+    """The options of the ``christmas.recovery.vault.encryption`` fragment."""
+    return {"encryption_key": {"type": "str", "no_log": True}, "encryption_key_file": {"type": "path"}}
+
+
+ENCRYPTION_EXCLUSIVE = [("encryption_key", "encryption_key_file")]
+
+
+def encryption_key(params):
+    """The key given as a value or a file, or None when neither is."""
+    if params["encryption_key"] is None and params["encryption_key_file"] is None:
+        return None
+    return encryption.load_key(params["encryption_key"], params["encryption_key_file"])

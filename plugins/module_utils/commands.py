@@ -73,13 +73,13 @@ def finish(proc, what, heartbeat=None, every=10.0):
     return err.decode("utf-8", "replace")
 
 
-def run(argv, what, env=None):
-    """Run to completion and return stdout as text."""
+def run(argv, what, env=None, cause=cause_line):
+    """Run to completion and return stdout as text; ``cause`` picks the line of stderr the error shows."""
     proc = subprocess.run(
         argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, capture_output=True, umask=0o077, check=False,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
     )
     if proc.returncode != 0:
-        message = cause_line(proc.stderr.decode("utf-8", "replace"))
+        message = cause(proc.stderr.decode("utf-8", "replace"))
         raise RecoveryError("%s failed (exit %s): %s" % (what, proc.returncode, message))
     return proc.stdout.decode("utf-8", "replace")

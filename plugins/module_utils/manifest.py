@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -26,6 +27,10 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ARTIFACT_KINDS = {"db": ("pg_dump_directory", "pg_globals"), "redis": ("redis_rdb",), "config": ("config_tar",)}
 MAX_ID = 2**32 - 2  # the largest uid/gid chown can set: 2**32 - 1 means "leave unchanged"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# Encryption (encryption.py) is described here, so an encrypted set's manifest is judged without the key.
+ENCRYPTION_SCHEME = "aes-256-gcm-stream-v1"
+KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+MAX_CHUNK_BYTES = 64 * 1024 * 1024  # each chunk is held in memory once while sealed or opened
 SECTION_FIELDS = {
     "db": {"server_version": str, "server_version_num": int, "pg_dump_major": int, "size_bytes": int,
            "row_counts": dict, "extensions": dict, "roles": list},
@@ -134,6 +139,30 @@ def check_schema(data, path):
         _require(kinds.issuperset(ARTIFACT_KINDS[component]), path, "component %s has no artifact of kind %s" % (
             component, ", ".join(sorted(set(ARTIFACT_KINDS[component]) - kinds))))
         _check_section(data[component], component, path)
+    if "encryption" in data:
+        _check_encryption(data["encryption"], path)
+
+
+def _check_encryption(encryption, path):
+    _require(isinstance(encryption, dict), path, "encryption is not an object")
+    _require(encryption.get("scheme") == ENCRYPTION_SCHEME, path, "encryption.scheme %.100r is not %s" % (
+        encryption.get("scheme"), ENCRYPTION_SCHEME))
+    _require(isinstance(encryption.get("key_id"), str) and KEY_ID_RE.match(encryption["key_id"]), path,
+             "encryption.key_id is not 16 hex digits")
+    chunk_bytes = encryption.get("chunk_bytes")
+    _require(_is_int(chunk_bytes) and 1 <= chunk_bytes <= MAX_CHUNK_BYTES, path,
+             "encryption.chunk_bytes is not a size from 1 to %d" % MAX_CHUNK_BYTES)
+    sealed_manifest = encryption.get("manifest")
+    _require(isinstance(sealed_manifest, str) and sealed_manifest and _is_base64(sealed_manifest), path,
+             "encryption.manifest is not base64 text")
+
+
+def _is_base64(text):
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII character
+        return False
+    return True
 
 
 def _is_int(value):
@@ -187,8 +216,8 @@ def seal(data):
     return dict(data, manifest_sha256=content_checksum(data))
 
 
-def load(path):
-    """Read and schema-check a manifest; every failure is a one-line RecoveryError."""
+def read_manifest_bytes(path):
+    """The bytes of a manifest file, refusing what cannot be one; every failure is a one-line RecoveryError."""
     try:
         info = os.stat(path)
     except OSError as err:
@@ -197,17 +226,29 @@ def load(path):
     _require(info.st_size <= MAX_MANIFEST_BYTES, path, "larger than %d bytes" % MAX_MANIFEST_BYTES)
     try:
         with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
+            return handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
+
+
+def parse(raw, path):
+    """Decode, unseal and schema-check manifest bytes; ``path`` names them in errors."""
+    _require(len(raw) <= MAX_MANIFEST_BYTES, path, "larger than %d bytes" % MAX_MANIFEST_BYTES)
+    try:
+        data = json.loads(raw.decode("utf-8"))
         sealed = isinstance(data, dict) and data.get("manifest_sha256") == content_checksum(data)
     except (UnicodeDecodeError, ValueError) as err:
         raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0])) from None
     except RecursionError:  # "[[[[..." deeper than the parser's (or, re-encoded, the checksum's) recursion limit
         raise RecoveryError("manifest %s is not valid JSON: nested too deeply" % path) from None
-    except OSError as err:
-        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
     _require(sealed, path, "its checksum does not match its content (corrupted or edited)")
     check_schema(data, path)
     return data
+
+
+def load(path):
+    """Read and schema-check a manifest; every failure is a one-line RecoveryError."""
+    return parse(read_manifest_bytes(path), path)
 
 
 def artifacts_of(manifest, component, kind=None):

@@ -16,8 +16,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.errors import R
 def require_libraries(module, needs_postgres, needs_redis):
     if needs_postgres and not postgres.HAS_PSYCOPG2:
         module.fail_json(msg=missing_required_lib("psycopg2 (psycopg2-binary)"))
-    if needs_redis and not redis_rdb.HAS_ANYCRC:
-        module.fail_json(msg=missing_required_lib("anycrc"))
+    if needs_redis and not redis_rdb.HAS_CRC64:
+        module.fail_json(msg=missing_required_lib(redis_rdb.CRC64_LIBRARIES))
 
 
 def run(module, work):

@@ -9,8 +9,14 @@ import os
 import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.encryption import is_encrypted
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import artifact_path, artifacts_of
+from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
+    artifact_path,
+    artifacts_of,
+    load,
+    resolve_manifest_path,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.restore_journal import RestoreJournal
 from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
 
@@ -33,6 +39,13 @@ def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, f
                                                   progress)
 
 
+def _refuse_encrypted(manifest):
+    """Restores read plaintext sets only: fetching a set back decrypts it, so the restore itself needs no key."""
+    if is_encrypted(manifest):
+        raise RecoveryError("set %s is encrypted: bring it back with fetch_backup.yml and its key, which decrypts it"
+                            % manifest["set_id"])
+
+
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
                 jobs=2, force=False, check_mode=False, progress=print):
     """Nothing changes unless the whole set verifies and every chosen component passes its preflight."""
@@ -40,7 +53,9 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
         raise RecoveryError("nothing to restore: every component is skipped")
     started = time.monotonic()
     progress("verifying backup set")
-    report, manifest = verify_set(manifest_ref, backup_dir, deep=True, jobs=jobs, pg_target=db)
+    path = resolve_manifest_path(manifest_ref, backup_dir)
+    _refuse_encrypted(load(path))
+    report, manifest = verify_set(path, deep=True, jobs=jobs, pg_target=db)
     missing = [c for c in components if c not in manifest["components"]]
     if missing:
         raise RecoveryError("backup set %s has no %s component (it holds %s)" % (

@@ -20,7 +20,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.manifest import
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.restore_journal import journal_name
 
-LEFTOVER_RE = re.compile(r"^(\.set_\d{8}_\d{6}\.partial|\.manifest_\d{8}_\d{6}\.json\.tmp)$")
+# A killed backup's partial set and manifest, and a killed deep verification's decrypted copy.
+LEFTOVER_RE = re.compile(r"^(\.set_\d{8}_\d{6}\.partial|\.manifest_\d{8}_\d{6}\.json\.tmp|\.verify_\d{8}_\d{6}\.tmp)$")
 SET_DIR_RE = re.compile(r"^set_(\d{8}_\d{6})$")
 
 

@@ -2,14 +2,15 @@
 # Copyright: Christmas platform operations
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Verification of a backup set: manifest schema, every artifact's size and SHA-256, and optionally each artifact
-read back by its own tool."""
+read back by its own tool (an encrypted set is decrypted for that into a private directory beside it)."""
 
 from __future__ import annotations
 
 import os
 
-from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_rdb
+from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, encryption, postgres, redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import remove_quietly
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
     artifact_path,
     artifacts_of,
@@ -54,22 +55,44 @@ def _deep_checks(backup_dir, manifest, pg_target):
     return problems
 
 
-def verify_set(manifest_ref, backup_dir=None, deep=False, jobs=4, pg_target=None):
-    """Return a report; raise one line naming every bad artifact when the set is not intact."""
+def _deep_checks_decrypted(set_root, manifest, key, jobs, pg_target):
+    """The deep checks of an encrypted set, run on a plaintext copy in a private directory that never outlives them."""
+    encryption.check_key(manifest, key)
+    plain_root = os.path.join(set_root, ".verify_%s.tmp" % manifest["set_id"])
+    remove_quietly(plain_root)  # what a killed verification left
+    try:
+        decrypted = encryption.decrypt_set(set_root, manifest["set_id"], plain_root, key, jobs)
+        return _deep_checks(plain_root, load(decrypted["manifest"]), pg_target)
+    except RecoveryError as err:
+        return {"decryption": str(err)}
+    finally:
+        remove_quietly(plain_root)
+
+
+def verify_set(manifest_ref, backup_dir=None, deep=False, jobs=4, pg_target=None, encryption_key=None):
+    """Return a report; raise one line naming every bad artifact when the set is not intact. An encrypted set's
+    checksums are those of its encrypted files: they need no key, its deep checks do."""
     path = resolve_manifest_path(manifest_ref, backup_dir)
     manifest = load(path)
     set_root = os.path.dirname(path)
+    encrypted = encryption.is_encrypted(manifest)
+    if deep and encrypted and encryption_key is None:
+        raise RecoveryError("set %s is encrypted (key %s): deep verification needs the encryption key" % (
+            manifest["set_id"], manifest["encryption"]["key_id"]))
     problems = check_artifacts(set_root, manifest, jobs)
     for extra in _unlisted_files(set_root, manifest):
         problems[extra] = "not listed in the manifest"
     if deep and not problems:
-        problems.update(_deep_checks(set_root, manifest, pg_target))
+        problems.update(_deep_checks_decrypted(set_root, manifest, encryption_key, jobs, pg_target) if encrypted
+                        else _deep_checks(set_root, manifest, pg_target))
     report = {
         "ok": not problems, "manifest": path, "backup_dir": set_root, "set_id": manifest["set_id"],
         "components": manifest["components"], "artifact_count": len(manifest["artifacts"]),
-        "total_bytes": sum(a["size"] for a in manifest["artifacts"]), "deep": bool(deep),
+        "total_bytes": sum(a["size"] for a in manifest["artifacts"]), "deep": bool(deep), "encrypted": encrypted,
         "problems": [{"artifact": name, "problem": problem} for name, problem in sorted(problems.items())],
     }
+    if encrypted:
+        report["key_id"] = manifest["encryption"]["key_id"]
     if problems:
         raise RecoveryError("backup set %s failed verification: %s" % (manifest["set_id"], "; ".join(
             "%s: %s" % (name, problem) for name, problem in sorted(problems.items()))), report=report)

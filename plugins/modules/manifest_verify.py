@@ -14,9 +14,15 @@ description:
   - With I(deep=true) each artifact is also read back by its own tool; C(pg_restore --list) for the database dump,
     the role file parsed, every Redis record parsed with its DUMP payload's CRC64, the config archive fully listed
     with every member checked as safe to restore.
+  - An encrypted set (one shipped to a vault host) is verified the same way without its key; its manifest records
+    the size and SHA-256 of the encrypted files, and its metadata (components, times, host, table names, row counts,
+    sizes) stays readable, so an operator can choose a set without the key. Only I(deep=true) needs the key; the set
+    is then decrypted into a private temporary directory beside it, read back there, and that directory removed.
   - Fails naming every bad artifact; read-only, so check mode runs the same checks.
 version_added: 0.1.0
 author: Christmas platform operations
+extends_documentation_fragment:
+  - christmas.recovery.vault.encryption
 options:
   manifest:
     description:
@@ -54,6 +60,12 @@ EXAMPLES = r"""
 - name: Verify one set
   christmas.recovery.manifest_verify:
     manifest: /var/backups/christmas/manifest_20261126_030000.json
+
+- name: Read an encrypted set on a vault host back, with its key from Ansible Vault
+  christmas.recovery.manifest_verify:
+    backup_dir: /srv/vault/christmas
+    deep: true
+    encryption_key: "{{ vault_christmas_backup_key }}"
 """
 
 RETURN = r"""
@@ -82,6 +94,15 @@ total_bytes:
   description: Bytes checksummed.
   returned: when the manifest could be read
   type: int
+encrypted:
+  description: Whether the set is encrypted; its sizes and checksums are then those of the encrypted files.
+  returned: when the manifest could be read
+  type: bool
+key_id:
+  description: Public fingerprint of the key an encrypted set was made with; never the key itself.
+  returned: when the set is encrypted
+  type: str
+  sample: 3f1c0a9b7e5d2c41
 problems:
   description: One entry per bad artifact, with what is wrong.
   returned: when the manifest could be read
@@ -92,22 +113,31 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+    ENCRYPTION_EXCLUSIVE,
+    encryption_argument_spec,
+    encryption_key,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
 from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
 
 
 def main():
-    module = AnsibleModule(argument_spec={
-        "manifest": {"type": "str", "default": "latest"},
-        "backup_dir": {"type": "path"},
-        "deep": {"type": "bool", "default": False},
-        "jobs": {"type": "int", "default": 4},
-        "pg_bin_dir": {"type": "path"},
-    }, supports_check_mode=True)
+    argument_spec = encryption_argument_spec()
+    argument_spec.update(
+        manifest={"type": "str", "default": "latest"},
+        backup_dir={"type": "path"},
+        deep={"type": "bool", "default": False},
+        jobs={"type": "int", "default": 4},
+        pg_bin_dir={"type": "path"},
+    )
+    module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=ENCRYPTION_EXCLUSIVE,
+                           supports_check_mode=True)
     params = module.params
-    run(module, lambda progress: verify_set(params["manifest"], params["backup_dir"], params["deep"], params["jobs"],
-                                            PgTarget(bin_dir=params["pg_bin_dir"]))[0])
+    run(module, lambda _progress: verify_set(params["manifest"], params["backup_dir"], params["deep"], params["jobs"],
+                                             PgTarget(bin_dir=params["pg_bin_dir"]),
+                                             encryption_key=encryption_key(params))[0])
 
 
 if __name__ == "__main__":

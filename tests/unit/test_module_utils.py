@@ -307,6 +307,17 @@ def test_crc64_is_redis_crc64_jones():
     assert redis_rdb.crc64(b"") == 0
 
 
+def test_crc64_falls_back_to_debians_crcmod_where_anycrc_is_missing():
+    """The system Python of a Debian host has python3-crcmod (make setup installs it) and no anycrc."""
+    probe = ("from ansible_collections.christmas.recovery.plugins.module_utils import redis_rdb as r\n"
+             "assert r.HAS_CRC64 and r._CRC64_CALC.__module__.startswith('crcmod'), r._CRC64_CALC\n"
+             "print(r.crc64(b'123456789'), r.crc64(b'56789', r.crc64(b'1234')), r.crc64(bytearray(b'1' * 100000)))")
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, %r)\n%s" % (
+        os.path.join(ROOT, ".collections"), probe)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(0xE9C6D914C4B8D9CA)] * 2 + [str(redis_rdb.crc64(b"1" * 100000))]
+
+
 # What Redis' own documentation shows for SET mykey 10; DUMP mykey: an int-encoded string, RDB version 9, CRC64.
 DOCUMENTED_DUMP = b"\x00\xc0\n\t\x00\xbem\x06\x89Z(\x00\n"
 

@@ -1,0 +1,94 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: christmas_set_info
+short_description: List the complete backup sets of a directory
+description:
+  - Lists the complete sets (those whose manifest exists) of a backup directory or vault directory, newest first,
+    with what each manifest says. A manifest that cannot be read is listed with the problem.
+  - Read-only; checksums are not checked (M(christmas.recovery.manifest_verify) does that).
+  - Given an encryption key, also returns its public fingerprint, to compare with the C(key_id) of encrypted sets
+    before anything is copied.
+version_added: 0.1.0
+author: Christmas platform operations
+extends_documentation_fragment:
+  - christmas.recovery.vault.encryption
+options:
+  backup_dir:
+    description: The directory holding the sets. A missing directory gives an empty list.
+    type: path
+    required: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: What does the vault hold?
+  christmas.recovery.christmas_set_info:
+    backup_dir: /srv/christmas-vault/db1
+  register: vault_sets
+"""
+
+RETURN = r"""
+sets:
+  description: One entry per complete set, newest first.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"set_id": "20261126_030000", "manifest": "/srv/christmas-vault/db1/manifest_20261126_030000.json",
+            "components": ["db", "redis", "config"], "started_at": "2026-11-26T03:00:00Z", "host": "db1",
+            "total_bytes": 52428800, "encrypted": true, "key_id": "3f9a0c1e22b4d5a6"}]
+set_ids:
+  description: The ids of the complete sets, newest first.
+  returned: always
+  type: list
+  elements: str
+latest:
+  description: Id of the newest complete set, or null when there is none.
+  returned: always
+  type: str
+key_id:
+  description: Fingerprint of the given encryption key.
+  returned: when a key is given
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.christmas.recovery.plugins.module_utils import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+    ENCRYPTION_EXCLUSIVE,
+    encryption_argument_spec,
+    encryption_key,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.offsite import list_sets
+
+
+def main():
+    argument_spec = dict(encryption_argument_spec(), backup_dir={"type": "path", "required": True})
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=ENCRYPTION_EXCLUSIVE)
+
+    def work(_progress):
+        sets = list_sets(module.params["backup_dir"])
+        ids = [entry["set_id"] for entry in sets]
+        result = {"sets": sets, "set_ids": ids, "latest": ids[0] if ids else None}
+        key = encryption_key(module.params)
+        if key is not None:
+            result["key_id"] = encryption.key_id(key)
+        return result
+
+    run(module, work)
+
+
+if __name__ == "__main__":
+    main()
