@@ -36,6 +36,7 @@ INCOMING = ".incoming"
 STAGING = ".offsite"
 # rsync splits its -e command on spaces and quotes: a path holding a quote could not be passed safely.
 UNQUOTABLE_RE = re.compile(r"['\"\\\s]")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*$")
 
 # What ssh or the far side said, rather than rsync's own summary ("unexplained error (code 255)"); ssh's own verdict
 # first, as its host key warning runs over many lines.
@@ -65,15 +66,18 @@ def list_sets(backup_dir):
 
 
 def _check_remote(remote):
-    for name in ("key_file", "known_hosts", "directory"):
-        value = getattr(remote, name)
+    """What goes into rsync's ssh command line: a host or user that ssh could read as an option is refused."""
+    for field, option in (("host", "vault_host"), ("user", "vault_user")):
+        if not NAME_RE.match(getattr(remote, field)):
+            raise RecoveryError("%s %r is not a host or user name" % (option, getattr(remote, field)))
+    for field, option in (("key_file", "ssh_key_file"), ("known_hosts", "known_hosts_file")):
+        value = getattr(remote, field)
         if UNQUOTABLE_RE.search(value):
-            raise RecoveryError("vault %s %r must not contain quotes, backslashes or spaces" % (name, value))
+            raise RecoveryError("%s %r must not contain quotes, backslashes or spaces" % (option, value))
+        if not os.path.isfile(value):
+            raise RecoveryError("%s %s does not exist" % (option, value))
     if not os.path.isabs(remote.directory):
-        raise RecoveryError("vault directory %s must be an absolute path" % remote.directory)
-    for name in ("key_file", "known_hosts"):
-        if not os.path.isfile(getattr(remote, name)):
-            raise RecoveryError("vault %s %s does not exist" % (name, getattr(remote, name)))
+        raise RecoveryError("vault_dir %s must be an absolute path" % remote.directory)
 
 
 def ssh_command(remote):
@@ -126,6 +130,10 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
     if check_mode:
         return report
     staging = os.path.join(backup_dir, STAGING)
+    if os.path.isdir(staging):  # a killed run's encrypted copy is reused if its set is still to send, else removed
+        for name in os.listdir(staging):
+            if not any(set_id in name for set_id in todo):
+                remove_quietly(os.path.join(staging, name))
     for set_id in todo:
         begin = time.monotonic()
         source = backup_dir

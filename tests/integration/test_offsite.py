@@ -264,7 +264,24 @@ def test_a_vault_with_another_host_key_is_refused(local_set, remote, vault, tmp_
     with open(known_hosts, "w", encoding="utf-8") as handle:
         handle.write("[127.0.0.1]:%d %s %s\n" % (vault["port"], key_type, key_text))
 
-    with pytest.raises(RecoveryError, match="rsync of set .* failed \\(exit 255\\): Host key verification failed"):
+    with pytest.raises(RecoveryError, match="rsync of set .* failed \\(exit \\d+\\): Host key verification failed"):
         offsite.send_sets(backup_dir, target._replace(known_hosts=known_hosts), 30, progress=_quiet)
 
     assert not os.path.exists(vault_dir)
+
+
+def test_a_killed_runs_encrypted_copy_is_reused_for_its_set_and_others_are_removed(local_set, remote):
+    backup_dir, set_id = local_set
+    target, vault_dir = remote
+    key = os.urandom(32)
+    staging = os.path.join(backup_dir, offsite.STAGING)
+    staged = encryption.encrypt_set(backup_dir, set_id, staging, key)  # what a run killed during its rsync leaves
+    stale = os.path.join(staging, set_dir_name("20200101_000000"))
+    os.makedirs(stale)
+    before = _set_files(staging, set_id)
+
+    offsite.send_sets(backup_dir, target, 30, key=key, progress=_quiet)
+    offsite.receive_sets(vault_dir, retention_days=30, progress=_quiet)
+
+    assert staged["changed"] and _set_files(vault_dir, set_id) == before  # the same ciphertext: reused, not redone
+    assert os.listdir(staging) == []
