@@ -68,12 +68,25 @@ class PgCluster:
         _give_to_postgres(self.run_dir)
         return self
 
-    def start(self, *settings):
+    def start_command(self, *settings):
+        """argv that starts the cluster as postgres (what christmas_replication's start_command takes)."""
         options = "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off %s" % (
             self.port, self.run_dir, " ".join("-c " + s for s in settings))
-        _as_postgres([os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-o", options,
-                      "start"])
+        return ["runuser", "-u", "postgres", "--", os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l",
+                self.log, "-w", "-o", options, "start"]
+
+    def stop_command(self):
+        """argv of a clean (fast) stop as postgres; fails when the cluster is not running, like pg_ctlcluster."""
+        return ["runuser", "-u", "postgres", "--", os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-m", "fast",
+                "-w", "stop"]
+
+    def start(self, *settings):
+        subprocess.run(self.start_command(*settings), check=True, capture_output=True)
         return self
+
+    def restart(self, *settings):
+        subprocess.run(self.stop_command(), check=True, capture_output=True)
+        return self.start(*settings)
 
     def stop(self):
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):

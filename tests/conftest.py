@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 
 import pytest
@@ -413,3 +414,28 @@ def run_playbook(tmp_dir):
         return result
 
     return run
+
+
+class ArgvSampler(threading.Thread):
+    """Reads the argv and the environment of every process on the machine every few milliseconds."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen, self.environ, self.rounds = set(), set(), 0
+        self._done = threading.Event()
+
+    def run(self):
+        while not self._done.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                for name, into in (("cmdline", self.seen), ("environ", self.environ)):
+                    try:
+                        with open("/proc/%s/%s" % (pid, name), "rb") as handle:
+                            into.add(handle.read())
+                    except OSError:
+                        pass
+            self.rounds += 1
+            self._done.wait(0.002)
+
+    def stop(self):
+        self._done.set()
+        self.join()

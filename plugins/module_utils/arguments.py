@@ -42,7 +42,7 @@ def pg_target(params):
     return PgTarget(host=params["db_host"], port=params["db_port"], dbname=params["db_name"], user=params["db_user"],
                     password=params["db_password"], admin_user=params["db_admin_user"],
                     admin_password=params["db_admin_password"], bin_dir=params["pg_bin_dir"],
-                    connect_wait=params["connect_wait"])
+                    connect_wait=params["connect_wait"], node=params.get("db_node"))
 
 
 def redis_target(params):

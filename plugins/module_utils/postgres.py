@@ -51,6 +51,7 @@ class PgTarget:
     maintenance_db: str = "postgres"
     bin_dir: str = None
     connect_wait: float = 0
+    node: str = None  # which member of an HA pair this is, recorded in the manifest
 
     @property
     def login(self):
@@ -329,7 +330,8 @@ SELECT pg_export_snapshot(), to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY
        pg_is_in_recovery(),
        (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
        (SELECT timeline_id FROM pg_control_checkpoint()),
-       current_setting('server_version'), current_setting('server_version_num')::int
+       current_setting('server_version'), current_setting('server_version_num')::int,
+       host(inet_server_addr()), (SELECT system_identifier FROM pg_control_system())::text
 """
 
 
@@ -355,7 +357,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
         if target.admin_user and not facts["superuser"]:
             raise RecoveryError("christmas_db_admin_user %s is not a superuser on %s:%s" % (
                 target.admin_user, target.host, target.port))
-        snapshot, snapshot_time, in_recovery, lsn, timeline, version, version_num = _fetch(conn, SNAPSHOT_QUERY)[0]
+        (snapshot, snapshot_time, in_recovery, lsn, timeline, version, version_num, address,
+         system_identifier) = _fetch(conn, SNAPSHOT_QUERY)[0]
         pg_dump = find_pg_program("pg_dump", target, major_of(version_num))
         dump_major, dump_version = tool_major(pg_dump)
         if dump_major < major_of(version_num):
@@ -408,6 +411,7 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
         "snapshot_lsn": lsn,
         "timeline": timeline,
         "from_standby": in_recovery,
+        "node": {"name": target.node, "address": address, "system_identifier": system_identifier},
         "size_bytes": globals_data["database"]["size_bytes"],
         "owner": globals_data["database"]["owner"],
         "roles": [role["name"] for role in roles],

@@ -49,6 +49,11 @@ options:
         sets are pruned. A set that fails is removed and the task fails.
     type: bool
     default: true
+  db_node:
+    description:
+      - Name of the database node backed up, e.g. the inventory name of the current primary (or standby) of an HA
+        pair; recorded in the manifest (C(db.node)) with the server's address and system identifier.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -164,6 +169,7 @@ def main():
     argument_spec = connection_argument_spec()
     argument_spec.update(
         backup_dir={"type": "path", "required": True},
+        db_node={"type": "str"},
         retention_days={"type": "int", "default": 30},
         compress_level={"type": "int", "default": DEFAULT_COMPRESS_LEVEL, "choices": list(range(-1, 10))},
         lock_wait={"type": "int", "default": 0},

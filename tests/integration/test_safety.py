@@ -17,13 +17,13 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 from conftest import (
     PG_BIN,
+    ArgvSampler,
     append_members,
     backup_command,
     connection_vars,
@@ -581,31 +581,6 @@ def test_damaged_set_fails_verification_in_one_line_and_restore_leaves_everythin
 
 
 # ---------------------------------------------------------------- 7. secrets
-
-
-class ArgvSampler(threading.Thread):
-    """Reads the argv and the environment of every process on the machine every few milliseconds."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.seen, self.environ, self.rounds = set(), set(), 0
-        self._done = threading.Event()
-
-    def run(self):
-        while not self._done.is_set():
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                for name, into in (("cmdline", self.seen), ("environ", self.environ)):
-                    try:
-                        with open("/proc/%s/%s" % (pid, name), "rb") as handle:
-                            into.add(handle.read())
-                    except OSError:
-                        pass
-            self.rounds += 1
-            self._done.wait(0.002)
-
-    def stop(self):
-        self._done.set()
-        self.join()
 
 
 def test_passwords_never_reach_argv_environ_output_manifest_or_backup_files(
