@@ -197,7 +197,8 @@ def _receive_one(backup_dir, set_id, decrypt, key, deep, jobs, pg_target, progre
             _report, manifest = verify_set(manifest_name(set_id), incoming, jobs=jobs)
         except RecoveryError as err:
             raise RecoveryError("set %s arrived damaged and was discarded: %s" % (set_id, err)) from None
-        source, decrypted = incoming, decrypt and encryption.is_encrypted(manifest)
+        encrypted = encryption.is_encrypted(manifest)
+        source, decrypted = incoming, decrypt and encrypted
         if decrypted:
             if key is None:
                 raise RecoveryError("set %s is encrypted (key %s): bringing it back needs the encryption key" % (
@@ -205,7 +206,7 @@ def _receive_one(backup_dir, set_id, decrypt, key, deep, jobs, pg_target, progre
             progress("decrypting set %s" % set_id)
             source = os.path.join(incoming, "decrypted")
             encryption.decrypt_set(incoming, set_id, source, key, jobs)
-        if deep and not encryption.is_encrypted(load(os.path.join(source, manifest_name(set_id)))):
+        if deep and (decrypted or not encrypted):  # a set kept encrypted (a vault) is read back only with its key
             progress("reading set %s back" % set_id)
             verify_set(manifest_name(set_id), source, deep=True, jobs=jobs, pg_target=pg_target)
         _publish(source, backup_dir, set_id)
