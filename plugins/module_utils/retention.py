@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: Christmas platform operations
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Retention: complete sets older than the limit go, the newest complete set always stays, nothing else is touched."""
+"""Retention: complete sets older than the limit go; the newest complete and the newest proven set always stay."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.manifest import
     manifest_name,
     set_dir_name,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.proof import newest_proven_set_id, proof_name
 from ansible_collections.christmas.recovery.plugins.module_utils.restore_journal import journal_name
 
 # A killed backup's partial set and manifest, and a killed deep verification's decrypted copy.
@@ -31,12 +32,16 @@ def set_time(set_id):
 
 
 def expired_set_ids(backup_dir, retention_days, now=None, keep=None):
-    """Complete sets older than the limit, except the newest and ``keep`` (a set dated in the future is the newest)."""
+    """Complete sets older than the limit, except the newest, the newest proven (last rehearsal passed) and ``keep``.
+
+    A set dated in the future is the newest.
+    """
     if retention_days < 0:
         raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
     cutoff = (now if now is not None else time.time()) - retention_days * 86400
     ids = complete_set_ids(backup_dir)
-    return [set_id for set_id in ids[1:] if set_time(set_id) < cutoff and set_id != keep]
+    kept = {keep, newest_proven_set_id(backup_dir)}
+    return [set_id for set_id in ids[1:] if set_time(set_id) < cutoff and set_id not in kept]
 
 
 def prune_expired_sets(backup_dir, retention_days, now=None, keep=None):
@@ -47,6 +52,7 @@ def prune_expired_sets(backup_dir, retention_days, now=None, keep=None):
         fsync_dir(backup_dir)
         remove_quietly(os.path.join(backup_dir, set_dir_name(set_id)))
         remove_quietly(os.path.join(backup_dir, journal_name(set_id)))
+        remove_quietly(os.path.join(backup_dir, proof_name(set_id)))
         pruned.append(set_id)
     return pruned
 
