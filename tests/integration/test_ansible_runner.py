@@ -14,8 +14,10 @@ import subprocess
 import sys
 
 import ansible_runner
+import jinja2
 import pytest
 from conftest import ROOT, redis_state, seed_redis, tree_state
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # What a checkout brings: the tracked files (and, in a working tree, the new ones not ignored yet).
 _LISTED = ["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
@@ -35,18 +37,22 @@ def checkout(target):
             shutil.copy2(source, os.path.join(target, name))
 
 
+def injected(type_name, inputs):
+    """The extra vars a credential of awx/assets.json's credential type injects: its injector templates rendered
+    with the credential's inputs, as AWX renders them."""
+    with open(os.path.join(ROOT, "awx", "assets.json"), encoding="utf-8") as handle:
+        (ctype,) = [t for t in json.load(handle)["credential_types"] if t["name"] == type_name]
+    environment = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    return {name: environment.from_string(template).render(**inputs)
+            for name, template in ctype["injectors"]["extra_vars"].items()}
+
+
 def credential_vars(platform, redis_server):
-    """The extra vars the database and Redis credential types of awx/assets.json inject (strings, as AWX renders
-    them from the credential's fields)."""
-    return {
-        "christmas_db_host": "127.0.0.1",
-        "christmas_db_port": str(platform.cluster.port),
-        "christmas_db_user": "christmas",
-        "christmas_db_password": platform.password,
-        "christmas_db_admin_user": "postgres",
-        "christmas_db_admin_password": platform.cluster.password,
-        "christmas_redis_password": redis_server.password,
-    }
+    return dict(
+        injected("Christmas platform database", {
+            "host": "127.0.0.1", "port": str(platform.cluster.port), "user": "christmas",
+            "password": platform.password, "admin_user": "postgres", "admin_password": platform.cluster.password}),
+        **injected("Christmas Redis", {"password": redis_server.password}))
 
 
 class AwxJob:
@@ -101,7 +107,7 @@ def assert_successful(job, runner):
     assert {"playbook_on_start", "runner_on_ok", "playbook_on_stats"} <= kinds
     assert not kinds & {"runner_on_failed", "runner_on_unreachable"} or all(
         event["event_data"].get("ignore_errors") for event in events if event["event"] == "runner_on_failed")
-    # The project's ansible.cfg was read: ansible-playbook ran from project/.
+    # ansible-playbook ran from project/, whose ansible.cfg resolves the collection from the checkout.
     command = json.loads(artifacts["command"])
     assert command["cwd"] == os.path.join(job.base, "project")
     return artifacts, stdout
@@ -109,7 +115,7 @@ def assert_successful(job, runner):
 
 def assert_no_secret(job, artifacts):
     secrets = [value for key, value in job.secrets.items() if key.endswith("_password")]
-    assert len(secrets) == 3
+    assert len(secrets) == 3 and all(secrets)
     for secret in secrets:
         for name, data in artifacts.items():
             assert secret.encode() not in data, "a secret appears in the artifact %s" % name
@@ -156,6 +162,9 @@ def test_backup_verify_and_restore_run_under_ansible_runner_as_awx_runs_them(awx
     assert platform.snapshot() != db_before
     survey = {"manifest": "latest", "confirm": "platform", "incident_type": "database",
               "incident_symptoms": "api answers 503", "incident_impact": "no trading since 09:12"}
+    broken = platform.snapshot()
+    assert_successful(job, job.run("playbooks/restore_db.yml", survey, job_type="check"))
+    assert platform.snapshot() == broken  # job type check: the dry run
     artifacts, _ = assert_successful(job, job.run("playbooks/restore_db.yml", survey))
     assert_no_secret(job, artifacts)
     assert platform.snapshot() == db_before
