@@ -39,7 +39,8 @@ class Playbooks:
         group_vars = {"christmas_db_host": "127.0.0.1", "christmas_redis_host": "127.0.0.1",
                       "christmas_db_admin_user": "postgres", "christmas_retention_days": 30,
                       "christmas_service_manager": "none",
-                      "christmas_incident_db": os.path.join(run_dir, "incidents", "incidents.sqlite")}
+                      "christmas_incident_db": os.path.join(run_dir, "incidents", "incidents.sqlite"),
+                      "christmas_metrics_dir": os.path.join(run_dir, "metrics")}
         with open(self.inventory, "w", encoding="utf-8") as handle:
             json.dump({"christmas": {"hosts": {"bench": host}, "vars": group_vars}}, handle, indent=1)
         with open(self.noop, "w", encoding="utf-8") as handle:

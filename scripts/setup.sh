@@ -44,3 +44,17 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
   echo "$want" > "$stamp"
 fi
+
+# promtool (alert rule checks and tests) from Debian's prometheus package, unpacked only: installing the package
+# would start a Prometheus server.
+if [ ! -x .venv/bin/promtool ]; then
+  echo "setup: unpacking promtool from the prometheus package"
+  fetch=$(mktemp -d)
+  trap 'rm -rf "$fetch"' EXIT
+  chmod 0755 "$fetch"  # apt's download sandbox user reads it
+  (cd "$fetch" && { apt-get download -qq prometheus 2>/dev/null || { $SUDO apt-get update -qq && apt-get download \
+     -qq prometheus; }; } && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool)
+  install -m 0755 "$fetch/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$fetch"
+  trap - EXIT
+fi

@@ -395,6 +395,8 @@ def run_playbook(tmp_dir):
         host = dict(host_vars, ansible_connection="local", ansible_python_interpreter=sys.executable)
         # Recovery records of the test's restores stay in the test's directory, never in /var/lib/christmas.
         host.setdefault("christmas_incident_db", os.path.join(tmp_dir, "incidents", "incidents.sqlite"))
+        # Metrics too, never in node_exporter's directory of this machine.
+        host.setdefault("christmas_metrics_dir", os.path.join(tmp_dir, "metrics"))
         with open(inventory, "w", encoding="utf-8") as handle:
             json.dump({"christmas": {"hosts": {"platform": host}}}, handle)
         argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,

@@ -20,8 +20,12 @@ def require_libraries(module, needs_postgres, needs_redis):
         module.fail_json(msg=missing_required_lib(redis_rdb.CRC64_LIBRARIES))
 
 
-def run(module, work):
-    """Call ``work(progress)``; exit with its result dict, or fail with the one-line error and any partial report."""
+def run(module, work, warn_only=False):
+    """Call ``work(progress)``; exit with its result dict, or fail with the one-line error and any partial report.
+
+    With ``warn_only`` the error becomes a warning and the result ``{"error": message}`` (for reports made while a
+    job is failing already: they must not replace its error).
+    """
     started = time.monotonic()
     steps = []
 
@@ -30,10 +34,13 @@ def run(module, work):
 
     try:
         result = work(progress)
-    except RecoveryError as err:
-        module.fail_json(msg=str(err), steps=steps, **err.details)
-    except OSError as err:  # a path that cannot serve, e.g. a file where a directory must be
-        module.fail_json(msg=str(RecoveryError(err)), steps=steps)
+    except (RecoveryError, OSError) as err:  # OSError: a path that cannot serve, e.g. a file where a directory must be
+        details = err.details if isinstance(err, RecoveryError) else {}
+        message = str(err if isinstance(err, RecoveryError) else RecoveryError(err))
+        if not warn_only:
+            module.fail_json(msg=message, steps=steps, **details)
+        module.warn(message)
+        result = dict(details, error=message)
     result.setdefault("changed", False)
     result["steps"] = steps
     result["elapsed_seconds"] = round(time.monotonic() - started, 3)
