@@ -10,6 +10,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v runuser >/dev/null || missing+=(util-linux)
+# The scheduled jobs' ExecStart lines and calendars are checked with systemd's own parser (systemd-analyze).
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # The lab: the sample platform as a compose project under podman, on an image built with debootstrap (lab/image.sh).
 for tool in podman podman-compose runc debootstrap iptables rsync; do

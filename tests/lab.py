@@ -185,3 +185,13 @@ class LabPlatform:
             self.podman("volume", "rm", "-f", *volumes, check=False)
         self.podman("network", "rm", "-f", "%s_default" % self.name, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def build_scheduler_image():
+    """The scheduling host's image (the lab image with systemd, cron and logrotate), built on first use by
+    lab/scheduler_image.sh from a local repository of Debian packages, then cached."""
+    done = subprocess.run(["bash", os.path.join(LAB, "scheduler_image.sh")], capture_output=True, text=True,
+                          env=lab_env(), check=False)
+    if done.returncode:
+        raise RuntimeError("lab/scheduler_image.sh failed: %s" % done.stderr.strip()[-2000:])
+    return done.stdout.strip().splitlines()[-1]
