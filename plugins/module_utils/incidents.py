@@ -27,7 +27,7 @@ DEFAULT_DB = "/var/lib/christmas/incidents.sqlite"
 DEFAULT_TABLE = "christmas_incidents"
 SQLITE_TABLE = "christmas_incidents"
 # Documented values of ``status``; others are accepted (it is free text) but these are what the role writes.
-STATUSES = ("recovered", "healed_by_restart", "failed", "planned")
+STATUSES = ("recovered", "healed_by_restart", "failed", "planned", "passed")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 BUSY_TIMEOUT_SECONDS = 30
 UTC = datetime.timezone.utc  # noqa: UP017 - modules may run on a host Python older than 3.11
