@@ -164,6 +164,39 @@ def test_a_set_resealed_with_other_market_data_fails_its_newest_time_check(env):
     assert not is_proven(env.backup_dir, env.set_id)
 
 
+@pytest.mark.xdist_group("timescaledb")  # the stand-in is installed into the system extension directory
+def test_a_timescaledb_set_rehearses_between_the_restore_hooks(timescaledb_standin, platform, tmp_dir):
+    platform.cluster.sql("CREATE EXTENSION timescaledb VERSION '2.14.2'", dbname="christmas")
+    os.chmod(tmp_dir, 0o711)
+    report = _backup(platform, None, None, os.path.join(tmp_dir, "backups"))
+    scratch = os.path.join(tmp_dir, "rehearsal")
+    steps = []
+
+    result = rehearsal.rehearse(report["manifest"], scratch_dir=scratch, progress=steps.append)
+
+    assert result["passed"] and result["components"]["db"]["state"].startswith("restored from set")
+    assert any("scratch database" in step for step in steps)
+    assert not os.path.lexists(scratch) and _scratch_processes(scratch) == []
+
+
+@pytest.mark.xdist_group("timescaledb")
+def test_a_set_whose_timescaledb_version_this_host_lacks_fails_naming_it(timescaledb_standin, platform, tmp_dir):
+    platform.cluster.sql("CREATE EXTENSION timescaledb VERSION '2.14.2'", dbname="christmas")
+    os.chmod(tmp_dir, 0o711)
+    report = _backup(platform, None, None, os.path.join(tmp_dir, "backups"))
+    # The platform's TimescaleDB is newer than any this host has: as if the set came from the production host.
+    _reseal(report["manifest"], lambda m: m["db"]["extensions"]["timescaledb"].update(version="2.99.0"))
+    scratch = os.path.join(tmp_dir, "rehearsal")
+
+    with pytest.raises(RecoveryError) as caught:
+        rehearsal.rehearse(report["manifest"], scratch_dir=scratch, progress=_quiet)
+
+    assert "the backup was made with 2.99.0; install 2.99.0 first" in str(caught.value)
+    assert caught.value.details["checks"] == [] and "teardown" in caught.value.details["timings"]
+    assert not os.path.lexists(scratch) and _scratch_processes(scratch) == []
+    assert "2.99.0" in read_proof(os.path.dirname(report["manifest"]), report["set_id"])["rehearsals"][-1]["error"]
+
+
 def _leftover(env, make_redis, make_cluster):
     """What a killed rehearsal leaves when its servers outlive it: the directory with its marker, a cluster and a
     Redis server running from it (started detached, as if by another process)."""
