@@ -83,8 +83,17 @@ def one_line(err):
 
 def _cwd_of(pid):
     try:
-        return os.readlink("/proc/%s/cwd" % pid)
+        return os.readlink("/proc/%s/cwd" % pid)  # a removed directory reads as "PATH (deleted)"
     except OSError:
+        return None
+
+
+def _stat_of(pid):
+    """The fields of /proc/PID/stat after the command name (state, parent pid, ...), or None when it is gone."""
+    try:
+        with open("/proc/%s/stat" % pid, encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
 
 
@@ -95,13 +104,9 @@ def processes_in(root):
     for pid in filter(str.isdigit, os.listdir("/proc")):
         cwd = _cwd_of(pid)
         if cwd and (cwd == root or cwd.startswith(root + os.sep)) and int(pid) != os.getpid():
-            try:
-                with open("/proc/%s/stat" % pid, encoding="ascii", errors="replace") as handle:
-                    if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        continue
-            except (OSError, IndexError):
-                continue
-            found.append(int(pid))
+            stat = _stat_of(pid)
+            if stat and stat[0] != "Z":  # a zombie is dead already
+                found.append(int(pid))
     return found
 
 
@@ -131,11 +136,8 @@ def stop_processes_in(root, first_signals=(), timeout=STOP_SECONDS):
 
 
 def _parent_of(pid):
-    try:
-        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    stat = _stat_of(pid)
+    return int(stat[1]) if stat else None
 
 
 def _pid_from(path):
@@ -478,7 +480,7 @@ def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scr
     if result["error"] is None and not result["passed"]:
         result["error"] = "validation failed: %s" % "; ".join(
             "%s: %s" % (c["name"], c["detail"]) for c in result["checks"] if not c["ok"]) or "no checks ran"
-    if result["set_id"]:
+    if result["set_id"] and os.path.isfile(path):  # never a side record without its set
         add_rehearsal(os.path.dirname(path), result["set_id"], {
             "passed": result["passed"], "started_at": started_at, "duration_seconds": result["duration_seconds"],
             "timings": result["timings"], "checks": result["checks"], "error": result["error"],
@@ -498,9 +500,26 @@ def _timed(result, phase, work):
         result["timings"][phase] = round(time.monotonic() - begin, 3)
 
 
+def _start_servers(scratch, manifest, wanted, avoid, password, pg_bin_dir, redis_server, timeout, servers,
+                   progress):
+    """The scratch servers the set's components need, each added to ``servers`` as soon as it runs (so that the
+    teardown finds it), then waited for; returns their ports."""
+    ports, waits = {}, []
+    for component, start in (("db", start_postgres), ("redis", start_redis)):
+        if component in manifest["components"]:
+            ports[component] = wanted[component] or free_port(avoid | set(ports.values()))
+            program = pg_bin_dir if component == "db" else redis_server
+            server, wait = start(scratch, manifest, ports[component], password, program, timeout, progress)
+            servers.append(server)
+            waits.append(wait)
+    for wait in waits:
+        wait()
+    return ports
+
+
 def _run(result, path, scratch, production_ports, db_port, redis_port, db_user, queries, pg_bin_dir, redis_server,
          jobs, start_timeout, progress):
-    """The phases, each timed; the teardown runs whatever happened after the scratch directory was made."""
+    """The phases, each timed; the teardown runs whatever happened once the scratch directory was made."""
     progress("verifying backup set %s" % path)
     verified = _timed(result, "verify", lambda: restore_set.verify_for_restore(
         path, jobs=jobs, pg_target=postgres.PgTarget(bin_dir=pg_bin_dir)))
@@ -510,33 +529,15 @@ def _run(result, path, scratch, production_ports, db_port, redis_port, db_user, 
     _timed(result, "cleanup", lambda: scratch.remove_leftover(progress))
     result["leftover_removed"] = scratch.leftover_removed
     password = secrets.token_urlsafe(24)
-    ports = {}
     servers = []
     try:
         scratch.create(manifest["set_id"])
-
-        def start():
-            waits = []
-            if "db" in components:
-                ports["db"] = db_port or free_port(production_ports)
-                server, wait = start_postgres(scratch, manifest, ports["db"], password, pg_bin_dir, start_timeout,
-                                              progress)
-                servers.append(server)
-                waits.append(wait)
-            if "redis" in components:
-                ports["redis"] = redis_port or free_port(production_ports | set(ports.values()))
-                server, wait = start_redis(scratch, manifest, ports["redis"], password, redis_server, start_timeout,
-                                           progress)
-                servers.append(server)
-                waits.append(wait)
-            for wait in waits:
-                wait()
-
-        result["scratch_ports"] = ports
-        _timed(result, "start", start)
-        db = postgres.PgTarget(host="127.0.0.1", port=ports.get("db", 0), dbname=manifest.get("db", {}).get("name"),
-                               user=db_user, password=password, admin_user=SUPERUSER, admin_password=password,
-                               bin_dir=pg_bin_dir)
+        ports = result["scratch_ports"] = _timed(result, "start", lambda: _start_servers(
+            scratch, manifest, {"db": db_port, "redis": redis_port}, production_ports, password, pg_bin_dir,
+            redis_server, start_timeout, servers, progress))
+        db = postgres.PgTarget(host="127.0.0.1", port=ports.get("db", 0),
+                               dbname=manifest.get("db", {}).get("name") or "christmas", user=db_user,
+                               password=password, admin_user=SUPERUSER, admin_password=password, bin_dir=pg_bin_dir)
         redis_target = RedisTarget(host="127.0.0.1", port=ports.get("redis", 0), password=password)
         restored = _timed(result, "restore", lambda: restore_set.restore_set(
             path, components=components, db=db, redis_target=redis_target, config_dir=scratch.config_dir,
@@ -545,13 +546,9 @@ def _run(result, path, scratch, production_ports, db_port, redis_port, db_user, 
                                 for name, outcome in restored["components"].items()}
         if "db" in components:
             _set_login_password(db, db_user, password)
-
-        def check():
-            return validation.validate(path, components=components, db=db, redis_target=redis_target,
-                                       config_dir=scratch.config_dir, queries=queries if "db" in components else (),
-                                       progress=progress)
-
-        report = _timed(result, "validate", check)
+        report = _timed(result, "validate", lambda: validation.validate(
+            path, components=components, db=db, redis_target=redis_target, config_dir=scratch.config_dir,
+            queries=queries if "db" in components else (), progress=progress))
         result["checks"], result["failed_checks"] = report["checks"], report["failed"]
     finally:
         progress("tearing down the scratch servers and %s" % scratch.path)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import PG_BIN, ROOT, ArgvSampler, connection_vars, live_state, seed_redis
+from sandbox import free_port
 
 from ansible_collections.christmas.recovery.plugins.module_utils import rehearsal
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
@@ -46,10 +47,11 @@ def env(platform, make_redis, config_dir, tmp_dir):
     report = _backup(platform, server, config_dir, backup_dir)
     host_vars = connection_vars(platform, server, config_dir, backup_dir)
     host_vars["christmas_rehearsal_dir"] = os.path.join(tmp_dir, "rehearsal")
-    return SimpleNamespace(platform=platform, redis=server, config=config_dir, backup_dir=backup_dir,
-                           manifest=report["manifest"], set_id=report["set_id"], tmp_dir=tmp_dir,
-                           scratch=host_vars["christmas_rehearsal_dir"], host_vars=host_vars,
-                           incident_db=os.path.join(tmp_dir, "incidents", "incidents.sqlite"))
+    yield SimpleNamespace(platform=platform, redis=server, config=config_dir, backup_dir=backup_dir,
+                          manifest=report["manifest"], set_id=report["set_id"], tmp_dir=tmp_dir,
+                          scratch=host_vars["christmas_rehearsal_dir"], host_vars=host_vars,
+                          incident_db=os.path.join(tmp_dir, "incidents", "incidents.sqlite"))
+    rehearsal.stop_processes_in(host_vars["christmas_rehearsal_dir"])  # whatever a failed test left running
 
 
 def _rehearse(env, **options):
@@ -197,33 +199,26 @@ def test_a_set_whose_timescaledb_version_this_host_lacks_fails_naming_it(timesca
     assert "2.99.0" in read_proof(os.path.dirname(report["manifest"]), report["set_id"])["rehearsals"][-1]["error"]
 
 
-def _leftover(env, make_redis, make_cluster):
+def _leftover(env, pg_template):
     """What a killed rehearsal leaves when its servers outlive it: the directory with its marker, a cluster and a
     Redis server running from it (started detached, as if by another process)."""
     os.makedirs(env.scratch, 0o700)
     with open(os.path.join(env.scratch, rehearsal.MARKER), "w", encoding="utf-8") as handle:
         json.dump({"pid": 999999999}, handle)
-    cluster = make_cluster()
-    cluster.stop()
-    data = os.path.join(env.scratch, "pgdata")
-    subprocess.run(["cp", "-a", cluster.data, data], check=True)
+    data, redis_dir = os.path.join(env.scratch, "pgdata"), os.path.join(env.scratch, "redis")
+    os.mkdir(redis_dir, 0o700)
+    subprocess.run(["cp", "-a", pg_template.data, data], check=True)
     subprocess.run(["chown", "-R", "postgres:postgres", env.scratch], check=True)
     subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(PG_BIN, "pg_ctl"), "-D", data, "-l",
                     os.path.join(env.scratch, "postgresql.log"), "-w", "-o",
-                    "-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories=" % cluster.port, "start"],
+                    "-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories=" % free_port(), "start"],
                    check=True, capture_output=True)
-    redis_dir = os.path.join(env.scratch, "redis")
-    os.mkdir(redis_dir, 0o700)
-    server = make_redis()
-    server.stop()
     subprocess.run(["redis-server", "--port", "0", "--unixsocket", os.path.join(redis_dir, "s.sock"), "--dir",
-                    redis_dir, "--daemonize", "yes", "--pidfile", os.path.join(redis_dir, "redis.pid"),
-                    "--save", ""], check=True, capture_output=True)
-    return cluster
+                    redis_dir, "--daemonize", "yes", "--save", ""], check=True, capture_output=True)
 
 
-def test_the_next_run_removes_a_killed_runs_scratch_dir_and_stops_its_servers(env, make_redis, make_cluster):
-    _leftover(env, make_redis, make_cluster)
+def test_the_next_run_removes_a_killed_runs_scratch_dir_and_stops_its_servers(env, pg_template):
+    _leftover(env, pg_template)
     running = _scratch_processes(env.scratch)
     assert any(b"postgres" in cmdline for _pid, cmdline in running)
     assert any(b"redis-server" in cmdline for _pid, cmdline in running)
