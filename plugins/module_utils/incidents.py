@@ -267,7 +267,8 @@ def _items(pairs):
 def render_markdown(record, incident_id):
     """The runbook's recovery record template."""
     when = record["started_at"] or record["finished_at"]
-    title = "# Incident %d: %s restore %s" % (incident_id, _title(record["procedure"]), _title(record["status"]))
+    what = "restore rehearsal" if record["procedure"] == "rehearsal" else "%s restore" % record["procedure"]
+    title = "# Incident %d: %s %s" % (incident_id, _title(what), _title(record["status"]))
     lines = [title, "", "## When/who", ""]
     lines += _items([("Date", when[:10]), ("Started", record["started_at"]), ("Finished", record["finished_at"]),
                      ("Operator", record["operator"]), ("Host", record["host"])])

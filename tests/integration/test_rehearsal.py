@@ -311,6 +311,8 @@ def test_rehearse_playbook_proves_the_set_records_it_and_leaves_production_untou
     assert record["backup_manifest"] == env.manifest and record["duration_seconds"] == last["duration_seconds"]
     assert [check["name"] for check in record["verification"]] == [check["name"] for check in last["checks"]]
     assert all(check["ok"] for check in record["verification"]) and len(record["verification"]) == 5
+    with open(record["markdown"], encoding="utf-8") as handle:
+        assert handle.readline() == "# Incident %d: restore rehearsal passed\n" % record["id"]
     assert not os.path.lexists(env.scratch) and _scratch_processes(env.scratch) == []
     assert live_state(env) == before
 
