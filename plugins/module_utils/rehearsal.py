@@ -42,6 +42,10 @@ SUPERUSER = "postgres"
 STOP_SECONDS = 30
 
 
+class RehearsalBusy(RecoveryError):
+    """Another rehearsal holds the scratch directory: no verdict on the set, so nothing is recorded beside it."""
+
+
 # ---------------------------------------------------------------- pure helpers
 
 
@@ -186,7 +190,7 @@ class ScratchDir:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise RecoveryError("another rehearsal (pid %s) is running in %s" % (
+                raise RehearsalBusy("another rehearsal (pid %s) is running in %s" % (
                     self._holder(), self.path)) from None
             raise
 
@@ -470,6 +474,8 @@ def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scr
     try:
         _run(result, path, scratch, production_ports, scratch_db_port, scratch_redis_port, db_user, queries,
              pg_bin_dir, redis_server, jobs, start_timeout, progress)
+    except RehearsalBusy:
+        raise
     except (RecoveryError, OSError) as err:
         result["error"] = one_line(err)
     if result.get("teardown_error") and result["error"] is None:

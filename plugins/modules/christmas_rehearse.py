@@ -21,7 +21,8 @@ description:
     restore's validation runs (M(christmas.recovery.christmas_validate)); row counts per table, C(market_data) rows
     and newest time, Redis keys per database, the config tree's checksum, and I(queries) as I(db_user).
   - Stops the servers and removes I(scratch_dir) at the end, also when anything failed. The servers die with the
-    module; a directory a killed run left is removed by the next run, after any server still running in it.
+    module; a directory a killed run left is removed by the next run, after any server still running in it. While a
+    rehearsal runs, another one in the same I(scratch_dir) is refused (and records nothing).
   - Records the result in the set's side record C(manifest_ID.rehearsal.json) beside the manifest (the last 20
     rehearsals); a set whose last rehearsal passed is proven, and retention never prunes the newest proven set.
   - A failed rehearsal is recorded too, then fails with C(rehearsal of set ID failed; REASON), still returning the

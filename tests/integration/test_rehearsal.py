@@ -3,6 +3,7 @@ beside its manifest and in the incident database, and everything it started is g
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -228,6 +229,26 @@ def test_the_next_run_removes_a_killed_runs_scratch_dir_and_stops_its_servers(en
     assert result["passed"] and result["leftover_removed"]
     assert not os.path.lexists(env.scratch)
     assert _scratch_processes(env.scratch) == []
+
+
+def test_a_running_rehearsals_directory_is_refused_and_kept_while_check_mode_only_predicts(env):
+    os.makedirs(env.scratch, 0o700)
+    with open(os.path.join(env.scratch, rehearsal.MARKER), "w", encoding="utf-8") as handle:
+        json.dump({"pid": os.getpid()}, handle)
+    held = os.open(env.scratch, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        dry = _rehearse(env, check_mode=True)
+        assert dry["changed"] and dry["would_remove_leftover"] and dry["passed"] is None
+
+        with pytest.raises(RecoveryError) as caught:
+            _rehearse(env)
+    finally:
+        os.close(held)
+
+    assert str(caught.value) == "another rehearsal (pid %d) is running in %s" % (os.getpid(), env.scratch)
+    assert os.listdir(env.scratch) == [rehearsal.MARKER]
+    assert read_proof(env.backup_dir, env.set_id)["rehearsals"] == []  # no verdict on the set
 
 
 def test_a_directory_that_is_no_rehearsals_is_refused_and_kept(env):
