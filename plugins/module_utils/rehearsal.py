@@ -164,7 +164,6 @@ class ScratchDir:
         self.redis_dir = os.path.join(self.path, "redis")
         self.config_dir = os.path.join(self.path, "config")
         self.fd = None
-        self.leftover_processes = 0
         self.leftover_removed = False
 
     def exists(self):
@@ -206,7 +205,8 @@ class ScratchDir:
             postmaster = _pid_from(os.path.join(self.pg_data, "postmaster.pid"))
             first = [(pid, signal.SIGQUIT if pid == postmaster else signal.SIGTERM)
                      for pid in processes_in(self.path) if pid == postmaster or _parent_of(pid) != postmaster]
-            self.leftover_processes = stop_processes_in(self.path, first, timeout=10)
+            stopped = stop_processes_in(self.path, first, timeout=10)
+            progress("stopped %d processes of the killed rehearsal" % stopped)
             _remove_tree(self.path)
             self.leftover_removed = True
         finally:
@@ -236,14 +236,16 @@ class ScratchDir:
         directory this run made and holds."""
         if self.fd is None:
             return
-        first = [(server.proc.pid, server.stop_signal) for server in servers if server.proc.poll() is None]
-        stop_processes_in(self.path, first)
-        for server in servers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.proc.wait(timeout=1)
-        _remove_tree(self.path)
-        os.close(self.fd)
-        self.fd = None
+        try:
+            first = [(server.proc.pid, server.stop_signal) for server in servers if server.proc.poll() is None]
+            stop_processes_in(self.path, first)
+            for server in servers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.proc.wait(timeout=1)
+            _remove_tree(self.path)
+        finally:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _remove_tree(path):
@@ -298,9 +300,6 @@ class Server:
     def __init__(self, name, proc, log, stop_signal):
         self.name, self.proc, self.log, self.stop_signal = name, proc, log, stop_signal
 
-    def last_log_line(self):
-        return last_log_line(self.log)
-
 
 def last_log_line(log):
     try:
@@ -335,7 +334,7 @@ def _wait_ready(server, ready, timeout):
     while True:
         if server.proc.poll() is not None:
             raise RecoveryError("the scratch %s exited at start (exit %s): %s" % (
-                server.name, server.proc.returncode, server.last_log_line()))
+                server.name, server.proc.returncode, last_log_line(server.log)))
         try:
             ready()
             return
