@@ -29,7 +29,7 @@ def find_program(name, search_dirs=()):
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent():
+def die_with_parent():
     """Runs in the child: a killed backup or restore must not leave pg_dump writing into its directory."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -55,7 +55,7 @@ def start(argv, env=None, stdout=subprocess.DEVNULL, pass_fds=()):
     return subprocess.Popen(
         argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
         umask=0o077, pass_fds=pass_fds,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - started when no other thread runs
     )
 
 
@@ -77,7 +77,7 @@ def run(argv, what, env=None, cause=cause_line):
     """Run to completion and return stdout as text; ``cause`` picks the line of stderr the error shows."""
     proc = subprocess.run(
         argv, env=child_env(env or {}), stdin=subprocess.DEVNULL, capture_output=True, umask=0o077, check=False,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - started when no other thread runs
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - started when no other thread runs
     )
     if proc.returncode != 0:
         message = cause(proc.stderr.decode("utf-8", "replace"))

@@ -27,7 +27,7 @@ DEFAULT_DB = "/var/lib/christmas/incidents.sqlite"
 DEFAULT_TABLE = "christmas_incidents"
 SQLITE_TABLE = "christmas_incidents"
 # Documented values of ``status``; others are accepted (it is free text) but these are what the role writes.
-STATUSES = ("recovered", "healed_by_restart", "failed", "planned")
+STATUSES = ("recovered", "healed_by_restart", "failed", "planned", "passed")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 BUSY_TIMEOUT_SECONDS = 30
 UTC = datetime.timezone.utc  # noqa: UP017 - modules may run on a host Python older than 3.11
@@ -267,7 +267,8 @@ def _items(pairs):
 def render_markdown(record, incident_id):
     """The runbook's recovery record template."""
     when = record["started_at"] or record["finished_at"]
-    title = "# Incident %d: %s restore %s" % (incident_id, _title(record["procedure"]), _title(record["status"]))
+    what = "restore rehearsal" if record["procedure"] == "rehearsal" else "%s restore" % record["procedure"]
+    title = "# Incident %d: %s %s" % (incident_id, _title(what), _title(record["status"]))
     lines = [title, "", "## When/who", ""]
     lines += _items([("Date", when[:10]), ("Started", record["started_at"]), ("Finished", record["finished_at"]),
                      ("Operator", record["operator"]), ("Host", record["host"])])

@@ -18,15 +18,18 @@ def journal_name(set_id):
 
 
 class RestoreJournal:
-    """Per component, the last step a restore reached; ``finished`` stays false if the restore was killed."""
+    """Per component, the last step a restore reached; ``finished`` stays false if the restore was killed.
 
-    def __init__(self, backup_dir, set_id):
-        self.path = os.path.join(backup_dir, journal_name(set_id))
-        self.previous = self._read()
+    ``on_disk=False`` keeps it in memory only (``path`` None): what a restore into scratch servers uses.
+    """
+
+    def __init__(self, backup_dir, set_id, on_disk=True):
+        self.path = os.path.join(backup_dir, journal_name(set_id)) if on_disk else None
+        self.previous = self._read() if on_disk else None
         self.data = {"set_id": set_id, "pid": os.getpid(), "host": socket.gethostname(),
                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished": False,
                      "components": {}}
-        self.writable = True
+        self.writable = on_disk
 
     def _read(self):
         try:

@@ -46,22 +46,33 @@ def _refuse_encrypted(manifest):
                             % manifest["set_id"])
 
 
+def verify_for_restore(manifest_ref, backup_dir=None, jobs=2, pg_target=None):
+    """The deep verification every restore starts with; returns (report, manifest) as ``verify_set`` does."""
+    path = resolve_manifest_path(manifest_ref, backup_dir)
+    _refuse_encrypted(load(path))
+    return verify_set(path, deep=True, jobs=jobs, pg_target=pg_target)
+
+
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
-                jobs=2, force=False, check_mode=False, progress=print):
-    """Nothing changes unless the whole set verifies and every chosen component passes its preflight."""
+                jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True):
+    """Nothing changes unless the whole set verifies and every chosen component passes its preflight.
+
+    ``verified`` is the (report, manifest) of a ``verify_for_restore`` the caller has just run; ``keep_journal=False``
+    leaves no restore journal beside the set (a restore into scratch servers is no restore of the platform).
+    """
     if not components:
         raise RecoveryError("nothing to restore: every component is skipped")
     started = time.monotonic()
-    progress("verifying backup set")
-    path = resolve_manifest_path(manifest_ref, backup_dir)
-    _refuse_encrypted(load(path))
-    report, manifest = verify_set(path, deep=True, jobs=jobs, pg_target=db)
+    if verified is None:
+        progress("verifying backup set")
+        verified = verify_for_restore(manifest_ref, backup_dir, jobs, db)
+    report, manifest = verified
     missing = [c for c in components if c not in manifest["components"]]
     if missing:
         raise RecoveryError("backup set %s has no %s component (it holds %s)" % (
             manifest["set_id"], ", ".join(missing), ", ".join(manifest["components"])))
     chosen = [c for c in ORDER if c in components]
-    journal = None if check_mode else RestoreJournal(report["backup_dir"], manifest["set_id"])
+    journal = None if check_mode else RestoreJournal(report["backup_dir"], manifest["set_id"], on_disk=keep_journal)
 
     def progress_of(component):
         def record(message):

@@ -30,9 +30,9 @@ options:
   record:
     description:
       - The recovery record. Only C(procedure) and C(status) are required; an unknown key is an error naming it.
-      - C(procedure) (str), for example C(db), C(redis), C(config), C(full) or C(partial).
+      - C(procedure) (str), for example C(db), C(redis), C(config), C(full), C(partial) or C(rehearsal).
       - C(status) (str, free text). The role writes C(recovered), C(healed_by_restart), C(failed), or
-        C(planned) (check mode).
+        C(planned) (check mode); for a rehearsal C(passed) or C(failed).
       - C(started_at), C(finished_at) (ISO 8601, stored in UTC; without an offset UTC is meant). C(finished_at)
         defaults to now.
       - C(duration_seconds) (number), by default C(finished_at - started_at) when C(started_at) is given.

@@ -35,7 +35,9 @@ options:
       - Only records up to this day (C(YYYY-MM-DD), the whole day included, UTC) or moment (ISO 8601).
     type: str
   status:
-    description: Only records with this C(status) (C(recovered), C(healed_by_restart), C(failed), C(planned), ...).
+    description:
+      - Only records with this C(status) (C(recovered), C(healed_by_restart), C(failed), C(planned), C(passed),
+        ...).
     type: str
   limit:
     description: At most this many records, the newest.

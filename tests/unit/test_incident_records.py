@@ -91,6 +91,11 @@ def test_markdown_keeps_values_in_their_place():
     assert lines[-1] == "- none recorded"  # no follow-up given
 
 
+def test_markdown_titles_a_rehearsal_as_such():
+    record = _normalize(procedure="rehearsal", status="passed")
+    assert incidents.render_markdown(record, 8).splitlines()[0] == "# Incident 8: restore rehearsal passed"
+
+
 def test_markdown_name_uses_the_start_or_else_the_finish():
     assert incidents.markdown_name(_normalize(started_at="2026-11-20T01:02:03Z"), 4) == "incident_20261120_010203_4.md"
     assert incidents.markdown_name(_normalize(), 12) == "incident_20261126_030405_12.md"

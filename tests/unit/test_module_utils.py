@@ -28,7 +28,15 @@ from ansible_collections.christmas.recovery.plugins.module_utils.manifest import
     complete_set_ids,
     resolve_manifest_path,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.retention import expired_set_ids
+from ansible_collections.christmas.recovery.plugins.module_utils.proof import (
+    MAX_REHEARSALS,
+    add_rehearsal,
+    is_proven,
+    newest_proven_set_id,
+    proof_name,
+    read_proof,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.retention import expired_set_ids, prune_expired_sets
 from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths import (
     check_relative_name,
     link_stays_inside,
@@ -296,6 +304,58 @@ def test_expired_set_ids_rejects_negative_days(tmp_dir):
     with pytest.raises(RecoveryError) as err:
         expired_set_ids(tmp_dir, -1, now=SET_TIME)
     assert _one_line(err) == "retention_days must be 0 or more, got -1"
+
+
+def test_expired_set_ids_keep_the_newest_proven_set_however_old(tmp_dir):
+    _newest, newer_failed, proven, older_proven, oldest = _sets_aged(tmp_dir, 1, 40, 50, 60, 70)
+    add_rehearsal(tmp_dir, newer_failed, {"passed": False, "error": "validation failed"})
+    add_rehearsal(tmp_dir, proven, {"passed": True})
+    add_rehearsal(tmp_dir, older_proven, {"passed": True})
+    assert newest_proven_set_id(tmp_dir) == proven
+    assert expired_set_ids(tmp_dir, 30, now=SET_TIME) == [newer_failed, older_proven, oldest]
+
+
+def test_a_set_whose_last_rehearsal_failed_is_no_longer_proven(tmp_dir):
+    _newest, once_proven = _sets_aged(tmp_dir, 1, 40)
+    add_rehearsal(tmp_dir, once_proven, {"passed": True})
+    add_rehearsal(tmp_dir, once_proven, {"passed": False, "error": "db: row counts: orders missing"})
+    assert not is_proven(tmp_dir, once_proven) and newest_proven_set_id(tmp_dir) is None
+    assert expired_set_ids(tmp_dir, 30, now=SET_TIME) == [once_proven]
+
+
+def test_prune_removes_the_side_record_with_its_set_and_keeps_the_proven_one(tmp_dir):
+    _newest, proven, expired = _sets_aged(tmp_dir, 1, 40, 50)
+    for set_id in (proven, expired):
+        os.mkdir(os.path.join(tmp_dir, "set_%s" % set_id))
+    add_rehearsal(tmp_dir, proven, {"passed": True})
+    add_rehearsal(tmp_dir, expired, {"passed": False, "error": "failed verification"})
+
+    assert prune_expired_sets(tmp_dir, 30, now=SET_TIME) == [expired]
+
+    assert not os.path.lexists(os.path.join(tmp_dir, proof_name(expired)))
+    assert not os.path.lexists(os.path.join(tmp_dir, "set_%s" % expired))
+    assert os.path.isfile(os.path.join(tmp_dir, proof_name(proven))) and is_proven(tmp_dir, proven)
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b'{"rehearsals": "passed"}', b"\xff\xfe"])
+def test_a_corrupt_side_record_reads_as_empty_and_is_replaced_by_the_next_rehearsal(tmp_dir, content):
+    (set_id,) = _sets_aged(tmp_dir, 1)
+    _touch(os.path.join(tmp_dir, proof_name(set_id)), content)
+    assert read_proof(tmp_dir, set_id) == {"set_id": set_id, "rehearsals": []}
+    assert not is_proven(tmp_dir, set_id) and newest_proven_set_id(tmp_dir) is None
+
+    add_rehearsal(tmp_dir, set_id, {"passed": True, "duration_seconds": 4.2})
+    assert read_proof(tmp_dir, set_id)["rehearsals"] == [{"passed": True, "duration_seconds": 4.2}]
+    assert os.stat(os.path.join(tmp_dir, proof_name(set_id))).st_mode & 0o777 == 0o600
+
+
+def test_the_side_record_keeps_the_last_rehearsals_newest_last(tmp_dir):
+    (set_id,) = _sets_aged(tmp_dir, 1)
+    for number in range(MAX_REHEARSALS + 5):
+        add_rehearsal(tmp_dir, set_id, {"passed": number % 2 == 0, "number": number})
+    rehearsals = read_proof(tmp_dir, set_id)["rehearsals"]
+    assert [entry["number"] for entry in rehearsals] == list(range(5, MAX_REHEARSALS + 5))
+    assert read_proof(tmp_dir, set_id)["proven"] is is_proven(tmp_dir, set_id) is ((MAX_REHEARSALS + 4) % 2 == 0)
 
 
 # ---------------------------------------------------------------- redis_rdb
