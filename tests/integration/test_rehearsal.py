@@ -3,6 +3,7 @@ beside its manifest and in the incident database, and everything it started is g
 
 from __future__ import annotations
 
+import calendar
 import fcntl
 import glob
 import json
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import PG_BIN, ROOT, ArgvSampler, connection_vars, live_state, seed_redis
 from sandbox import free_port
+from test_monitoring import read_metrics, value
 
 from ansible_collections.christmas.recovery.plugins.module_utils import rehearsal
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
@@ -48,6 +50,7 @@ def env(platform, make_redis, config_dir, tmp_dir):
     report = _backup(platform, server, config_dir, backup_dir)
     host_vars = connection_vars(platform, server, config_dir, backup_dir)
     host_vars["christmas_rehearsal_dir"] = os.path.join(tmp_dir, "rehearsal")
+    host_vars["christmas_metrics_dir"] = os.path.join(tmp_dir, "metrics")
     yield SimpleNamespace(platform=platform, redis=server, config=config_dir, backup_dir=backup_dir,
                           manifest=report["manifest"], set_id=report["set_id"], tmp_dir=tmp_dir,
                           scratch=host_vars["christmas_rehearsal_dir"], host_vars=host_vars,
@@ -336,6 +339,11 @@ def test_rehearse_playbook_proves_the_set_records_it_and_leaves_production_untou
         assert handle.readline() == "# Incident %d: restore rehearsal passed\n" % record["id"]
     assert not os.path.lexists(env.scratch) and _scratch_processes(env.scratch) == []
     assert live_state(env) == before
+    metrics = read_metrics(env.host_vars["christmas_metrics_dir"])
+    assert value(metrics["christmas_recovery_rehearsal.prom"], "rehearsal_passed", kind="rehearsal") == 1
+    assert value(metrics["christmas_recovery_rehearsal.prom"], "last_run_success", kind="rehearsal") == 1
+    assert value(metrics["christmas_recovery_sets.prom"], "newest_proven_set_timestamp_seconds",
+                 backup_dir=env.backup_dir) == calendar.timegm(time.strptime(env.set_id, "%Y%m%d_%H%M%S"))
 
 
 def test_rehearse_playbook_records_a_corrupted_set_as_failed_and_fails(env, run_playbook):
@@ -356,6 +364,11 @@ def test_rehearse_playbook_records_a_corrupted_set_as_failed_and_fails(env, run_
     assert record["error"] == message
     assert not is_proven(env.backup_dir, env.set_id)
     assert not os.path.lexists(env.scratch)
+    metrics = read_metrics(env.host_vars["christmas_metrics_dir"])
+    assert value(metrics["christmas_recovery_rehearsal.prom"], "rehearsal_passed", kind="rehearsal") == 0
+    assert value(metrics["christmas_recovery_rehearsal.prom"], "last_run_success", kind="rehearsal") == 0
+    assert not any(name == "christmas_recovery_newest_proven_set_timestamp_seconds"
+                   for name, _ in metrics["christmas_recovery_sets.prom"])
 
 
 def test_rehearse_playbook_refuses_a_scratch_port_that_is_production_s(env, run_playbook):
