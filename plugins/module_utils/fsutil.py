@@ -59,14 +59,18 @@ def name_file(err, path):
 
 def write_json_atomic(path, data):
     """Write JSON to a temporary name, fsync, rename over ``path``, fsync the directory."""
-    directory, name = os.path.split(path)
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def write_bytes_atomic(path, data):
+    """Write ``data`` (0600) to a temporary name, fsync, rename over ``path``, fsync the directory."""
+    directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, ".%s.tmp" % name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), FILE_MODE)
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.rename(tmp, path)
@@ -174,6 +178,18 @@ def free_bytes(path):
         probe = os.path.dirname(probe)
     stats = os.statvfs(probe)
     return stats.f_bavail * stats.f_frsize
+
+
+def filesystem_usage(path):
+    """Size and free bytes (as an unprivileged writer sees them) of the file system holding ``path`` (or its nearest
+    existing parent), and the free share in percent."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    stats = os.statvfs(probe)
+    size, free = stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
+    return {"path": probe, "size_bytes": size, "free_bytes": free,
+            "free_percent": round(100.0 * free / size, 2) if size else 0.0}
 
 
 def require_free_space(path, needed, what):

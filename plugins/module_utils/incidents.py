@@ -26,7 +26,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
 DEFAULT_DB = "/var/lib/christmas/incidents.sqlite"
 DEFAULT_TABLE = "christmas_incidents"
 SQLITE_TABLE = "christmas_incidents"
-# Documented values of ``status``; others are accepted (it is free text) but these are what the role writes.
+# Documented values of ``status``; others are accepted (it is free text) but these are what the roles write (drills
+# and rehearsals: passed or failed).
 STATUSES = ("recovered", "healed_by_restart", "failed", "planned", "passed")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 BUSY_TIMEOUT_SECONDS = 30
@@ -39,13 +40,19 @@ TEXT_FIELDS = (
 )
 TIME_FIELDS = ("started_at", "finished_at")
 LIST_FIELDS = ("components", "commands", "verification")
-RECORD_FIELDS = TEXT_FIELDS[:2] + TIME_FIELDS + ("duration_seconds",) + TEXT_FIELDS[2:] + LIST_FIELDS
+# Numbers a record carries by name, e.g. a drill's {"rto_seconds": 41.2, "target_rto_seconds": 300}.
+DICT_FIELDS = ("measurements",)
+JSON_FIELDS = LIST_FIELDS + DICT_FIELDS
+RECORD_FIELDS = TEXT_FIELDS[:2] + TIME_FIELDS + ("duration_seconds",) + TEXT_FIELDS[2:] + LIST_FIELDS + DICT_FIELDS
+MAX_MEASUREMENT_NAME = 100
 REQUIRED_FIELDS = ("procedure", "status")
 CHECK_KEYS = ("name", "ok", "expected", "actual", "detail")
 # Columns searched by ``text`` (commands too, element by element).
 SEARCHED_FIELDS = ("incident_symptoms", "incident_impact", "error", "remaining_problems", "followup_prevention",
                    "followup_monitoring", "followup_config_changes")
 COLUMNS = RECORD_FIELDS + ("markdown",)
+# Columns added after the first release: a table without them gets them on the next insert, and reads without them.
+MIGRATED_COLUMNS = DICT_FIELDS
 WHEN = "COALESCE(started_at, finished_at)"
 
 
@@ -142,6 +149,28 @@ def _checks(record):
     return checks
 
 
+def _measurements(record):
+    """``measurements`` as {name: finite number}; a number given as text (as templating may pass it) is read."""
+    value = record.get("measurements")
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise RecoveryError("record: measurements must be a dict of numbers, got %s" % type(value).__name__)
+    measured = {}
+    for name in sorted(value, key=str):
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_MEASUREMENT_NAME:
+            raise RecoveryError("record: measurements: %r is not a name (a string of 1 to %d characters)" % (
+                name, MAX_MEASUREMENT_NAME))
+        number = value[name]
+        if isinstance(number, str):
+            with contextlib.suppress(ValueError):
+                number = float(number) if any(c in number for c in ".eEnN") else int(number)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise RecoveryError("record: measurements[%s] must be a finite number, got %r" % (name, value[name]))
+        measured[name] = number
+    return measured
+
+
 def _duration(record, started, finished):
     value = record.get("duration_seconds")
     if value is None or value == "":
@@ -183,6 +212,7 @@ def normalize_record(record, now=None):
         components=_string_list(record, "components"),
         commands=_string_list(record, "commands"),
         verification=_checks(record),
+        measurements=_measurements(record),
     )
     return {key: normalized[key] for key in RECORD_FIELDS}
 
@@ -260,6 +290,10 @@ def _seconds(value):
     return "%.3g s" % value if not minutes else "%d min %02d s (%s s)" % (minutes, seconds, value)
 
 
+def _measurement(name, value):
+    return _seconds(value) if name.endswith("_seconds") else "%g" % value
+
+
 def _items(pairs):
     return ["- %s: %s" % (label, _plain(value)) for label, value in pairs if value not in (None, "", [])]
 
@@ -287,6 +321,10 @@ def render_markdown(record, incident_id):
     lines += ["", "## Result", ""]
     lines += _items([("Status", record["status"]), ("Error", record["error"]),
                      ("Remaining problems", record["remaining_problems"])])
+    if record["measurements"]:
+        lines += ["", "Measurements:", "", "| measurement | value |", "|---|---|"]
+        lines += ["| %s | %s |" % (_cell(name), _cell(_measurement(name, value)))
+                  for name, value in sorted(record["measurements"].items())]
     if record["verification"]:
         lines += ["", "Verification:", "", "| check | ok | expected | actual |", "|---|---|---|---|"]
         for check in record["verification"]:
@@ -338,15 +376,19 @@ def write_markdown(markdown_dir, record, incident_id):
 
 
 def _to_row(record):
-    return [json.dumps(record[key], ensure_ascii=False) if key in LIST_FIELDS else record[key]
+    return [json.dumps(record[key], ensure_ascii=False) if key in JSON_FIELDS else record[key]
             for key in RECORD_FIELDS]
 
 
 def _from_row(names, row):
+    """A stored row as a record; a column a table made before it existed reads as its empty value."""
     record = {name: row[index] for index, name in enumerate(names)}
     for key in LIST_FIELDS:
-        value = record[key]
+        value = record.get(key)
         record[key] = json.loads(value) if isinstance(value, str) else (value or [])
+    for key in DICT_FIELDS:
+        value = record.get(key)
+        record[key] = json.loads(value) if isinstance(value, str) else (value or {})
     for key in TIME_FIELDS:
         if isinstance(record[key], datetime.datetime):
             record[key] = format_time(record[key])
@@ -392,14 +434,25 @@ class SqliteStore:
         conn.create_function("christmas_contains", 2, _contains, deterministic=True)
         return conn
 
+    @staticmethod
+    def _kind(key):
+        return ("TEXT NOT NULL DEFAULT '[]'" if key in LIST_FIELDS
+                else "TEXT NOT NULL DEFAULT '{}'" if key in DICT_FIELDS
+                else "REAL" if key == "duration_seconds"
+                else "TEXT NOT NULL" if key in REQUIRED_FIELDS + ("finished_at",) else "TEXT")
+
+    @staticmethod
+    def _columns(conn):
+        return {row[1] for row in conn.execute("PRAGMA table_info(%s)" % SQLITE_TABLE)}
+
     def _create_table(self, conn):
-        columns = ", ".join(
-            '"%s" %s' % (key, "TEXT NOT NULL DEFAULT '[]'" if key in LIST_FIELDS
-                         else "REAL" if key == "duration_seconds"
-                         else "TEXT NOT NULL" if key in REQUIRED_FIELDS + ("finished_at",) else "TEXT")
-            for key in COLUMNS)
+        """The table, created when missing; a table made by an older version gets the columns added since."""
+        columns = ", ".join('"%s" %s' % (key, self._kind(key)) for key in COLUMNS)
         conn.execute("CREATE TABLE IF NOT EXISTS %s (id INTEGER PRIMARY KEY AUTOINCREMENT, %s)"
                      % (SQLITE_TABLE, columns))
+        for key in MIGRATED_COLUMNS:
+            if key not in self._columns(conn):
+                conn.execute('ALTER TABLE %s ADD COLUMN "%s" %s' % (SQLITE_TABLE, key, self._kind(key)))
 
     def insert(self, record, write_report):
         """Insert ``record``; ``write_report(id)`` runs inside the transaction and returns the report's path, so a
@@ -439,8 +492,10 @@ class SqliteStore:
                                 (SQLITE_TABLE,)).fetchall():
                 return []
             where, params = _where(filters, "sqlite")
+            present = self._columns(conn)
             cursor = conn.execute('SELECT id, %s FROM %s%s ORDER BY %s DESC, id DESC LIMIT ?' % (
-                ", ".join('"%s"' % key for key in COLUMNS), SQLITE_TABLE, where, WHEN), params + [limit])
+                ", ".join('"%s"' % key if key in present else 'NULL AS "%s"' % key for key in COLUMNS),
+                SQLITE_TABLE, where, WHEN), params + [limit])
             names = [column[0] for column in cursor.description]
             return [_from_row(names, row) for row in cursor.fetchall()]
         except sqlite3.Error as err:
@@ -486,15 +541,28 @@ class PostgresStore:
     def _create_table(self, cur):
         sql = postgres.sql
         kinds = {key: "jsonb NOT NULL DEFAULT '[]'" if key in LIST_FIELDS
+                 else "jsonb NOT NULL DEFAULT '{}'" if key in DICT_FIELDS
                  else "timestamptz" if key in TIME_FIELDS
                  else "double precision" if key == "duration_seconds" else "text" for key in COLUMNS}
         for key in REQUIRED_FIELDS + ("finished_at",):
             kinds[key] += " NOT NULL"
-        columns = sql.SQL(", ").join(sql.SQL("{} " + kinds[key]).format(sql.Identifier(key)) for key in COLUMNS)
-        # Two plays creating the table at once would collide on its type name: one at a time.
+        # The kinds hold braces ('{}' defaults): appended as SQL, never formatted.
+        columns = sql.SQL(", ").join(sql.SQL("{} ").format(sql.Identifier(key)) + sql.SQL(kinds[key])
+                                     for key in COLUMNS)
+        # Two plays creating (or extending) the table at once would collide: one at a time.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("christmas.recovery incidents " + self.table,))
         cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, {})")
                     .format(self._identifier(), columns))
+        present = self._columns(cur)
+        for key in MIGRATED_COLUMNS:
+            if key not in present:  # a table made by an older version
+                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} ").format(self._identifier(), sql.Identifier(key))
+                            + sql.SQL(kinds[key]))
+
+    def _columns(self, cur):
+        cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                    "AND NOT attisdropped", (self._identifier().as_string(cur),))
+        return {name for (name,) in cur.fetchall()}
 
     def insert(self, record, write_report):
         sql = postgres.sql
@@ -506,7 +574,7 @@ class PostgresStore:
                 row = _to_row(record)
                 cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
                     self._identifier(), sql.SQL(", ").join(map(sql.Identifier, RECORD_FIELDS)),
-                    sql.SQL(", ").join(sql.SQL("%s::jsonb" if key in LIST_FIELDS else "%s")
+                    sql.SQL(", ").join(sql.SQL("%s::jsonb" if key in JSON_FIELDS else "%s")
                                        for key in RECORD_FIELDS)), row)
                 incident_id = cur.fetchone()[0]
                 path = write_report(incident_id)
@@ -532,9 +600,11 @@ class PostgresStore:
                 if cur.fetchone()[0] is None:
                     return []
                 where, params = _where(filters, "postgresql")
+                present = self._columns(cur)
                 cur.execute(sql.SQL("SELECT id, {} FROM {}{} ORDER BY {} DESC, id DESC LIMIT %s").format(
-                    sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), self._identifier(), sql.SQL(where),
-                    sql.SQL(WHEN)), params + [limit])
+                    sql.SQL(", ").join(sql.Identifier(key) if key in present
+                                       else sql.SQL("NULL AS {}").format(sql.Identifier(key)) for key in COLUMNS),
+                    self._identifier(), sql.SQL(where), sql.SQL(WHEN)), params + [limit])
                 names = [column[0] for column in cur.description]
                 return [_from_row(names, row) for row in cur.fetchall()]
         except postgres.psycopg2.Error as err:
@@ -566,6 +636,10 @@ def _where(filters, dialect):
     if filters.get("status"):
         clauses.append("status = %s" % words["param"])
         params.append(filters["status"])
+    if filters.get("procedure"):
+        like = "lower(procedure) LIKE lower(%s) ESCAPE '\\'" % words["param"]
+        clauses.append("(%s)" % " OR ".join([like] * len(filters["procedure"])))
+        params += [procedure_pattern(pattern) for pattern in filters["procedure"]]
     if filters.get("text"):
         searched = [words["contains"] % key for key in SEARCHED_FIELDS] + [words["in_commands"]]
         clauses.append("(%s)" % " OR ".join(searched))
@@ -578,6 +652,22 @@ def _where(filters, dialect):
         clauses.append("%s %s %s" % (WHEN, "<=" if inclusive else "<", words["param"]))
         params.append(words["time"](upper))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def procedure_pattern(pattern):
+    """A procedure name where ``*`` stands for any run of characters, as a LIKE pattern (escape ``\\``)."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%")
+
+
+def _procedures(procedure):
+    """None, one name or a list of names (each may hold ``*``) as a list of non-empty names."""
+    if procedure in (None, "", []):
+        return []
+    names = [procedure] if isinstance(procedure, str) else procedure
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) and name.strip() for name in names):
+        raise RecoveryError("procedure must be a name or a list of names (* matches anything), got %r" % (procedure,))
+    return [name.strip() for name in names]
 
 
 def open_store(backend="sqlite", db=DEFAULT_DB, pg_host="localhost", pg_port=5432, pg_dbname=None, pg_user=None,
@@ -617,10 +707,13 @@ def record_incident(store, record, markdown_dir=None):
     return {"id": incident_id, "markdown": path, "record": normalized}
 
 
-def find_incidents(store, incident_type=None, text=None, since=None, until=None, status=None, limit=20):
-    """Records (with id and markdown path) matching every filter given, newest first."""
+def find_incidents(store, incident_type=None, text=None, since=None, until=None, status=None, limit=20,
+                   procedure=None):
+    """Records (with id and markdown path) matching every filter given, newest first; ``procedure`` is a name or a
+    list of names, any of which may match, ``*`` standing for any run of characters (``drill_*``)."""
     _check_limit(limit)
-    filters = {"incident_type": incident_type, "text": text, "since": since, "until": until, "status": status}
+    filters = {"incident_type": incident_type, "text": text, "since": since, "until": until, "status": status,
+               "procedure": _procedures(procedure)}
     time_bounds(since, until)  # bad dates fail before the store is opened
     return store.select(filters, limit)
 

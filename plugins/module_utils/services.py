@@ -23,8 +23,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.commands import
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 
 MANAGERS = ("compose", "systemd", "none")
-ACTIONS = ("stop", "start", "restart", "down", "up")
-STATES = ("status", "started", "stopped", "restarted", "down", "up")
+ACTIONS = ("stop", "start", "restart", "down", "up", "kill")
+STATES = ("status", "started", "stopped", "restarted", "down", "up", "killed")
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -133,7 +133,8 @@ class _WaitingManager:
         for argv in commands:
             self._run(argv)
             ran.append(shlex.join(argv))
-        if ran:
+        # A kill is not waited for: a restart policy may bring the service back before anyone sees it down.
+        if ran and action != "kill":
             self._wait(affected, action in ("start", "restart", "up"), before, ran[-1])
         return ran
 
@@ -245,11 +246,15 @@ class ComposeManager(_WaitingManager):
     def commands_for(self, action, names):
         _check_action(action)
         names = list(names)
-        if action in ("stop", "start", "restart") and not names:
+        if action in ("stop", "start", "restart", "kill") and not names:
             raise RecoveryError("name the services to %s" % action)
         self.check_names(names)
         if action == "down":
             return [self.command + ["down"]]  # never -v: the volumes hold the data
+        if action == "kill":  # through the engine: not every compose implementation has kill (podman-compose 1.0)
+            ids = [container["id"] for container in self.containers()
+                   if container["service"] in names and container["running"]]
+            return [[self.engine, "kill", "--signal", "KILL", *ids]] if ids else []
         if action in ("start", "up"):  # up, not start: start fails when down removed the containers
             return [self.command + ["up", "-d"] + names]
         return [self.command + [action] + names]
@@ -302,6 +307,8 @@ class SystemdManager(_WaitingManager):
         _check_action(action)
         if not names:
             raise RecoveryError("name the systemd units to %s" % action)
+        if action == "kill":
+            return [["systemctl", "kill", "--signal=SIGKILL", *names]]
         verb = {"down": "stop", "up": "start"}.get(action, action)
         return [["systemctl", verb, *names]]
 
@@ -311,7 +318,8 @@ def converge(manager, state, services=(), logs_lines=0, check_mode=False):
     if state not in STATES:
         raise RecoveryError("unknown state %r (choose one of %s)" % (state, ", ".join(STATES)))
     services = list(services)
-    needs_names = state in ("started", "stopped", "restarted") or (state != "status" and manager.kind == "systemd")
+    needs_names = (state in ("started", "stopped", "restarted", "killed")
+                   or (state != "status" and manager.kind == "systemd"))
     if needs_names and not services and manager.kind != "none":
         raise RecoveryError("services is required for state=%s with the %s manager" % (state, manager.kind))
     manager.check_names(services)
@@ -337,6 +345,8 @@ def _plan(manager, state, services, before):
         return [("start", idle)] if idle else []
     if state == "stopped":
         return [("stop", running)] if running else []
+    if state == "killed":
+        return [("kill", running)] if running else []
     if state == "restarted":  # a service that is not running (or has no container any more) is started instead
         return [(action, names) for action, names in (("restart", running), ("start", idle)) if names]
     if state == "down":

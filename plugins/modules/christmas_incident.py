@@ -40,6 +40,8 @@ options:
       - C(backup_set) (set id), C(backup_manifest) (path), C(components) (list of str), C(commands) (list of str, the
         steps and commands run, in order).
       - C(verification) (list of dicts with C(name), C(ok) (required), C(expected), C(actual), C(detail)).
+      - C(measurements) (dict of names to finite numbers), for example a drill's C(detection_seconds),
+        C(rto_seconds), C(rpo_seconds) and their targets; shown as a table in the report.
       - C(error), C(remaining_problems), C(followup_prevention), C(followup_monitoring),
         C(followup_config_changes) (str).
       - Never pass secrets, the record is stored and rendered as given.
@@ -100,8 +102,8 @@ markdown:
   sample: /var/lib/christmas/incident_20261126_030000_7.md
 record:
   description:
-    - The record as stored; every field present (null or an empty list when not given), times in UTC as
-      C(YYYY-MM-DDTHH:MM:SSZ).
+    - The record as stored; every field present (null, an empty list or an empty dict when not given), times in UTC
+      as C(YYYY-MM-DDTHH:MM:SSZ).
   returned: always
   type: dict
 """

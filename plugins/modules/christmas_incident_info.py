@@ -36,9 +36,15 @@ options:
     type: str
   status:
     description:
-      - Only records with this C(status) (C(recovered), C(healed_by_restart), C(failed), C(planned), C(passed),
-        ...).
+      - Only records with this C(status) (C(recovered), C(healed_by_restart), C(failed), C(planned), or a drill's or
+        rehearsal's C(passed) and C(failed)).
     type: str
+  procedure:
+    description:
+      - Only records of these procedures (any of them; case-insensitive, whole value), where C(*) matches any run of
+        characters; for example C([drill_*, rehearsal*]) for the history of drills and rehearsals.
+    type: list
+    elements: str
   limit:
     description: At most this many records, the newest.
     type: int
@@ -58,6 +64,12 @@ EXAMPLES = r"""
     incident_type: database_corruption
     limit: 5
   register: past
+
+- name: Every drill, newest first
+  christmas.recovery.christmas_incident_info:
+    procedure: ["drill_*"]
+    limit: 100
+  register: drills
 
 - name: Failed recoveries in November mentioning pg_restore
   christmas.recovery.christmas_incident_info:
@@ -107,6 +119,7 @@ def main():
         since={"type": "str"},
         until={"type": "str"},
         status={"type": "str"},
+        procedure={"type": "list", "elements": "str"},
         limit={"type": "int", "default": 20},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
@@ -117,7 +130,8 @@ def main():
     def work(_progress):
         incidents = find_incidents(store_from_params(params), incident_type=params["incident_type"],
                                    text=params["text"], since=params["since"], until=params["until"],
-                                   status=params["status"], limit=params["limit"])
+                                   status=params["status"], limit=params["limit"],
+                                   procedure=params["procedure"])
         return {"incidents": incidents, "count": len(incidents), "lines": [summary_line(i) for i in incidents]}
 
     run(module, work)

@@ -42,8 +42,9 @@ options:
   services:
     description:
       - Compose services or systemd units to act on and report.
-      - Required for I(state=started), I(state=stopped) and I(state=restarted), and for every state but C(status)
-        with systemd. For compose, empty means every service of the project for C(status), C(up) and C(down).
+      - Required for I(state=started), I(state=stopped), I(state=restarted) and I(state=killed), and for every state
+        but C(status) with systemd. For compose, empty means every service of the project for C(status), C(up) and
+        C(down).
       - For compose, C(down) always takes down the whole project.
     type: list
     elements: str
@@ -58,8 +59,12 @@ options:
       - C(down) takes the compose project down (containers removed, volumes kept), or stops the listed units; it
         does nothing when nothing is there (compose) or running (systemd).
       - C(up) brings the project (or the listed services) up when any of them is not running.
+      - C(killed) kills the listed services that are running with SIGKILL, as a crash would (compose, through the
+        container engine, C(podman kill --signal KILL) or C(docker kill --signal KILL) of their containers; systemd,
+        C(systemctl kill --signal=SIGKILL)). It does not wait, since a restart policy may bring them back at once.
+        For drills.
     type: str
-    choices: [status, started, stopped, restarted, down, up]
+    choices: [status, started, stopped, restarted, down, up, killed]
     default: status
   logs_lines:
     description:

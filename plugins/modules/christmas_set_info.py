@@ -12,6 +12,7 @@ description:
   - Lists the complete sets (those whose manifest exists) of a backup directory or vault directory, newest first,
     with what each manifest says. A manifest that cannot be read is listed with the problem.
   - Read-only; checksums are not checked (M(christmas.recovery.manifest_verify) does that).
+  - Also reports the size and free space of the file system holding the directory (RV(filesystem)).
   - Given an encryption key, also returns its public fingerprint, to compare with the C(key_id) of encrypted sets
     before anything is copied.
 version_added: 0.1.0
@@ -55,6 +56,14 @@ latest:
   description: Id of the newest complete set, or null when there is none.
   returned: always
   type: str
+filesystem:
+  description:
+    - The file system holding I(backup_dir) (or its nearest existing parent); C(free_bytes) as a writer that is not
+      root sees it, C(free_percent) of C(size_bytes). For a free-space alert, and the C(disk_full) drill.
+  returned: always
+  type: dict
+  sample: {"path": "/var/backups/christmas", "size_bytes": 107374182400, "free_bytes": 53687091200,
+           "free_percent": 50.0}
 key_id:
   description: Fingerprint of the given encryption key.
   returned: when a key is given
@@ -69,6 +78,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.arguments impor
     encryption_argument_spec,
     encryption_key,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import filesystem_usage
 from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
 from ansible_collections.christmas.recovery.plugins.module_utils.offsite import list_sets
 
@@ -81,7 +91,8 @@ def main():
     def work(_progress):
         sets = list_sets(module.params["backup_dir"])
         ids = [entry["set_id"] for entry in sets]
-        result = {"sets": sets, "set_ids": ids, "latest": ids[0] if ids else None}
+        result = {"sets": sets, "set_ids": ids, "latest": ids[0] if ids else None,
+                  "filesystem": filesystem_usage(module.params["backup_dir"])}
         key = encryption_key(module.params)
         if key is not None:
             result["key_id"] = encryption.key_id(key)

@@ -233,6 +233,10 @@ def test_incidents_playbook_prints_one_line_per_incident(run_playbook, tmp_dir):
         "2026-11-20 03:00:00Z  database_corruption  failed  240s  orders table returns I/O errors  "
         + first["markdown"]]
 
+    drill = record(tmp_dir, db, DRILL)
+    drills = run_playbook("incidents", {"christmas_incident_db": db}, {"procedure": "DRILL_*"})
+    assert printed_lines(drills.stdout) == ["2026-11-24 10:00:00Z  drill  passed  41.5s  -  " + drill["markdown"]]
+
     nothing = run_playbook("incidents", {"christmas_incident_db": os.path.join(tmp_dir, "none.sqlite")},
                            {"text": "x"})
     assert printed_lines(nothing.stdout) == ["no incident matches"]
@@ -368,3 +372,84 @@ def test_a_restore_play_records_into_postgresql_and_incidents_finds_it(incident_
     assert not os.path.exists(os.path.join(tmp_dir, "records", "unused.sqlite"))
     assert markdown in found.stdout and "api reads a damaged app.yml" in found.stdout
     assert password not in restore.output + found.output
+
+
+# ---------------------------------------------------------------- measurements, procedures, older tables
+
+DRILL = {
+    "procedure": "drill_db_stop", "status": "passed", "started_at": "2026-11-24T10:00:00Z", "incident_type": "drill",
+    "duration_seconds": 41.5,
+    "measurements": {"detection_seconds": 2.4, "rto_seconds": 41.5, "rpo_seconds": 0, "target_rto_seconds": 300},
+}
+REHEARSAL = {"procedure": "Rehearsal_full", "status": "passed", "started_at": "2026-11-23T10:00:00Z",
+             "measurements": {"rto_seconds": "95.5"}}
+# The table as the first release created it, before measurements existed.
+OLD_SQLITE_TABLE = """CREATE TABLE christmas_incidents (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    "procedure" TEXT NOT NULL, "status" TEXT NOT NULL, "started_at" TEXT, "finished_at" TEXT NOT NULL,
+    "duration_seconds" REAL, "operator" TEXT, "host" TEXT, "incident_type" TEXT, "incident_symptoms" TEXT,
+    "incident_impact" TEXT, "backup_set" TEXT, "backup_manifest" TEXT, "error" TEXT, "remaining_problems" TEXT,
+    "followup_prevention" TEXT, "followup_monitoring" TEXT, "followup_config_changes" TEXT,
+    "components" TEXT NOT NULL DEFAULT '[]', "commands" TEXT NOT NULL DEFAULT '[]',
+    "verification" TEXT NOT NULL DEFAULT '[]', "markdown" TEXT)"""
+OLD_ROW = ("INSERT INTO christmas_incidents (procedure, status, started_at, finished_at, commands) VALUES "
+           "('db', 'recovered', '2026-11-01T03:00:00Z', '2026-11-01T03:05:00Z', '[\"restore_db.yml\"]')")
+
+
+def test_measurements_are_stored_read_back_rendered_and_found_by_procedure(tmp_dir):
+    db = os.path.join(tmp_dir, "incidents.sqlite")
+    drill, rehearsal, restore = (record(tmp_dir, db, data) for data in (DRILL, REHEARSAL, RECOVERED_DB))
+
+    stored = {row["id"]: json.loads(row["measurements"]) for row in sqlite_rows(db)}
+    assert stored == {drill["id"]: DRILL["measurements"], rehearsal["id"]: {"rto_seconds": 95.5},
+                      restore["id"]: {}}
+    with open(drill["markdown"], encoding="utf-8") as handle:
+        report = handle.read().splitlines()
+    assert "| rto_seconds | 41.5 s |" in report and "| target_rto_seconds | 5 min 00 s (300 s) |" in report
+
+    def found(**filters):
+        result = run_module(tmp_dir, "christmas_incident_info", dict({"db": db}, **filters))
+        return [(incident["id"], incident["measurements"]) for incident in result["incidents"]]
+
+    assert found(procedure=["drill_*", "rehearsal*"]) == [(drill["id"], DRILL["measurements"]),
+                                                         (rehearsal["id"], {"rto_seconds": 95.5})]
+    assert found(procedure=["drill_db_stop"]) == [(drill["id"], DRILL["measurements"])]
+    assert found(procedure=["drill"]) == []  # whole value
+    assert found(procedure=["drill?db_stop"]) == []  # only * is a wildcard, _ is itself
+    assert found(procedure=["db"], text="df -h") == [(restore["id"], {})]
+
+
+def test_an_older_sqlite_table_stays_readable_and_gains_the_column_on_the_next_record(tmp_dir):
+    db = os.path.join(tmp_dir, "incidents.sqlite")
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(OLD_SQLITE_TABLE)
+        conn.execute(OLD_ROW)
+    conn.close()
+
+    before = run_module(tmp_dir, "christmas_incident_info", {"db": db})["incidents"]
+    assert [(i["procedure"], i["commands"], i["measurements"]) for i in before] == [("db", ["restore_db.yml"], {})]
+    assert "measurements" not in sqlite_rows(db)[0]  # reading changes nothing
+
+    new = record(tmp_dir, db, DRILL)
+    rows = sqlite_rows(db)
+    assert [json.loads(row["measurements"]) for row in rows] == [{}, DRILL["measurements"]]
+    after = run_module(tmp_dir, "christmas_incident_info", {"db": db})["incidents"]
+    assert [(i["id"], i["measurements"]) for i in after] == [(new["id"], DRILL["measurements"]), (1, {})]
+
+
+def test_an_older_postgresql_table_stays_readable_and_gains_the_column_on_the_next_record(incident_pg, tmp_dir):
+    cluster, password = incident_pg
+    options = _pg_options(cluster, password)
+    first = run_module(tmp_dir, "christmas_incident", dict(options, markdown_dir=tmp_dir, record=FAILED_DB))
+    cluster.sql("ALTER TABLE christmas_incidents DROP COLUMN measurements", dbname="operations")  # as made before
+
+    before = run_module(tmp_dir, "christmas_incident_info", options)["incidents"]
+    assert [(i["id"], i["error"], i["measurements"]) for i in before] == [(first["id"], FAILED_DB["error"], {})]
+
+    drill = run_module(tmp_dir, "christmas_incident", dict(options, markdown_dir=tmp_dir, record=DRILL))
+    rows = cluster.sql("SELECT id, jsonb_typeof(measurements), measurements::text FROM christmas_incidents "
+                       "ORDER BY id", dbname="operations")
+    assert [row[:2] for row in rows] == [(first["id"], "object"), (drill["id"], "object")]
+    assert json.loads(rows[1][2]) == DRILL["measurements"] and json.loads(rows[0][2]) == {}
+    found = run_module(tmp_dir, "christmas_incident_info", dict(options, procedure=["DRILL_*"]))["incidents"]
+    assert [(i["id"], i["measurements"]) for i in found] == [(drill["id"], DRILL["measurements"])]

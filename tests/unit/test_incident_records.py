@@ -52,6 +52,16 @@ def test_verification_checks_are_normalized_and_checked():
     ({"procedure": "db", "status": "x", "verification": [{"ok": True}]}, "record: verification[0]: name is required"),
     ({"procedure": "db", "status": "x", "verification": [{"name": "a", "ok": "maybe"}]},
      "record: verification[0] (a): ok must be true or false, got 'maybe'"),
+    ({"procedure": "db", "status": "x", "measurements": [1]}, "record: measurements must be a dict of numbers, got"),
+    ({"procedure": "db", "status": "x", "measurements": {"rto_seconds": float("nan")}},
+     "record: measurements[rto_seconds] must be a finite number, got nan"),
+    ({"procedure": "db", "status": "x", "measurements": {"rto_seconds": "inf"}},
+     "record: measurements[rto_seconds] must be a finite number, got 'inf'"),
+    ({"procedure": "db", "status": "x", "measurements": {"rto_seconds": True}},
+     "record: measurements[rto_seconds] must be a finite number, got True"),
+    ({"procedure": "db", "status": "x", "measurements": {"rto_seconds": "fast"}},
+     "record: measurements[rto_seconds] must be a finite number, got 'fast'"),
+    ({"procedure": "db", "status": "x", "measurements": {"": 1}}, "record: measurements: '' is not a name"),
     ("db", "record must be a dict, got str"),
 ])
 def test_bad_records_fail_in_one_line_naming_the_problem(record, message):
@@ -59,6 +69,29 @@ def test_bad_records_fail_in_one_line_naming_the_problem(record, message):
         incidents.normalize_record(record, now=NOW)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_measurements_are_finite_numbers_by_name_and_default_to_empty():
+    assert _normalize()["measurements"] == {}
+    record = _normalize(measurements={"rto_seconds": 41.25, "target_rto_seconds": 300, "rpo_seconds": "0",
+                                      "detection_seconds": "2.5"})
+    assert record["measurements"] == {"detection_seconds": 2.5, "rpo_seconds": 0, "rto_seconds": 41.25,
+                                      "target_rto_seconds": 300}
+    assert list(record)[-1] == "measurements"
+
+
+def test_markdown_shows_the_measurements_as_a_table():
+    lines = incidents.render_markdown(_normalize(measurements={"rto_seconds": 312.5, "sets": 3}), 7).splitlines()
+    assert "| measurement | value |" in lines
+    assert "| rto_seconds | 5 min 12 s (312.5 s) |" in lines and "| sets | 3 |" in lines
+    assert "Measurements:" not in incidents.render_markdown(_normalize(), 8)
+
+
+@pytest.mark.parametrize(("pattern", "like"), [
+    ("drill_*", "drill\\_%"), ("rehearsal*", "rehearsal%"), ("db", "db"), ("50%\\x", "50\\%\\\\x"),
+])
+def test_procedure_patterns_become_escaped_like_patterns(pattern, like):
+    assert incidents.procedure_pattern(pattern) == like
 
 
 def test_a_date_until_includes_that_whole_day_and_a_time_until_is_inclusive():

@@ -20,7 +20,11 @@ from conftest import ROOT
 
 from ansible_collections.christmas.recovery.plugins.module_utils import commands, config_tree, postgres, redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import HashingWriter, write_json_atomic
+from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
+    HashingWriter,
+    filesystem_usage,
+    write_json_atomic,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME, DirectoryLock
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
     FORMAT,
@@ -641,6 +645,14 @@ def test_write_json_atomic_leaves_neither_temp_nor_target_when_it_fails(tmp_dir)
     with pytest.raises(TypeError):
         write_json_atomic(path, {"not json": object()})
     assert os.listdir(tmp_dir) == []
+
+
+def test_filesystem_usage_reads_the_nearest_existing_directory(tmp_dir):
+    usage = filesystem_usage(os.path.join(tmp_dir, "not", "yet"))
+    stats = os.statvfs(tmp_dir)
+    assert usage["path"] == tmp_dir and usage["size_bytes"] == stats.f_blocks * stats.f_frsize
+    assert 0 < usage["free_bytes"] <= usage["size_bytes"]
+    assert usage["free_percent"] == round(100.0 * usage["free_bytes"] / usage["size_bytes"], 2)
 
 
 # ---------------------------------------------------------------- errors

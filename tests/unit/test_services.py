@@ -94,6 +94,10 @@ class StandInRunner:
             if missing:
                 return Finished(125, "[]", "Error: no such object: %r" % missing[0])
             return Finished(0, json.dumps([self.containers[cid] for cid in args]), "")
+        if verb == "kill":
+            for cid in args[2:]:  # after --signal KILL
+                self.containers[cid]["State"].update(Status="exited", Running=False)
+            return Finished(0, "".join(cid + "\n" for cid in args[2:]), "")
         return Finished(0, "%s line\n" % args[-1], "")  # logs
 
     def _compose(self, verb, names):
@@ -115,14 +119,15 @@ class StandInRunner:
         if verb == "show":
             return Finished(0, self.units.get(args[-1], "inactive") + "\n", "")
         if self.obey:
-            for unit in args:
-                self.units[unit] = "inactive" if verb == "stop" else "active"
+            for unit in (arg for arg in args if not arg.startswith("-")):
+                self.units[unit] = {"stop": "inactive", "kill": "failed"}.get(verb, "active")
         return Finished(0, "", "")
 
     def commands(self):
         """The calls that change something."""
         return [argv for argv in self.calls if argv[:len(self.compose)] == self.compose
-                or argv[:2] in (["systemctl", "stop"], ["systemctl", "start"], ["systemctl", "restart"])]
+                or argv[:2] in (["systemctl", "stop"], ["systemctl", "start"], ["systemctl", "restart"],
+                                ["systemctl", "kill"], [self.engine, "kill"])]
 
 
 @pytest.fixture
@@ -166,8 +171,10 @@ def test_compose_refuses_unknown_services_actions_and_missing_names(project):
         manager.commands_for("stop", ["apii"])
     with pytest.raises(RecoveryError, match="name the services to restart"):
         manager.commands_for("restart", [])
-    with pytest.raises(RecoveryError, match="unknown service action 'kill'"):
-        manager.commands_for("kill", ["api"])
+    with pytest.raises(RecoveryError, match="unknown service action 'pause'"):
+        manager.commands_for("pause", ["api"])
+    with pytest.raises(RecoveryError, match="name the services to kill"):
+        manager.commands_for("kill", [])
 
 
 def test_systemd_commands():
@@ -374,3 +381,29 @@ def test_systemd_converge_needs_units_for_up_and_down():
     assert converge(manager, "status", [])["services"] == {}
     with pytest.raises(RecoveryError, match="services is required for state=down with the systemd manager"):
         converge(manager, "down", [])
+
+
+def test_killed_sends_sigkill_through_the_engine_to_running_containers_only(project):
+    manager, runner = _compose(project, timeout=5)
+    api = runner.add("api")
+    runner.add("redis", status="exited")
+    check = converge(manager, "killed", ["api", "redis"], check_mode=True)
+    assert check["commands"] == ["podman kill --signal KILL %s" % api] and runner.commands() == []
+
+    killed = converge(manager, "killed", ["api", "redis"])
+
+    assert killed["commands"] == ["podman kill --signal KILL %s" % api]
+    assert runner.containers[api]["State"]["Status"] == "exited"
+    assert killed["services"]["api"] == {"running": False, "state": "exited"}
+    assert converge(manager, "killed", ["api"])["changed"] is False  # nothing runs any more
+    with pytest.raises(RecoveryError, match="services is required for state=killed with the compose manager"):
+        converge(manager, "killed", [])
+
+
+def test_killed_with_systemd_is_systemctl_kill_sigkill():
+    runner = StandInRunner()
+    runner.units["christmas-api.service"] = "active"
+    manager = service_manager("systemd", timeout=0, runner=runner)
+    result = converge(manager, "killed", ["christmas-api.service"])
+    assert result["commands"] == ["systemctl kill --signal=SIGKILL christmas-api.service"]
+    assert result["services"] == {"christmas-api.service": {"running": False, "state": "failed"}}

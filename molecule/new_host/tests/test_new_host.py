@@ -1,19 +1,31 @@
-"""After provision_host.yml on a bare host: podman and podman-compose installed, the platform's repository checked
-out, the lost host's newest set fetched from the vault, the platform running as a compose project with exactly the
-data the lost host had, validated, recorded once; and the second run (idempotence) changed nothing."""
+"""After the host_loss drill (converge: playbooks/dr_drill.yml -e scenario=host_loss): the platform host is lost (its
+servers down, its backups gone), and provision_host.yml made the bare host its replacement: podman and podman-compose
+installed, the platform's repository checked out, the lost host's newest set fetched from the vault, the platform
+running as a compose project with exactly the data the lost host had, validated, the recovery and the drill recorded
+once each (the drill's figures printed and written to $MOLECULE_EPHEMERAL_DIRECTORY/new_host_drill.json); and a
+second run of provision_host.yml changes nothing."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 
 import pytest
 
 testinfra_hosts = ["newhost"]
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 COMPOSE_DIR = "/srv/christmas"
 BACKUP_DIR = "/var/backups/christmas"
 SERVICES = ("timescaledb", "redis", "api")
+INCIDENTS = "/var/lib/christmas/incidents.sqlite"
+# The drill's targets in converge.yml.
+TARGETS = {"detection_seconds": 30, "rto_seconds": 600, "rpo_seconds": 3600}
+DRILL_CHECKS = {"newest set on the vault", "restore succeeds", "data intact after recovery",
+                "all services restart normally", "alerts fire in time", "recovery time within expectations",
+                "data loss within target"}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +86,58 @@ def test_the_fetched_set_is_complete_private_and_nothing_is_left_incoming(host):
     assert not [line for line in entries if " .incoming/" in line]
 
 
+def _records(host, procedure):
+    """The incident records of a procedure on the host, oldest first, as dicts."""
+    script = ("import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.row_factory = sqlite3.Row; "
+              "print(json.dumps([dict(r) for r in c.execute('SELECT * FROM christmas_incidents WHERE procedure = ? "
+              "ORDER BY id', (sys.argv[2],))]))")
+    return json.loads(host.check_output("python3 -c %s %s %s", script, INCIDENTS, procedure))
+
+
+def test_the_lost_host_is_down_and_its_backups_are_gone(lab_host):
+    platform = lab_host("platform")
+    assert platform.run("pg_lsclusters -h").stdout.split()[3] == "down"
+    assert platform.run("pgrep -f 'redis-server 127.0.0.1:6379'").rc == 1
+    assert not platform.file(BACKUP_DIR).exists
+
+
+def test_the_drill_is_recorded_as_passed_with_its_figures(host, capsys):
+    drills = _records(host, "drill_host_loss")
+    assert len(drills) == 1
+    drill = drills[0]
+    checks = json.loads(drill["verification"])
+    assert {check["name"] for check in checks} == DRILL_CHECKS
+    assert [check["name"] for check in checks if not check["ok"]] == []
+    assert drill["status"] == "passed" and drill["incident_type"] == "drill"
+    figures = json.loads(drill["measurements"])
+    assert {key: figures["target_" + key] for key in TARGETS} == TARGETS
+    for key, target in TARGETS.items():
+        assert 0 <= figures[key] <= target, key
+    # The set restored is the one prepare made before the fault, and the only one on the replacement.
+    manifests = host.check_output("ls %s", BACKUP_DIR).split()
+    assert manifests.count("manifest_%s.json" % drill["backup_set"]) == 1
+    assert figures["rpo_seconds"] > 0
+    path = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "new_host_drill.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(figures, handle, indent=1, sort_keys=True)
+    with capsys.disabled():
+        print("\nnew_host_drill %s: %s" % (path, json.dumps(figures, sort_keys=True)))
+
+
+def test_provisioning_again_changes_nothing(request):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections"), ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_NOCOLOR="1")
+    config = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ansible.cfg")
+    if os.path.exists(config):
+        env["ANSIBLE_CONFIG"] = config
+    done = subprocess.run(["ansible-playbook", "-i", request.config.option.ansible_inventory,
+                           os.path.join(ROOT, "playbooks", "provision_host.yml")], env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    recap = re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", done.stdout, re.MULTILINE)
+    assert recap and all(changed == "0" for _host, changed in recap), done.stdout[-4000:]
+
+
 def test_the_recovery_was_recorded_once(host):
-    count = host.check_output("python3 -c 'import sqlite3; print(sqlite3.connect(\"/var/lib/christmas/"
-                              "incidents.sqlite\").execute(\"SELECT count(*), min(status) FROM christmas_incidents\")"
-                              ".fetchone())'")
-    assert count == "(1, 'recovered')"
+    recoveries = _records(host, "full")
+    assert [record["status"] for record in recoveries] == ["recovered"]
