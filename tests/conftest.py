@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".collections"))
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from sandbox import PG_BIN, PgCluster, RedisServer  # noqa: E402
 
 STANDIN_DIR = os.path.join(ROOT, "tests", "fixtures", "timescaledb_standin")
+PROMTOOL = os.path.join(ROOT, ".venv", "bin", "promtool")
 
 
 @pytest.fixture(scope="session")
@@ -441,3 +443,24 @@ class ArgvSampler(threading.Thread):
     def stop(self):
         self._done.set()
         self.join()
+
+
+def read_metrics(metrics_dir):
+    """{file name: {(metric name, frozenset(labels)): value}}, every file checked by promtool and parsed by
+    prometheus_client; and no temporary file is left beside them."""
+    files = {}
+    for name in sorted(os.listdir(metrics_dir)):
+        path = os.path.join(metrics_dir, name)
+        assert name.endswith(".prom"), "left in the textfile directory: %s" % name
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        files[name] = {(sample.name, frozenset(sample.labels.items())): sample.value
+                       for family in text_string_to_metric_families(text) for sample in family.samples}
+    return files
+
+
+def value(samples, name, **labels):
+    return samples[("christmas_recovery_" + name, frozenset(labels.items()))]

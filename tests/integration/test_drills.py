@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from conftest import redis_state, seed_redis
+from conftest import read_metrics, redis_state, seed_redis, value
 
 from lab import CONTAINERS_CONF, LabPlatform, build_image
 
@@ -35,12 +35,13 @@ def lab():
 
 
 @pytest.fixture
-def drill(run_playbook, lab):
+def drill(run_playbook, lab, tmp_dir):
     """playbooks/dr_drill.yml -e scenario=NAME against the lab, after a fresh backup of the healthy platform."""
 
     def run(scenario, targets=None, expect_ok=True, **host_vars):
         assert lab.health()[0] == 200
-        variables = lab.host_vars(christmas_drill_targets_override={scenario: targets or GENEROUS}, **host_vars)
+        variables = lab.host_vars(christmas_drill_targets_override={scenario: targets or GENEROUS},
+                                  christmas_metrics_dir=os.path.join(tmp_dir, "metrics"), **host_vars)
         run_playbook("backup", variables, env={"CONTAINERS_CONF": CONTAINERS_CONF})
         return run_playbook("dr_drill", variables, extra_vars={"scenario": scenario}, expect_ok=expect_ok,
                             env={"CONTAINERS_CONF": CONTAINERS_CONF})
@@ -76,7 +77,7 @@ def checks(record):
     return {check["name"]: check for check in record["verification"]}
 
 
-def test_db_stop_drill_heals_by_restart_and_records_its_measurements(lab, drill):
+def test_db_stop_drill_heals_by_restart_and_records_its_measurements(lab, drill, tmp_dir):
     before = platform_markers(lab)
 
     result = drill("db_stop")
@@ -96,6 +97,11 @@ def test_db_stop_drill_heals_by_restart_and_records_its_measurements(lab, drill)
     assert any("stop timescaledb" in step for step in record["commands"])
     assert any("healed" in step for step in record["commands"])
     assert "drill db_stop passed" in result.stdout
+    exported = read_metrics(os.path.join(tmp_dir, "metrics"))["christmas_recovery_drill_db_stop.prom"]
+    labels = {"kind": "drill", "scenario": "db_stop"}
+    assert value(exported, "drill_passed", **labels) == 1 and value(exported, "last_run_success", **labels) == 1
+    assert value(exported, "drill_rto_seconds", **labels) == measured["rto_seconds"]
+    assert value(exported, "drill_rto_target_seconds", **labels) == 600
 
 
 def test_app_kill_drill_restarts_the_killed_service_and_says_who_did(lab, drill):
@@ -156,7 +162,7 @@ def test_disk_full_drill_warns_fails_the_backup_cleanly_and_backs_up_after_the_c
     assert measured["detection_seconds"] < measured["rto_seconds"] and 0 <= measured["rpo_seconds"] < 120
 
 
-def test_a_missed_target_fails_the_drill_naming_it_and_still_records_it(lab, drill):
+def test_a_missed_target_fails_the_drill_naming_it_and_still_records_it(lab, drill, tmp_dir):
     before = platform_markers(lab)
 
     result = drill("db_stop", targets={"rto_seconds": 0.5}, expect_ok=False)
@@ -172,6 +178,9 @@ def test_a_missed_target_fails_the_drill_naming_it_and_still_records_it(lab, dri
     assert answered["alerts fire in time"]["ok"] and answered["restore succeeds"]["ok"]
     assert record["measurements"]["rto_seconds"] > record["measurements"]["target_rto_seconds"] == 0.5
     assert record["measurements"]["target_detection_seconds"] == 30  # the default, the override only changed rto
+    exported = read_metrics(os.path.join(tmp_dir, "metrics"))["christmas_recovery_drill_db_stop.prom"]
+    labels = {"kind": "drill", "scenario": "db_stop"}
+    assert value(exported, "drill_passed", **labels) == 0 and value(exported, "last_run_success", **labels) == 0
 
 
 def test_unknown_scenario_fails_in_one_line_listing_the_scenarios(run_playbook, tmp_dir):

@@ -14,13 +14,10 @@ import sys
 import threading
 
 import pytest
-from conftest import ROOT, connection_vars, seed_platform
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import ROOT, connection_vars, read_metrics, seed_platform, value
 from test_replication import build_standby, empty_standby, ready_primary
 
 from ansible_collections.christmas.recovery.plugins.module_utils.retention import set_time
-
-PROMTOOL = os.path.join(ROOT, ".venv", "bin", "promtool")
 
 
 def run_module(tmp_dir, name, args, check=False):
@@ -43,27 +40,6 @@ def run_module(tmp_dir, name, args, check=False):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(result_path, encoding="utf-8") as handle:
         return json.load(handle), proc.stdout + proc.stderr
-
-
-def read_metrics(metrics_dir):
-    """{file name: {(metric name, frozenset(labels)): value}}, every file checked by promtool and parsed by
-    prometheus_client; and no temporary file is left beside them."""
-    files = {}
-    for name in sorted(os.listdir(metrics_dir)):
-        path = os.path.join(metrics_dir, name)
-        assert name.endswith(".prom"), "left in the textfile directory: %s" % name
-        assert os.stat(path).st_mode & 0o777 == 0o644
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
-        assert check.returncode == 0, check.stdout + check.stderr
-        files[name] = {(sample.name, frozenset(sample.labels.items())): sample.value
-                       for family in text_string_to_metric_families(text) for sample in family.samples}
-    return files
-
-
-def value(samples, name, **labels):
-    return samples[("christmas_recovery_" + name, frozenset(labels.items()))]
 
 
 def manifests(backup_dir):

@@ -16,9 +16,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import PG_BIN, ROOT, ArgvSampler, connection_vars, live_state, seed_redis
+from conftest import PG_BIN, ROOT, ArgvSampler, connection_vars, live_state, read_metrics, seed_redis, value
 from sandbox import free_port
-from test_monitoring import read_metrics, value
 
 from ansible_collections.christmas.recovery.plugins.module_utils import rehearsal
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set

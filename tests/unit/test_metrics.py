@@ -13,14 +13,13 @@ import threading
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import PROMTOOL, ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
 from ansible_collections.christmas.recovery.plugins.module_utils import metrics, notify
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.proof import add_rehearsal
 
-PROMTOOL = os.path.join(ROOT, ".venv", "bin", "promtool")
 RULES = os.path.join(ROOT, "files", "prometheus", "christmas-recovery.rules.yml")
 NOW = 1795662000.0  # 2026-11-26 03:00:00 UTC
 
