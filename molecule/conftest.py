@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
@@ -62,3 +64,22 @@ def set_files():
         return {path: digest for digest, path in (line.split(None, 1) for line in listing.stdout.splitlines())}
 
     return files
+
+
+@pytest.fixture(scope="session")
+def drill_passed():
+    """Checks a drill's record as the incident database holds it: passed, exactly the given checks answered and all
+    ok, every figure within the target the drill was given; returns the figures."""
+
+    def check(record, checks, targets):
+        answered = json.loads(record["verification"])
+        assert {item["name"] for item in answered} == checks
+        assert [item["name"] for item in answered if not item["ok"]] == []
+        assert record["status"] == "passed" and record["incident_type"] == "drill"
+        figures = json.loads(record["measurements"])
+        assert {key: figures["target_" + key] for key in targets} == targets
+        for key, target in targets.items():
+            assert 0 <= figures[key] <= target, key
+        return figures
+
+    return check

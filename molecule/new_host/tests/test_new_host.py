@@ -101,18 +101,11 @@ def test_the_lost_host_is_down_and_its_backups_are_gone(lab_host):
     assert not platform.file(BACKUP_DIR).exists
 
 
-def test_the_drill_is_recorded_as_passed_with_its_figures(host, capsys):
+def test_the_drill_is_recorded_as_passed_with_its_figures(host, capsys, drill_passed):
     drills = _records(host, "drill_host_loss")
     assert len(drills) == 1
     drill = drills[0]
-    checks = json.loads(drill["verification"])
-    assert {check["name"] for check in checks} == DRILL_CHECKS
-    assert [check["name"] for check in checks if not check["ok"]] == []
-    assert drill["status"] == "passed" and drill["incident_type"] == "drill"
-    figures = json.loads(drill["measurements"])
-    assert {key: figures["target_" + key] for key in TARGETS} == TARGETS
-    for key, target in TARGETS.items():
-        assert 0 <= figures[key] <= target, key
+    figures = drill_passed(drill, DRILL_CHECKS, TARGETS)
     # The set restored is the one prepare made before the fault, and the only one on the replacement.
     manifests = host.check_output("ls %s", BACKUP_DIR).split()
     assert manifests.count("manifest_%s.json" % drill["backup_set"]) == 1
