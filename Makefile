@@ -46,4 +46,4 @@ bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf .sandbox .pytest_cache .ruff_cache .ansible
+	rm -rf .sandbox .pytest_cache .ruff_cache .ansible drill_report
