@@ -25,6 +25,8 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from sandbox import PG_BIN, PgCluster, RedisServer  # noqa: E402
 
+from lab import LabPlatform, build_image  # noqa: E402
+
 STANDIN_DIR = os.path.join(ROOT, "tests", "fixtures", "timescaledb_standin")
 PROMTOOL = os.path.join(ROOT, ".venv", "bin", "promtool")
 
@@ -464,3 +466,46 @@ def read_metrics(metrics_dir):
 
 def value(samples, name, **labels):
     return samples[("christmas_recovery_" + name, frozenset(labels.items()))]
+
+
+def run_module(tmp_dir, name, args, check=False, env=None):
+    """One module in a one-task playbook (local connection), with ``env`` (default: ours) for ansible-playbook;
+    (what it registered, also when it failed; the play's output)."""
+    token = secrets.token_hex(4)
+    result_path = os.path.join(tmp_dir, "result-%s.json" % token)
+    playbook_path = os.path.join(tmp_dir, "play-%s.json" % token)
+    playbook = [{"name": "One module", "hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "Run " + name, "christmas.recovery." + name: args, "register": "result", "ignore_errors": True},
+        {"name": "Keep the result", "check_mode": False,
+         "ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": result_path, "mode": "0600"}},
+    ]}]
+    with open(playbook_path, "w", encoding="utf-8") as handle:
+        json.dump(playbook, handle)
+    argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
+            "-e", "ansible_python_interpreter=" + sys.executable, playbook_path] + (["--check"] if check else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False,
+                          env=dict(os.environ if env is None else env, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+                                   ANSIBLE_NOCOLOR="1", no_proxy="127.0.0.1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(result_path, encoding="utf-8") as handle:
+        return json.load(handle), proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def lab_image():
+    """The lab image (lab/image.sh: built once, then cached)."""
+    return build_image()
+
+
+@pytest.fixture(scope="module")
+def lab(lab_image):
+    """The sample platform up as a compose project under podman, its database and Redis seeded, for one test module;
+    removed completely afterwards."""
+    platform = LabPlatform(lab_image)
+    try:
+        platform.up()
+        platform.seed_db()
+        seed_redis(platform)
+        yield platform
+    finally:
+        platform.destroy()

@@ -10,9 +10,9 @@ import sqlite3
 import subprocess
 
 import pytest
-from conftest import read_metrics, redis_state, seed_redis, value
+from conftest import read_metrics, redis_state, value
 
-from lab import CONTAINERS_CONF, LabPlatform, build_image
+from lab import CONTAINERS_CONF
 
 pytestmark = pytest.mark.xdist_group("podman")
 
@@ -20,18 +20,6 @@ GENEROUS = {"detection_seconds": 120, "rto_seconds": 600, "rpo_seconds": 90000}
 RUNBOOK_CHECKS = {"alerts fire in time", "recovery time within expectations", "data loss within target"}
 MEASUREMENTS = {"detection_seconds", "rto_seconds", "rpo_seconds", "target_detection_seconds", "target_rto_seconds",
                 "target_rpo_seconds"}
-
-
-@pytest.fixture(scope="module")
-def lab():
-    platform = LabPlatform(build_image())
-    try:
-        platform.up()
-        platform.seed_db()
-        seed_redis(platform)
-        yield platform
-    finally:
-        platform.destroy()
 
 
 @pytest.fixture

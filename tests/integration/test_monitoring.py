@@ -8,38 +8,13 @@ import http.server
 import json
 import os
 import re
-import secrets
-import subprocess
-import sys
 import threading
 
 import pytest
-from conftest import ROOT, connection_vars, read_metrics, seed_platform, value
+from conftest import connection_vars, read_metrics, run_module, seed_platform, value
 from test_replication import build_standby, empty_standby, ready_primary
 
 from ansible_collections.christmas.recovery.plugins.module_utils.retention import set_time
-
-
-def run_module(tmp_dir, name, args, check=False):
-    """One module in a one-task playbook (local connection); (what it registered, the play's output)."""
-    token = secrets.token_hex(4)
-    result_path = os.path.join(tmp_dir, "result-%s.json" % token)
-    playbook_path = os.path.join(tmp_dir, "play-%s.json" % token)
-    playbook = [{"name": "One module", "hosts": "localhost", "gather_facts": False, "tasks": [
-        {"name": "Run " + name, "christmas.recovery." + name: args, "register": "result", "ignore_errors": True},
-        {"name": "Keep the result", "check_mode": False,
-         "ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": result_path, "mode": "0600"}},
-    ]}]
-    with open(playbook_path, "w", encoding="utf-8") as handle:
-        json.dump(playbook, handle)
-    argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-            "-e", "ansible_python_interpreter=" + sys.executable, playbook_path] + (["--check"] if check else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False,
-                          env=dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                                   no_proxy="127.0.0.1"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with open(result_path, encoding="utf-8") as handle:
-        return json.load(handle), proc.stdout + proc.stderr
 
 
 def manifests(backup_dir):

@@ -13,26 +13,9 @@ import psycopg2
 import pytest
 from conftest import redis_state, seed_redis, tree_state
 
-from lab import CONTAINERS_CONF, LabPlatform, build_image
+from lab import CONTAINERS_CONF, LabPlatform
 
 pytestmark = pytest.mark.xdist_group("podman")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image()
-
-
-@pytest.fixture(scope="module")
-def lab(image):
-    platform = LabPlatform(image)
-    try:
-        platform.up()
-        platform.seed_db()
-        seed_redis(platform)
-        yield platform
-    finally:
-        platform.destroy()
 
 
 @pytest.fixture
@@ -118,8 +101,8 @@ def test_redis_procedure_after_flushall(lab, play):
     assert lab.started_at("redis") != started  # restarted after the restore, and served its keys from disk
 
 
-def test_redis_procedure_with_the_aof_off(image, play):
-    platform = LabPlatform(image, appendonly=False)
+def test_redis_procedure_with_the_aof_off(lab_image, play):
+    platform = LabPlatform(lab_image, appendonly=False)
     try:
         platform.up()
         seed_redis(platform)

@@ -8,10 +8,9 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, connection_vars, redis_state, seed_redis
+from conftest import ROOT, connection_vars, redis_state, run_module, seed_redis
 
 CONTAINERS_CONF = os.path.join(ROOT, "lab", "containers.conf")
 PODMAN_ENV = dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF)
@@ -40,26 +39,8 @@ def podman(*args, check=True):
 
 
 def run_service(tmp_dir, args, check=False, env=None):
-    """Run the module in a one-task playbook; return what it registered (also when it failed)."""
-    token = secrets.token_hex(4)
-    result_path = os.path.join(tmp_dir, "result-%s.json" % token)
-    playbook_path = os.path.join(tmp_dir, "service-%s.yml" % token)
-    playbook = [{"name": "Service control", "hosts": "localhost", "gather_facts": False, "tasks": [
-        {"name": "Run christmas_service", "christmas.recovery.christmas_service": args, "register": "result",
-         "ignore_errors": True},
-        {"name": "Keep the result", "check_mode": False,
-         "ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": result_path, "mode": "0600"}},
-    ]}]
-    with open(playbook_path, "w", encoding="utf-8") as handle:
-        json.dump(playbook, handle)
-    argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local",
-            "-e", "ansible_python_interpreter=" + sys.executable, playbook_path] + (["--check"] if check else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False,
-                          env=dict(PODMAN_ENV, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                                   **(env or {})))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with open(result_path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """christmas_service in a one-task playbook under podman's settings; what it registered (also when it failed)."""
+    return run_module(tmp_dir, "christmas_service", args, check, env=dict(PODMAN_ENV, **(env or {})))[0]
 
 
 def containers(project_dir):
