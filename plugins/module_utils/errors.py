@@ -12,3 +12,8 @@ class RecoveryError(Exception):
     def __init__(self, message, **details):
         super().__init__(" ".join(str(message).split()))
         self.details = details
+
+
+def one_line(err):
+    """The one-line message of any error: a RecoveryError's own, others (OSError, ...) flattened the same way."""
+    return str(err if isinstance(err, RecoveryError) else RecoveryError(err))

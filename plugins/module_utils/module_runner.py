@@ -10,7 +10,7 @@ import time
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.christmas.recovery.plugins.module_utils import postgres, redis_rdb
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError, one_line
 
 
 def require_libraries(module, needs_postgres, needs_redis):
@@ -36,7 +36,7 @@ def run(module, work, warn_only=False):
         result = work(progress)
     except (RecoveryError, OSError) as err:  # OSError: a path that cannot serve, e.g. a file where a directory must be
         details = err.details if isinstance(err, RecoveryError) else {}
-        message = str(err if isinstance(err, RecoveryError) else RecoveryError(err))
+        message = one_line(err)
         if not warn_only:
             module.fail_json(msg=message, steps=steps, **details)
         module.warn(message)

@@ -27,7 +27,7 @@ import subprocess
 import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils import commands, postgres, restore_set, validation
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError, one_line
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
     MANIFEST_RE,
     resolve_manifest_path,
@@ -76,10 +76,6 @@ def redis_databases(manifest):
     """Enough logical databases for every one the set has keys in (16 at least, as Redis has by default)."""
     used = [int(db) for db in manifest.get("redis", {}).get("keys_per_db_at_start", {})]
     return max([16] + [db + 1 for db in used])
-
-
-def one_line(err):
-    return str(err if isinstance(err, RecoveryError) else RecoveryError(err))
 
 
 # ---------------------------------------------------------------- processes of the scratch directory
