@@ -19,6 +19,8 @@ for tool in podman podman-compose runc debootstrap iptables rsync; do
 done
 [ -x /usr/lib/podman/netavark ] || missing+=(netavark)
 [ -x /usr/lib/podman/aardvark-dns ] || missing+=(aardvark-dns)
+# The init process podman runs in a container with `init: true` (the compose files); only recommended by podman.
+[ -x /usr/libexec/podman/catatonit ] || missing+=(catatonit)
 # The lab's replacement hosts install podman offline from a repository made here (lab/apt_repo.sh).
 command -v dpkg-scanpackages >/dev/null || missing+=(dpkg-dev)
 # The CRC-64 library a managed host with only Debian packages uses (tested against anycrc).

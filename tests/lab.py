@@ -40,6 +40,16 @@ def build_image():
     return done.stdout.strip().splitlines()[-1]
 
 
+def assert_compose_started(done, states):
+    """Every service's container runs after ``podman-compose up`` (``done``; ``states``: podman's state of each
+    service's container), else one line with the end of podman-compose's own output: 1.0.3 exits 0 even when podman
+    made no container (e.g. without the init binary that ``init: true`` needs)."""
+    not_running = ", ".join("%s (%s)" % item for item in sorted(states.items()) if item[1] != "running")
+    if not_running:
+        said = " | ".join((done.stderr.strip() or done.stdout.strip()).splitlines()[-3:])
+        raise RuntimeError("podman-compose up did not start %s: %s" % (not_running, said))
+
+
 def _write_secret(path, value):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -97,7 +107,8 @@ class LabPlatform:
         return self.podman("inspect", "--format", "{{.State.StartedAt}}", self.container(service)).stdout.strip()
 
     def up(self, timeout=90):
-        self.compose("up", "-d")
+        done = self.compose("up", "-d")
+        assert_compose_started(done, {service: self.state(service) for service in SERVICES})
         self.wait_healthy(timeout)
         return self
 

@@ -12,6 +12,8 @@ import subprocess
 import pytest
 from conftest import ROOT, connection_vars, redis_state, run_module, seed_redis
 
+from lab import assert_compose_started
+
 CONTAINERS_CONF = os.path.join(ROOT, "lab", "containers.conf")
 PODMAN_ENV = dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF)
 STANDIN_BIN = os.path.join(ROOT, "tests", "fixtures", "systemctl_standin")
@@ -73,8 +75,10 @@ def compose_project(tmp_dir, lab_image):
     with open(os.path.join(path, "compose.yaml"), "w", encoding="utf-8") as handle:
         handle.write(COMPOSE_YAML.format(image=lab_image))
     try:
-        subprocess.run(["podman-compose", "up", "-d"], cwd=path, env=PODMAN_ENV, capture_output=True, check=True)
-        assert {svc: c["status"] for svc, c in containers(path).items()} == {"db": "running", "api": "running"}
+        done = subprocess.run(["podman-compose", "up", "-d"], cwd=path, env=PODMAN_ENV, capture_output=True,
+                              text=True, check=False)
+        found = {svc: c["status"] for svc, c in containers(path).items()}
+        assert_compose_started(done, {svc: found.get(svc, "missing") for svc in ("db", "api")})
         yield path
     finally:
         subprocess.run(["podman-compose", "down", "-v"], cwd=path, env=PODMAN_ENV, capture_output=True, check=False)
