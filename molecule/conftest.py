@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import testinfra
@@ -64,6 +65,18 @@ def set_files():
         return {path: digest for digest, path in (line.split(None, 1) for line in listing.stdout.splitlines())}
 
     return files
+
+
+@pytest.fixture(scope="session")
+def no_warnings():
+    """Checks an ansible-playbook run's output: ansible-playbook only warns of a template error (an undefined variable
+    in a task's name) or a deprecation, and a scenario's own playbook runs fail on any [WARNING] instead."""
+
+    def check(output):
+        warned = re.findall(r"^\[(?:DEPRECATION )?WARNING\]: .*", output, re.MULTILINE)
+        assert not warned, "ansible-playbook warned:\n" + "\n".join(warned)
+
+    return check
 
 
 @pytest.fixture(scope="session")

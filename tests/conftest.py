@@ -339,6 +339,22 @@ def live_state(env):
 # ---------------------------------------------------------------- ansible-playbook
 
 
+WARNING_PREFIX = r"\[(?:DEPRECATION )?WARNING\]: "
+
+
+def ansible_warnings(output):
+    """Every [WARNING] and [DEPRECATION WARNING] of an ansible-playbook run, each with the lines that follow it up to
+    a blank line or the next warning (a template error's details and origin)."""
+    return re.findall(r"^%s.*(?:\n(?!%s).+)*" % (WARNING_PREFIX, WARNING_PREFIX), output, re.MULTILINE)
+
+
+def assert_no_warnings(output, allow_warnings=()):
+    """ansible-playbook only warns of a template error (an undefined variable in a task's name) or a deprecation:
+    a test fails on every warning but those it expects, each named by a piece of its text in ``allow_warnings``."""
+    unexpected = [text for text in ansible_warnings(output) if not any(piece in text for piece in allow_warnings)]
+    assert not unexpected, "ansible-playbook warned:\n" + "\n".join(unexpected)
+
+
 class PlaybookRun:
     def __init__(self, proc):
         self.rc, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
@@ -392,9 +408,10 @@ def connection_vars(platform=None, redis_server=None, config=None, backup_dir=No
 
 @pytest.fixture
 def run_playbook(tmp_dir):
-    """Run playbooks/NAME.yml against a one-host inventory (local connection) holding ``host_vars``."""
+    """Run playbooks/NAME.yml against a one-host inventory (local connection) holding ``host_vars``; any warning but
+    those in ``allow_warnings`` fails the test (assert_no_warnings)."""
 
-    def run(name, host_vars, extra_vars=None, check=False, verbosity=0, expect_ok=True, env=None):
+    def run(name, host_vars, extra_vars=None, check=False, verbosity=0, expect_ok=True, env=None, allow_warnings=()):
         inventory = os.path.join(tmp_dir, "inventory.json")
         host = dict(host_vars, ansible_connection="local", ansible_python_interpreter=sys.executable)
         # Recovery records of the test's restores stay in the test's directory, never in /var/lib/christmas.
@@ -417,6 +434,7 @@ def run_playbook(tmp_dir):
         result = PlaybookRun(proc)
         if expect_ok is not None:
             assert (result.rc == 0) == expect_ok, result.output[-4000:]
+        assert_no_warnings(result.output, allow_warnings)
         return result
 
     return run
@@ -468,7 +486,7 @@ def value(samples, name, **labels):
     return samples[("christmas_recovery_" + name, frozenset(labels.items()))]
 
 
-def run_module(tmp_dir, name, args, check=False, env=None):
+def run_module(tmp_dir, name, args, check=False, env=None, allow_warnings=()):
     """One module in a one-task playbook (local connection), with ``env`` (default: ours) for ansible-playbook;
     (what it registered, also when it failed; the play's output)."""
     token = secrets.token_hex(4)
@@ -487,6 +505,7 @@ def run_module(tmp_dir, name, args, check=False, env=None):
                           env=dict(os.environ if env is None else env, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
                                    ANSIBLE_NOCOLOR="1", no_proxy="127.0.0.1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_no_warnings(proc.stdout + proc.stderr, allow_warnings)
     with open(result_path, encoding="utf-8") as handle:
         return json.load(handle), proc.stdout + proc.stderr
 

@@ -16,7 +16,7 @@ import sys
 import ansible_runner
 import jinja2
 import pytest
-from conftest import ROOT, redis_state, seed_redis, tree_state
+from conftest import ROOT, assert_no_warnings, redis_state, seed_redis, tree_state
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # What a checkout brings: the tracked files (and, in a working tree, the new ones not ignored yet).
@@ -84,6 +84,7 @@ class AwxJob:
             private_data_dir=self.base, playbook=playbook, ident="job-%d" % self.count, quiet=True,
             envvars={"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                      "ANSIBLE_NOCOLOR": "1"})
+        assert_no_warnings(runner.stdout.read())
         return runner
 
     def artifacts(self, runner):

@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT, connection_vars
+from conftest import ROOT, assert_no_warnings, connection_vars
 
 MODULES = "ansible_collections.christmas.recovery.plugins.modules."
 
@@ -332,6 +332,7 @@ def test_postgresql_password_stays_out_of_output_argv_and_records(incident_pg, t
                           env=dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1"))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
+    assert_no_warnings(output)
     assert "ok=4" in output and "ignored=1" in output
     assert "password authentication failed" in output
 

@@ -14,7 +14,7 @@ import time
 
 import psycopg2
 import pytest
-from conftest import ROOT, ArgvSampler
+from conftest import ROOT, ArgvSampler, assert_no_warnings
 
 from ansible_collections.christmas.recovery.plugins.module_utils import replication
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
@@ -99,6 +99,7 @@ def run_module(tmp_dir, args, check=False):
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False,
                           env=dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_no_warnings(proc.stdout + proc.stderr)
     with open(result_path, encoding="utf-8") as handle:
         return json.load(handle), proc.stdout + proc.stderr
 

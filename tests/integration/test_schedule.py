@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import ROOT, PlaybookRun, connection_vars, seed_redis
+from conftest import ROOT, PlaybookRun, assert_no_warnings, connection_vars, seed_redis
 from sandbox import free_port
 
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import complete_set_ids
@@ -106,6 +106,7 @@ class Scheduler:
                                        ANSIBLE_NOCOLOR="1"))
         result = PlaybookRun(proc)
         assert (result.rc == 0) == expect_ok, result.output[-4000:]
+        assert_no_warnings(result.output)
         return result
 
     def destroy(self):

@@ -48,6 +48,7 @@ def _playbook(request, name, *extra):
                            os.path.join(ROOT, "playbooks", name), *extra], env=env, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    request.getfixturevalue("no_warnings")(done.stdout + done.stderr)
     return time.monotonic() - started, done.stdout
 
 

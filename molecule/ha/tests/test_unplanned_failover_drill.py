@@ -41,6 +41,7 @@ def _drill(request):
                            os.path.join(ROOT, "playbooks", "dr_drill.yml"), "-e", json.dumps(extra)],
                           env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    request.getfixturevalue("no_warnings")(done.stdout + done.stderr)
 
 
 def _drills(host):

@@ -127,6 +127,7 @@ def test_provisioning_again_changes_nothing(request):
                            os.path.join(ROOT, "playbooks", "provision_host.yml")], env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    request.getfixturevalue("no_warnings")(done.stdout + done.stderr)
     recap = re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", done.stdout, re.MULTILINE)
     assert recap and all(changed == "0" for _host, changed in recap), done.stdout[-4000:]
 
