@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, ".collections"))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from sandbox import PG_BIN, PgCluster, RedisServer  # noqa: E402
+from timescaledb_standin import StandinLauncher  # noqa: E402
 
 from lab import LabPlatform, build_image  # noqa: E402
 
@@ -243,10 +244,13 @@ def _read(path):
 
 @pytest.fixture(scope="session")
 def timescaledb_standin():
-    """Install the SQL-only STAND-IN named timescaledb into PostgreSQL 15's extension dir for this session."""
-    sharedir = subprocess.run([os.path.join(PG_BIN, "pg_config"), "--sharedir"], capture_output=True, text=True,
+    """Install the SQL-only STAND-IN named timescaledb into PostgreSQL 15's extension dir for this session, and as
+    its library (what shared_preload_libraries loads) a copy of PostgreSQL's own auto_explain module."""
+    def pg_config(option):
+        return subprocess.run([os.path.join(PG_BIN, "pg_config"), option], capture_output=True, text=True,
                               check=True).stdout.strip()
-    target = os.path.join(sharedir, "extension")
+
+    target = os.path.join(pg_config("--sharedir"), "extension")
     control = os.path.join(target, "timescaledb.control")
     if os.path.exists(control) and "stand-in" not in _read(control):
         pytest.skip("a real TimescaleDB is installed; the stand-in would replace it")
@@ -254,9 +258,32 @@ def timescaledb_standin():
     for name in os.listdir(STANDIN_DIR):
         shutil.copy(os.path.join(STANDIN_DIR, name), os.path.join(target, name))
         installed.append(os.path.join(target, name))
+    library = os.path.join(pg_config("--pkglibdir"), "timescaledb.so")
+    shutil.copy(os.path.join(pg_config("--pkglibdir"), "auto_explain.so"), library)
+    installed.append(library)
     yield
     for path in installed:
         os.unlink(path)
+
+
+@pytest.fixture
+def timescaledb_cluster(timescaledb_standin, make_cluster, workdir):
+    """Factory of clusters that preload the stand-in, each with its stand-in launcher (``cluster.launcher``)."""
+    launchers = []
+
+    def make():
+        message_dir = tempfile.mkdtemp(prefix="tsdb-launcher-", dir=workdir)
+        shutil.chown(message_dir, "postgres")
+        cluster = make_cluster("shared_preload_libraries=timescaledb",
+                               "timescaledb_standin.launcher_dir=" + message_dir)
+        cluster.launcher = StandinLauncher(cluster, message_dir)
+        cluster.launcher.start()
+        launchers.append(cluster.launcher)
+        return cluster
+
+    yield make
+    for launcher in launchers:
+        launcher.stop()
 
 
 # ---------------------------------------------------------------- the runbook's backup command and live state

@@ -186,10 +186,25 @@ def _check_section(section, component, path):
                  "db.row_counts must map table names to row counts")
         if "market_data" in section:  # recorded since the validation module; older manifests lack it
             _check_market_data(section["market_data"], path)
+        if "timescaledb" in section:  # recorded since TimescaleDB's objects are compared; older manifests lack it
+            _check_timescaledb(section["timescaledb"], path)
     if component == "config":
         owner = section["root_owner"]
         _require(len(owner) == 2 and all(_is_int(i) and 0 <= i <= MAX_ID for i in owner), path,
                  "config.root_owner must be [uid, gid]")
+
+
+def _check_timescaledb(facts, path):
+    def each(kind, shape):
+        items = facts.get(kind) if isinstance(facts, dict) else None
+        _require(isinstance(items, dict) and all(isinstance(item, dict) and shape(item) for item in items.values()),
+                 path, "db.timescaledb.%s is missing or malformed" % kind)
+
+    each("hypertables", lambda item: all(_is_int(item.get(key)) and item[key] >= 0
+                                         for key in ("chunks", "compressed_chunks")))
+    each("continuous_aggregates", lambda item: isinstance(item.get("hypertable"), str))
+    each("jobs", lambda item: isinstance(item.get("proc"), str) and isinstance(item.get("scheduled"), bool)
+         and (item.get("hypertable") is None or isinstance(item["hypertable"], str)))
 
 
 def _check_market_data(market, path):

@@ -10,10 +10,11 @@ import glob
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 
-from ansible_collections.christmas.recovery.plugins.module_utils import commands
+from ansible_collections.christmas.recovery.plugins.module_utils import commands, timescaledb
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
     HashingWriter,
@@ -32,7 +33,7 @@ except ImportError:  # reported by the modules with missing_required_lib
 DUMP_DIR = "db.dump"
 GLOBALS_FILE = "db_globals.json"
 MARKER_SETTING = "christmas_recovery.restored_set"
-TIMESCALEDB = "timescaledb"
+TIMESCALEDB = timescaledb.EXTENSION
 # gzip level 1: at pg_dump's own level 6 gzip is slower than the disk and the database; -1 keeps pg_dump's level.
 DEFAULT_COMPRESS_LEVEL = 1
 
@@ -177,11 +178,20 @@ ORDER BY 1, 2
 """
 
 
-def count_rows(conn):
-    """Exact row count of every user table (ONLY the table itself, so inherited rows count once)."""
+def count_rows(conn, recorded=None):
+    """Exact row count of every table a user sees: a hypertable through its own name (its chunks, compressed ones
+    included), every other table ONLY itself (inherited rows count once); TimescaleDB's internals never. Counts
+    ``recorded`` by an older version, which counted each chunk, are matched by counting as it did."""
+    legacy = any(name.split(".", 1)[0] in timescaledb.INTERNAL_SCHEMAS for name in recorded or ())
+    tsdb = not legacy and _one(conn, "SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL")
+    hypertables = set(timescaledb.user_hypertables(conn)) if tsdb else set()
+    chunks = timescaledb.chunk_tables(conn) if tsdb else set()
     counts = {}
     for schema, table in _fetch(conn, TABLES_QUERY):
-        query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        if (schema, table) in chunks or (not legacy and schema in timescaledb.INTERNAL_SCHEMAS):
+            continue
+        only = sql.SQL("") if (schema, table) in hypertables else sql.SQL("ONLY ")
+        query = sql.SQL("SELECT count(*) FROM {}{}.{}").format(only, sql.Identifier(schema), sql.Identifier(table))
         counts["%s.%s" % (schema, table)] = _one(conn, query)
     return counts
 
@@ -375,6 +385,7 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
             try:
                 extensions = installed_extensions(conn)
                 row_counts = count_rows(conn)
+                tsdb_facts = timescaledb.facts(conn) if TIMESCALEDB in extensions else None
                 globals_data = collect_globals(conn, with_passwords=bool(target.admin_user))
                 _execute(conn, "SET LOCAL TIME ZONE 'UTC'")  # the newest market_data time is read in UTC
                 market_data = market_data_facts(conn)
@@ -419,6 +430,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
     }
     if market_data is not None:
         metadata["market_data"] = market_data
+    if tsdb_facts is not None:
+        metadata["timescaledb"] = tsdb_facts
     return metadata, {GLOBALS_FILE: (size, digest)}
 
 
@@ -495,10 +508,9 @@ def _check_versions(target, facts, meta):
 
 
 def _check_extensions(conn, target, meta, db_exists):
-    """Every extension must be available; TimescaleDB at the backup's exact version, also in an existing database."""
-    available = {}
-    for name, version in _fetch(conn, "SELECT name, version FROM pg_available_extension_versions"):
-        available.setdefault(name, set()).add(version)
+    """Every extension must be available; TimescaleDB preloaded and at the set's exact version, also in an existing
+    database."""
+    available = {row[0] for row in _fetch(conn, "SELECT name FROM pg_available_extensions")}
     for name in sorted(meta["extensions"]):
         if name not in available:
             raise RecoveryError("extension %s (in the backup) is not installed on the target %s:%s" % (
@@ -506,9 +518,9 @@ def _check_extensions(conn, target, meta, db_exists):
     tsdb = meta["extensions"].get(TIMESCALEDB)
     if not tsdb:
         return
-    if tsdb["version"] not in available[TIMESCALEDB]:
-        raise RecoveryError("target has TimescaleDB %s, the backup was made with %s; install %s first" % (
-            "/".join(sorted(available[TIMESCALEDB])), tsdb["version"], tsdb["version"]))
+    problem = timescaledb.target_problem(conn, tsdb["version"], "target %s:%s" % (target.host, target.port))
+    if problem:
+        raise RecoveryError(problem)
     installed = _installed_version(target, TIMESCALEDB) if db_exists else None
     if installed and installed != tsdb["version"]:
         raise RecoveryError("database %s has TimescaleDB %s, the backup was made with %s" % (
@@ -553,7 +565,7 @@ def _database_size(target, name):
 
 def _counts_match(target, expected, dbname=None):
     with session(target, dbname) as conn:
-        return count_rows(conn) == expected
+        return count_rows(conn, expected) == expected
 
 
 def _role_clause(role):
@@ -670,11 +682,6 @@ def _create_scratch_database(conn, name, database):
                             sql.Literal(database["collate"]), sql.Literal(database["ctype"])))
 
 
-def _timescaledb_call(target, dbname, function):
-    with session(target, dbname) as conn:
-        _execute(conn, sql.SQL("SELECT {}()").format(sql.Identifier(function)))
-
-
 def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=2, force=False, check_mode=False,
                      progress=print):
     """Load the dump into a scratch database, check its row counts, then swap it in for the target database.
@@ -706,6 +713,8 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
             # ACL, settings and the set marker belong to the database itself, so they follow it through the rename.
             _apply_database_properties(admin, scratch, globals_data["database"], manifest["set_id"])
             _swap_in(admin, target.dbname, scratch, manifest["set_id"])
+            if TIMESCALEDB in manifest["db"]["extensions"]:
+                _start_timescaledb_workers(target, result)
         except (RecoveryError, psycopg2.Error) as err:
             _drop(admin, scratch)
             raise RecoveryError("%s; database %s left as it was, scratch database dropped" % (
@@ -724,31 +733,60 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
 def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
     """pg_restore into the scratch database, bracketed by the TimescaleDB hooks; return the tables checked."""
     tsdb = meta["extensions"].get(TIMESCALEDB)
-    if tsdb:
+    pg_restore = find_pg_program("pg_restore", target, major_of(meta["server_version_num"]))
+    if not tsdb:
+        _pg_restore(target, scratch, pg_restore, [dump_dir], jobs, progress)
+    else:
         with session(target, scratch) as conn:
             _execute(conn, sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} VERSION {}").format(
                 sql.Identifier(TIMESCALEDB), sql.Identifier(tsdb["schema"]), sql.Literal(tsdb["version"])))
-        _timescaledb_call(target, scratch, "timescaledb_pre_restore")
+            _execute(conn, sql.SQL("SELECT {}()").format(sql.Identifier("timescaledb_pre_restore")))
         result["timescaledb"] = ["pre_restore"]
-    progress("loading %s into scratch database %s with %d jobs" % (dump_dir, scratch, jobs))
-    pg_restore = find_pg_program("pg_restore", target, major_of(meta["server_version_num"]))
-    try:
-        with target.libpq_env(scratch) as (env, fds):
-            proc = commands.start([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
-                                   "--dbname=%s" % scratch, dump_dir], env=env, pass_fds=fds)
-            commands.finish(proc, "pg_restore into %s" % scratch, heartbeat=lambda: progress(
-                "pg_restore: %s holds %d MiB" % (scratch, _database_size(target, scratch) // 2**20)))
-    finally:
-        if tsdb:
-            _timescaledb_call(target, scratch, "timescaledb_post_restore")
-            result["timescaledb"].append("post_restore")
+        try:
+            # TimescaleDB's catalog tables reference each other: parallel jobs would load them out of order.
+            with tempfile.TemporaryDirectory(prefix="christmas-restore-lists-") as lists:
+                catalog, rest = timescaledb.write_restore_lists(pg_restore, dump_dir, lists)
+                progress("loading the schema and TimescaleDB's catalog with 1 job")
+                _pg_restore(target, scratch, pg_restore, ["--use-list=%s" % catalog, dump_dir], 1, progress)
+                _pg_restore(target, scratch, pg_restore, ["--use-list=%s" % rest, dump_dir], jobs, progress)
+        finally:
+            with session(target, scratch) as conn:
+                timescaledb.post_restore_stopped(conn)
+            result["timescaledb"] += ["post_restore", "workers_stopped"]
     with session(target, scratch) as conn:
-        restored_counts = count_rows(conn)
+        restored_counts = count_rows(conn, meta["row_counts"])
+        restored_facts = timescaledb.facts(conn) if tsdb and "timescaledb" in meta else None
     if restored_counts != meta["row_counts"]:
         differing = sorted(name for name in set(restored_counts) | set(meta["row_counts"])
                            if restored_counts.get(name) != meta["row_counts"].get(name))
         raise RecoveryError("restored row counts differ from the manifest for %s" % ", ".join(differing[:10]))
+    if restored_facts is not None:
+        differences = timescaledb.differences(meta["timescaledb"], restored_facts)
+        if differences:
+            raise RecoveryError("restored TimescaleDB objects differ from the manifest: %s" % "; ".join(
+                differences[:10]))
     return len(restored_counts)
+
+
+def _pg_restore(target, scratch, pg_restore, args, jobs, progress):
+    progress("loading %s into scratch database %s with %d jobs" % (args[-1], scratch, jobs))
+    with target.libpq_env(scratch) as (env, fds):
+        proc = commands.start([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
+                               "--dbname=%s" % scratch] + args, env=env, pass_fds=fds)
+        commands.finish(proc, "pg_restore into %s" % scratch, heartbeat=lambda: progress(
+            "pg_restore: %s holds %d MiB" % (scratch, _database_size(target, scratch) // 2**20)))
+
+
+def _start_timescaledb_workers(target, result):
+    """The swapped-in database's jobs run again (stopped in the scratch database so the swap could not kill them)."""
+    try:
+        with session(target) as conn:
+            timescaledb.start_workers(conn)
+    except (RecoveryError, psycopg2.Error) as err:
+        raise RecoveryError("database %s is restored but TimescaleDB's background workers did not start (%s); run "
+                            "SELECT _timescaledb_functions.start_background_workers() in it" % (
+                                target.dbname, str(err).strip().splitlines()[0])) from None
+    result["timescaledb"].append("workers_started")
 
 
 def _allow_connections(conn, name, allowed):

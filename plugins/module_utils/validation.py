@@ -18,7 +18,13 @@ import urllib.request
 from array import array
 from decimal import Decimal, InvalidOperation
 
-from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, postgres, redis_keys, redis_rdb
+from ansible_collections.christmas.recovery.plugins.module_utils import (
+    config_tree,
+    postgres,
+    redis_keys,
+    redis_rdb,
+    timescaledb,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
     artifact_path,
@@ -33,6 +39,7 @@ PG_ERRORS = (postgres.psycopg2.Error,) if postgres.HAS_PSYCOPG2 else ()
 COMPONENTS = ("db", "redis", "config")
 ROW_COUNTS, MARKET_ROWS, NEWEST = "db: row counts", "db: market_data rows", "db: newest market_data"
 TABLES = "db: tables of the set"
+TIMESCALEDB_OBJECTS, TIMESCALEDB_SCHEDULER = "db: timescaledb objects", "db: timescaledb scheduler"
 MODES = ("restored", "running")
 REDIS_KEYS, CONFIG_CHECKSUMS, SERVICES_UP = "redis: keys per db", "config: checksums", "services: up"
 HEALTH_TRY_TIMEOUT = 5
@@ -217,15 +224,21 @@ def _expected_market_rows(meta):
 
 
 def _database_checks(target, meta, at_least=False):
-    """Row counts of every table, market_data's rows and newest time, read in one snapshot; ``at_least``: tables
-    present, market_data's rows and newest time not behind the set."""
+    """Row counts of every table, market_data's rows and newest time, TimescaleDB's objects, read in one snapshot;
+    ``at_least``: tables present, market_data's rows and newest time not behind the set. Then, when the set has
+    TimescaleDB jobs, that TimescaleDB's scheduler runs them in the database."""
     market = meta.get("market_data")
     expected_rows = _expected_market_rows(meta)
+    tsdb = meta.get("timescaledb")
     planned = [(TABLES if at_least else ROW_COUNTS, meta["row_counts"])]
     if expected_rows is not None:
         planned.append((MARKET_ROWS, expected_rows))
     if market and market["time_column"]:
         planned.append((NEWEST, market["newest"]))
+    if tsdb:
+        planned.append((TIMESCALEDB_OBJECTS, tsdb))
+    if timescaledb.has_scheduled_jobs(tsdb):
+        planned.append((TIMESCALEDB_SCHEDULER, True))
     try:
         conn = postgres.connect(target, autocommit=False)
     except RecoveryError as err:
@@ -234,9 +247,11 @@ def _database_checks(target, meta, at_least=False):
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")  # as at backup time
-        counts = postgres.count_rows(conn)
+        counts = postgres.count_rows(conn, meta["row_counts"])
         facts = postgres.market_data_facts(conn, market["time_column"] if market else None)
+        tsdb_facts = timescaledb.facts(conn) if tsdb else None
         conn.rollback()
+        scheduler = timescaledb.scheduler_running(conn, target.dbname) if timescaledb.has_scheduled_jobs(tsdb) else None
     except PG_ERRORS as err:
         problem = str(postgres.sql_error("reading database %s" % target.dbname, err))
         return [_check(name, False, expected, None, problem) for name, expected in planned]
@@ -247,7 +262,30 @@ def _database_checks(target, meta, at_least=False):
         checks.append(_market_rows_check(expected_rows, facts, target.dbname, at_least))
     if market and market["time_column"]:
         checks.append(_newest_check(market, facts, target.dbname, at_least))
+    if tsdb:
+        checks.append(_timescaledb_objects_check(tsdb, tsdb_facts))
+    if scheduler is not None:
+        checks.append(_scheduler_check(scheduler, target.dbname))
     return checks
+
+
+def _timescaledb_objects_check(expected, actual):
+    """Hypertables, continuous aggregates and jobs as in the set; chunk counts are left to the restore itself,
+    since jobs that run after it may compress or drop chunks."""
+    differences = timescaledb.differences(expected, actual, objects_only=True)
+    detail = _named(differences) if differences else "%d hypertables, %d continuous aggregates, %d jobs, as in the " \
+        "set" % (len(actual["hypertables"]), len(actual["continuous_aggregates"]), len(actual["jobs"]))
+    return _check(TIMESCALEDB_OBJECTS, not differences, expected, actual, detail)
+
+
+def _scheduler_check(running, dbname):
+    if running:
+        detail = "TimescaleDB's scheduler runs the jobs of database %s" % dbname
+    else:
+        detail = ("no TimescaleDB scheduler in database %s after %d s, so its jobs do not run; "
+                  "SELECT _timescaledb_functions.start_background_workers() in it starts one" % (
+                      dbname, timescaledb.SCHEDULER_WAIT))
+    return _check(TIMESCALEDB_SCHEDULER, running, True, running, detail)
 
 
 def _row_counts_check(expected, actual):

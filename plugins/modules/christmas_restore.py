@@ -10,11 +10,13 @@ module: christmas_restore
 short_description: Restore the Christmas platform, wholly or in part, from a verified backup set
 description:
   - Deep-verifies the whole set first, then runs every chosen component's preflight (target reachable, versions
-    compatible, TimescaleDB version identical, rights, enough disk); only then changes anything.
+    compatible, TimescaleDB preloaded at the set's version, rights, enough disk); only then changes anything.
   - Database; missing roles are created (with their password hashes when the backup has them), the dump is loaded with
     C(pg_restore --jobs --exit-on-error) into a scratch database (bracketed by C(timescaledb_pre_restore()) and
-    C(timescaledb_post_restore()) when the backup has TimescaleDB), its row counts are compared with the manifest,
-    and only then is it swapped in for the existing database, which is dropped.
+    C(timescaledb_post_restore()) when the backup has TimescaleDB, whose catalog is then loaded first by one job),
+    its row counts (and TimescaleDB's hypertables, chunks, aggregates and jobs) are compared with the manifest,
+    and only then is it swapped in for the existing database, which is dropped. TimescaleDB's background workers are
+    stopped in the scratch database and started in the restored one.
   - Redis; the running server's keyspace is replaced over the network (FLUSHALL, RESTORE with TTLs) and made durable
     (the AOF already holds it; otherwise C(SAVE)).
   - Config; the tree is extracted beside the destination, the current tree is moved aside to a time-stamped safety

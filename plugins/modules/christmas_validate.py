@@ -12,9 +12,11 @@ description:
   - "Compares the servers and the config tree with the backup set itself (not with a restore's report), one check
     per item, in this order: C(db: row counts) (the exact row count of every table against the manifest),
     C(db: market_data rows), C(db: newest market_data) (the newest time in C(market_data), in UTC),
-    C(redis: keys per db) (each database's key count against the set's own C(redis.rdb); keys with a TTL may have
-    expired since), C(config: checksums) (the tree's checksum against the manifest), C(services: up),
-    one C(health: URL) per health URL, and one C(query: NAME) per query."
+    C(db: timescaledb objects) (hypertables, continuous aggregates and jobs against the manifest, for a set with
+    TimescaleDB), C(db: timescaledb scheduler) (TimescaleDB's scheduler has a session in the database within 30 s,
+    for a set with scheduled jobs), C(redis: keys per db) (each database's key count against the set's own
+    C(redis.rdb); keys with a TTL may have expired since), C(config: checksums) (the tree's checksum against the
+    manifest), C(services: up), one C(health: URL) per health URL, and one C(query: NAME) per query."
   - Only the components not skipped and present in the set are checked, and only what the manifest records (sets
     made before C(market_data) was recorded fall back to its row count, without the newest time).
   - "A server that cannot be reached is a failed check, not an error. When any check fails the task fails with

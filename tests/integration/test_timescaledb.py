@@ -1,31 +1,39 @@
-"""The TimescaleDB path of restore_db.yml, with the SQL-only STAND-IN extension (tests/fixtures/timescaledb_standin),
-which logs each call of its restore hooks to the server log."""
+"""The TimescaleDB path of backups and restore_db.yml, with the SQL-only STAND-IN extension
+(tests/fixtures/timescaledb_standin) and its stand-in launcher (tests/timescaledb_standin.py): catalog tables with
+foreign keys between them, hypertables of chunks (some compressed), a continuous aggregate, jobs and their scheduler,
+the preload requirement. The restore hooks log each call to the server log."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
+import time
 
 import pytest
 from conftest import Platform, seed_platform
+from timescaledb_standin import EXPECTED_FACTS, HYPERTABLE_SQL, SCHEDULER, catalog
 
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.validation import validate
 
 # The stand-in is installed into the system extension directory for the session: one worker only.
 pytestmark = pytest.mark.xdist_group("timescaledb")
 
 HOOK_RE = re.compile(r"timescaledb-standin: (pre_restore|post_restore) in database (\S+)")
+WAIT = 30
 
 
-def _with_timescaledb(platform, version):
-    platform.cluster.sql("CREATE EXTENSION timescaledb VERSION '%s'" % version, dbname="christmas")
+def _hypertable_platform(cluster):
+    platform = seed_platform(cluster)
+    cluster.sql(HYPERTABLE_SQL, dbname="christmas")
     return platform
 
 
 def _backup(platform, tmp_dir):
-    """A database-only set, made as the superuser so that role passwords come along; returns its set id."""
+    """A database-only set, made as the superuser so that role passwords come along; returns its report."""
     target = PgTarget(host="127.0.0.1", port=platform.cluster.port, password=platform.password,
                       admin_user="postgres", admin_password=platform.cluster.password)
     report = make_backup_set(os.path.join(tmp_dir, "backups"), db=target, progress=lambda _message: None)
@@ -40,6 +48,11 @@ def _restore_db(run_playbook, cluster, report, expect_ok=True):
     return run_playbook("restore_db", host_vars, {"manifest": report["manifest"]}, expect_ok=expect_ok)
 
 
+def _manifest(report):
+    with open(report["manifest"], encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def _hook_calls(cluster):
     with open(cluster.log, encoding="utf-8", errors="replace") as handle:
         return HOOK_RE.findall(handle.read())
@@ -49,33 +62,96 @@ def _databases(cluster):
     return cluster.sql("SELECT datname, oid FROM pg_database ORDER BY 1")
 
 
+def _roles(cluster):
+    return cluster.sql("SELECT rolname FROM pg_roles ORDER BY 1")
+
+
 def _timescaledb_version(cluster):
     return cluster.sql("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'", dbname="christmas")
 
 
-def test_restore_onto_a_new_cluster_loads_between_the_hooks_and_keeps_the_version(
-        timescaledb_standin, run_playbook, make_cluster, tmp_dir):
-    source = _with_timescaledb(seed_platform(make_cluster()), "2.14.2")
-    before = source.snapshot()
-    report = _backup(source, tmp_dir)
+def _scheduler_sessions(cluster, dbname="christmas"):
+    return cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND application_name = '%s'" % (
+        dbname, SCHEDULER))[0][0]
 
-    target = make_cluster()
-    _restore_db(run_playbook, target, report)
+
+def _wait_for_scheduler(cluster):
+    """Whether the launcher runs a scheduler for database christmas within WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if cluster.launcher.state_of("christmas") == "running" and _scheduler_sessions(cluster) == 1:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_backup_counts_each_hypertable_through_its_name_and_records_timescaledbs_objects(
+        timescaledb_cluster, tmp_dir):
+    platform = _hypertable_platform(timescaledb_cluster())
+
+    meta = _manifest(_backup(platform, tmp_dir))["db"]
+
+    assert meta["row_counts"] == {"public.market_data": 5000, "public.orders": 700, "public.positions": 17}
+    assert meta["timescaledb"] == EXPECTED_FACTS
+    assert meta["market_data"]["rows"] == 5000
+
+
+def test_a_hypertable_platform_round_trips_with_parallel_jobs_and_its_jobs_run_after(
+        timescaledb_cluster, run_playbook, tmp_dir):
+    source = _hypertable_platform(timescaledb_cluster())
+    before, source_catalog = source.snapshot(), catalog(source.cluster)
+    report = _backup(source, tmp_dir)
+    target = timescaledb_cluster()
+
+    _restore_db(run_playbook, target, report)  # at the default christmas_jobs (2)
 
     scratch = "christmas__restore_%s" % report["set_id"]
     assert _hook_calls(target) == [("pre_restore", scratch), ("post_restore", scratch)]
-    assert _timescaledb_version(target) == [("2.14.2",)]
     assert Platform(target, source.password, source.analyst_password).snapshot() == before
-    # post_restore took the database out of restoring mode before it was swapped in.
-    assert target.sql("SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-                      "WHERE d.datname = 'christmas'")[0][0] == ["work_mem=8MB",
-                                                                "christmas_recovery.restored_set=" + report["set_id"]]
+    assert catalog(target) == source_catalog
+    assert _timescaledb_version(target) == [("2.14.2",)]
+    # The swap killed no scheduler: the launcher did not disable the database, and its jobs run in it.
+    assert _wait_for_scheduler(target), target.launcher.state
     assert [name for name, _oid in _databases(target)] == ["christmas", "postgres", "template0", "template1"]
 
 
+def test_validation_fails_when_no_scheduler_runs_the_restored_jobs(timescaledb_cluster, tmp_dir):
+    platform = _hypertable_platform(timescaledb_cluster())
+    report = _backup(platform, tmp_dir)
+    db = PgTarget(host="127.0.0.1", port=platform.cluster.port, password=platform.password)
+    assert _wait_for_scheduler(platform.cluster)
+    checks = {check["name"]: check for check in validate(report["manifest"], db=db, components=["db"],
+                                                          progress=lambda _message: None)["checks"]}
+    assert checks["db: timescaledb objects"]["ok"] and checks["db: timescaledb scheduler"]["ok"], checks
+
+    platform.cluster.sql("SELECT _timescaledb_functions.stop_background_workers()", dbname="christmas")
+    deadline = time.monotonic() + WAIT
+    while _scheduler_sessions(platform.cluster) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    scheduler = validate(report["manifest"], db=db, components=["db"], progress=lambda _message: None)["checks"][-1]
+
+    assert scheduler["name"] == "db: timescaledb scheduler" and not scheduler["ok"]
+    assert scheduler["detail"].startswith("no TimescaleDB scheduler in database christmas after")
+
+
+def test_restore_onto_a_cluster_that_does_not_preload_timescaledb_is_refused_before_any_change(
+        timescaledb_cluster, make_cluster, run_playbook, tmp_dir):
+    report = _backup(_hypertable_platform(timescaledb_cluster()), tmp_dir)
+    target = make_cluster()  # the stand-in is installed, but not preloaded
+    databases, roles = _databases(target), _roles(target)
+
+    result = _restore_db(run_playbook, target, report, expect_ok=False)
+
+    assert ("target 127.0.0.1:%d does not preload TimescaleDB: add timescaledb to shared_preload_libraries and "
+            "restart PostgreSQL first" % target.port) in result.stdout
+    assert _databases(target) == databases
+    assert _roles(target) == roles
+
+
 def test_restore_refuses_a_database_with_another_timescaledb_version_and_leaves_it_untouched(
-        timescaledb_standin, run_playbook, make_cluster, tmp_dir):
-    platform = _with_timescaledb(seed_platform(make_cluster()), "2.14.2")
+        timescaledb_cluster, run_playbook, tmp_dir):
+    platform = seed_platform(timescaledb_cluster())
+    platform.cluster.sql("CREATE EXTENSION timescaledb VERSION '2.14.2'", dbname="christmas")
     report = _backup(platform, tmp_dir)
     platform.cluster.sql("DROP EXTENSION timescaledb; CREATE EXTENSION timescaledb VERSION '2.15.0'",
                          dbname="christmas")
@@ -104,12 +180,13 @@ def _table_in_new_tablespace(platform):
 
 
 def test_a_failed_pg_restore_still_calls_post_restore_and_leaves_the_target_untouched(
-        timescaledb_standin, run_playbook, make_cluster, tmp_dir):
-    source = _with_timescaledb(seed_platform(make_cluster()), "2.14.2")
+        timescaledb_cluster, run_playbook, tmp_dir):
+    source = _hypertable_platform(timescaledb_cluster())
     _table_in_new_tablespace(source)
     report = _backup(source, tmp_dir)
 
-    target = _with_timescaledb(seed_platform(make_cluster()), "2.14.2")  # no tablespace fastspace here
+    target = seed_platform(timescaledb_cluster())  # no tablespace fastspace here
+    target.cluster.sql("CREATE EXTENSION timescaledb VERSION '2.14.2'", dbname="christmas")
     target.sql("UPDATE orders SET qty = 0")
     before, databases = target.snapshot(), _databases(target.cluster)
 
