@@ -713,8 +713,6 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
             # ACL, settings and the set marker belong to the database itself, so they follow it through the rename.
             _apply_database_properties(admin, scratch, globals_data["database"], manifest["set_id"])
             _swap_in(admin, target.dbname, scratch, manifest["set_id"])
-            if TIMESCALEDB in manifest["db"]["extensions"]:
-                _start_timescaledb_workers(target, result)
         except (RecoveryError, psycopg2.Error) as err:
             _drop(admin, scratch)
             raise RecoveryError("%s; database %s left as it was, scratch database dropped" % (
@@ -722,6 +720,8 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
         except BaseException:
             _drop(admin, scratch)
             raise
+        if TIMESCALEDB in manifest["db"]["extensions"]:
+            _start_timescaledb_workers(target, result)
         result["state"] = "restored from set %s" % manifest["set_id"]
     except psycopg2.Error as err:
         raise sql_error("preparing the restore of %s (nothing replaced)" % target.dbname, err) from None
@@ -746,9 +746,10 @@ def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
             # TimescaleDB's catalog tables reference each other: parallel jobs would load them out of order.
             with tempfile.TemporaryDirectory(prefix="christmas-restore-lists-") as lists:
                 catalog, rest = timescaledb.write_restore_lists(pg_restore, dump_dir, lists)
-                progress("loading the schema and TimescaleDB's catalog with 1 job")
-                _pg_restore(target, scratch, pg_restore, ["--use-list=%s" % catalog, dump_dir], 1, progress)
-                _pg_restore(target, scratch, pg_restore, ["--use-list=%s" % rest, dump_dir], jobs, progress)
+                _pg_restore(target, scratch, pg_restore, ["--use-list=%s" % catalog, dump_dir], 1, progress,
+                            "the schema and TimescaleDB's catalog of ")
+                _pg_restore(target, scratch, pg_restore, ["--use-list=%s" % rest, dump_dir], jobs, progress,
+                            "the rest of ")
         finally:
             with session(target, scratch) as conn:
                 timescaledb.post_restore_stopped(conn)
@@ -768,8 +769,8 @@ def _load_scratch(target, scratch, meta, dump_dir, jobs, result, progress):
     return len(restored_counts)
 
 
-def _pg_restore(target, scratch, pg_restore, args, jobs, progress):
-    progress("loading %s into scratch database %s with %d jobs" % (args[-1], scratch, jobs))
+def _pg_restore(target, scratch, pg_restore, args, jobs, progress, part=""):
+    progress("loading %s%s into scratch database %s with %d jobs" % (part, args[-1], scratch, jobs))
     with target.libpq_env(scratch) as (env, fds):
         proc = commands.start([pg_restore, "--jobs=%d" % jobs, "--exit-on-error", "--no-password",
                                "--dbname=%s" % scratch] + args, env=env, pass_fds=fds)
