@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, ".collections"))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from sandbox import PG_BIN, PgCluster, RedisServer  # noqa: E402
-from timescaledb_standin import StandinLauncher  # noqa: E402
+from timescaledb_standin import HYPERTABLE_SQL, StandinLauncher  # noqa: E402
 
 from lab import LabPlatform, build_image  # noqa: E402
 
@@ -140,6 +140,15 @@ def seed_platform(cluster, tablespace_dir=None):
     cluster.sql("ALTER DATABASE christmas SET work_mem = '8MB'")
     platform = Platform(cluster, password, analyst_password)
     platform.sql(PLATFORM_SQL)
+    return platform
+
+
+def seed_hypertable_platform(cluster, scheduled=True):
+    """The seeded platform with market_data as a stand-in hypertable (HYPERTABLE_SQL), on a cluster that preloads
+    the stand-in; ``scheduled=False`` unschedules its jobs, for a cluster without a stand-in launcher."""
+    platform = seed_platform(cluster)
+    cluster.sql(HYPERTABLE_SQL + ("" if scheduled else "UPDATE _timescaledb_config.bgw_job SET scheduled = false"),
+                dbname="christmas")
     return platform
 
 

@@ -230,6 +230,7 @@ def _database_checks(target, meta, at_least=False):
     market = meta.get("market_data")
     expected_rows = _expected_market_rows(meta)
     tsdb = meta.get("timescaledb")
+    expects_scheduler = timescaledb.has_scheduled_jobs(tsdb)
     planned = [(TABLES if at_least else ROW_COUNTS, meta["row_counts"])]
     if expected_rows is not None:
         planned.append((MARKET_ROWS, expected_rows))
@@ -237,7 +238,7 @@ def _database_checks(target, meta, at_least=False):
         planned.append((NEWEST, market["newest"]))
     if tsdb:
         planned.append((TIMESCALEDB_OBJECTS, tsdb))
-    if timescaledb.has_scheduled_jobs(tsdb):
+    if expects_scheduler:
         planned.append((TIMESCALEDB_SCHEDULER, True))
     try:
         conn = postgres.connect(target, autocommit=False)
@@ -251,7 +252,7 @@ def _database_checks(target, meta, at_least=False):
         facts = postgres.market_data_facts(conn, market["time_column"] if market else None)
         tsdb_facts = timescaledb.facts(conn) if tsdb else None
         conn.rollback()
-        scheduler = timescaledb.scheduler_running(conn, target.dbname) if timescaledb.has_scheduled_jobs(tsdb) else None
+        scheduler = timescaledb.scheduler_running(conn, target.dbname) if expects_scheduler else None
     except PG_ERRORS as err:
         problem = str(postgres.sql_error("reading database %s" % target.dbname, err))
         return [_check(name, False, expected, None, problem) for name, expected in planned]

@@ -23,12 +23,11 @@ from conftest import (
     connection_vars,
     live_state,
     read_metrics,
-    seed_platform,
+    seed_hypertable_platform,
     seed_redis,
     value,
 )
 from sandbox import free_port
-from timescaledb_standin import HYPERTABLE_SQL
 
 from ansible_collections.christmas.recovery.plugins.module_utils import rehearsal
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
@@ -180,18 +179,9 @@ def test_a_set_resealed_with_other_market_data_fails_its_newest_time_check(env):
     assert not is_proven(env.backup_dir, env.set_id)
 
 
-def _hypertable_platform(timescaledb_cluster):
-    """market_data as a hypertable with compressed chunks and a continuous aggregate, its jobs unscheduled: the
-    scratch cluster has no stand-in launcher to run them."""
-    platform = seed_platform(timescaledb_cluster())
-    platform.cluster.sql(HYPERTABLE_SQL + "UPDATE _timescaledb_config.bgw_job SET scheduled = false",
-                         dbname="christmas")
-    return platform
-
-
 @pytest.mark.xdist_group("timescaledb")  # the stand-in is installed into the system extension directory
 def test_a_timescaledb_set_rehearses_between_the_restore_hooks(timescaledb_cluster, tmp_dir):
-    platform = _hypertable_platform(timescaledb_cluster)
+    platform = seed_hypertable_platform(timescaledb_cluster(), scheduled=False)  # no launcher in the scratch cluster
     os.chmod(tmp_dir, 0o711)
     report = _backup(platform, None, None, os.path.join(tmp_dir, "backups"))
     scratch = os.path.join(tmp_dir, "rehearsal")
@@ -207,7 +197,7 @@ def test_a_timescaledb_set_rehearses_between_the_restore_hooks(timescaledb_clust
 
 @pytest.mark.xdist_group("timescaledb")
 def test_a_set_whose_timescaledb_version_this_host_lacks_fails_naming_it(timescaledb_cluster, tmp_dir):
-    platform = _hypertable_platform(timescaledb_cluster)
+    platform = seed_hypertable_platform(timescaledb_cluster(), scheduled=False)  # no launcher in the scratch cluster
     os.chmod(tmp_dir, 0o711)
     report = _backup(platform, None, None, os.path.join(tmp_dir, "backups"))
     # The platform's TimescaleDB is newer than any this host has: as if the set came from the production host.

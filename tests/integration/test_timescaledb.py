@@ -12,8 +12,8 @@ import re
 import time
 
 import pytest
-from conftest import Platform, seed_platform
-from timescaledb_standin import EXPECTED_FACTS, HYPERTABLE_SQL, SCHEDULER, catalog
+from conftest import Platform, seed_hypertable_platform, seed_platform
+from timescaledb_standin import EXPECTED_FACTS, SCHEDULER, catalog
 
 from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.xdist_group("timescaledb")
 
 HOOK_RE = re.compile(r"timescaledb-standin: (pre_restore|post_restore) in database (\S+)")
 WAIT = 30
-
-
-def _hypertable_platform(cluster):
-    platform = seed_platform(cluster)
-    cluster.sql(HYPERTABLE_SQL, dbname="christmas")
-    return platform
 
 
 def _backup(platform, tmp_dir):
@@ -87,7 +81,7 @@ def _wait_for_scheduler(cluster):
 
 def test_backup_counts_each_hypertable_through_its_name_and_records_timescaledbs_objects(
         timescaledb_cluster, tmp_dir):
-    platform = _hypertable_platform(timescaledb_cluster())
+    platform = seed_hypertable_platform(timescaledb_cluster())
 
     meta = _manifest(_backup(platform, tmp_dir))["db"]
 
@@ -98,7 +92,7 @@ def test_backup_counts_each_hypertable_through_its_name_and_records_timescaledbs
 
 def test_a_hypertable_platform_round_trips_with_parallel_jobs_and_its_jobs_run_after(
         timescaledb_cluster, run_playbook, tmp_dir):
-    source = _hypertable_platform(timescaledb_cluster())
+    source = seed_hypertable_platform(timescaledb_cluster())
     before, source_catalog = source.snapshot(), catalog(source.cluster)
     report = _backup(source, tmp_dir)
     target = timescaledb_cluster()
@@ -116,7 +110,7 @@ def test_a_hypertable_platform_round_trips_with_parallel_jobs_and_its_jobs_run_a
 
 
 def test_validation_fails_when_no_scheduler_runs_the_restored_jobs(timescaledb_cluster, tmp_dir):
-    platform = _hypertable_platform(timescaledb_cluster())
+    platform = seed_hypertable_platform(timescaledb_cluster())
     report = _backup(platform, tmp_dir)
     db = PgTarget(host="127.0.0.1", port=platform.cluster.port, password=platform.password)
     assert _wait_for_scheduler(platform.cluster)
@@ -136,7 +130,7 @@ def test_validation_fails_when_no_scheduler_runs_the_restored_jobs(timescaledb_c
 
 def test_restore_onto_a_cluster_that_does_not_preload_timescaledb_is_refused_before_any_change(
         timescaledb_cluster, make_cluster, run_playbook, tmp_dir):
-    report = _backup(_hypertable_platform(timescaledb_cluster()), tmp_dir)
+    report = _backup(seed_hypertable_platform(timescaledb_cluster()), tmp_dir)
     target = make_cluster()  # the stand-in is installed, but not preloaded
     databases, roles = _databases(target), _roles(target)
 
@@ -181,7 +175,7 @@ def _table_in_new_tablespace(platform):
 
 def test_a_failed_pg_restore_still_calls_post_restore_and_leaves_the_target_untouched(
         timescaledb_cluster, run_playbook, tmp_dir):
-    source = _hypertable_platform(timescaledb_cluster())
+    source = seed_hypertable_platform(timescaledb_cluster())
     _table_in_new_tablespace(source)
     report = _backup(source, tmp_dir)
 
