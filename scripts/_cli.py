@@ -12,9 +12,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".collections"))
 
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError  # noqa: E402
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget  # noqa: E402
-from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget  # noqa: E402
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError  # noqa: E402
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget  # noqa: E402
+from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget  # noqa: E402
 
 STARTED = time.monotonic()
 

@@ -12,8 +12,8 @@ import sys
 
 import _cli
 
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import DEFAULT_COMPRESS_LEVEL
+from ansible_collections.christmas.recovery.plugins.module_utils.db.postgres import DEFAULT_COMPRESS_LEVEL
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
 
 
 def _days(text):

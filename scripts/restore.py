@@ -13,7 +13,7 @@ import sys
 
 import _cli
 
-from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
 
 
 def parse(argv):

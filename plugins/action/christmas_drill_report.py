@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.christmas.recovery.plugins.module_utils.drill_report import argument_spec, write_report
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.drill_report import (
+    argument_spec,
+    write_report,
+)
 
 
 class ActionModule(ActionBase):

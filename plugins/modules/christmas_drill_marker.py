@@ -70,9 +70,13 @@ market_data_rows:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.arguments import connection_argument_spec, pg_target
-from ansible_collections.christmas.recovery.plugins.module_utils.drill_marker import write_marker
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
+    connection_argument_spec,
+    pg_target,
+    require_libraries,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.drill_marker import write_marker
 
 
 def main():

@@ -83,7 +83,7 @@ scenarios:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.drill_report import argument_spec
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.drill_report import argument_spec
 
 
 def main():

@@ -102,13 +102,14 @@ lines:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.incidents import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import require_libraries
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.incidents import (
     find_incidents,
     store_argument_spec,
     store_from_params,
     summary_line,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
 
 
 def main():

@@ -147,8 +147,12 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.metrics import KINDS, safe_reason, write_metrics
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.metrics import (
+    KINDS,
+    safe_reason,
+    write_metrics,
+)
 
 
 def main():

@@ -114,8 +114,8 @@ error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
-from ansible_collections.christmas.recovery.plugins.module_utils.notify import STATUSES, notify
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.notify import STATUSES, notify
 
 
 def main():

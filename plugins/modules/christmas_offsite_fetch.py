@@ -67,9 +67,12 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.arguments import vault_argument_spec, vault_remote
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
-from ansible_collections.christmas.recovery.plugins.module_utils.offsite import fetch_set
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
+    vault_argument_spec,
+    vault_remote,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import fetch_set
 
 
 def main():

@@ -90,14 +90,14 @@ sets:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
     encryption_argument_spec,
     encryption_key,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
-from ansible_collections.christmas.recovery.plugins.module_utils.offsite import receive_sets
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import receive_sets
 
 
 def main():

@@ -85,15 +85,15 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
     encryption_argument_spec,
     encryption_key,
     vault_argument_spec,
     vault_remote,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
-from ansible_collections.christmas.recovery.plugins.module_utils.offsite import send_sets
+from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import send_sets
 
 
 def main():

@@ -197,8 +197,9 @@ would_remove_leftover:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
-from ansible_collections.christmas.recovery.plugins.module_utils.rehearsal import DEFAULT_SCRATCH_DIR, rehearse
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import require_libraries
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.rehearsal import DEFAULT_SCRATCH_DIR, rehearse
 
 
 def main():

@@ -345,9 +345,10 @@ steps:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils import replication
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.db import failover, replication
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import require_libraries
 
 
 def local_target(params):
@@ -374,8 +375,8 @@ def apply(params, check_mode, progress):
             wait_seconds=params["wait_seconds"], application_name=params["application_name"],
             check_mode=check_mode, progress=progress)
     if state == "promoted":
-        return replication.promote(target, params["wait_seconds"], check_mode=check_mode, progress=progress)
-    return replication.fence(target, params["stop_command"], params["data_dir"], params["start_conf"],
+        return failover.promote(target, params["wait_seconds"], check_mode=check_mode, progress=progress)
+    return failover.fence(target, params["stop_command"], params["data_dir"], params["start_conf"],
                              wait_seconds=params["wait_seconds"], check_mode=check_mode, progress=progress)
 
 

@@ -94,14 +94,15 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     connection_argument_spec,
     enabled_components,
     pg_target,
     redis_target,
+    require_libraries,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
-from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
 
 
 def main():

@@ -72,15 +72,15 @@ key_id:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils import encryption
-from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import filesystem_usage
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
     encryption_argument_spec,
     encryption_key,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import filesystem_usage
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import run
-from ansible_collections.christmas.recovery.plugins.module_utils.offsite import list_sets
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import list_sets
 
 
 def main():

@@ -133,14 +133,19 @@ manifest:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.christmas.recovery.plugins.module_utils.arguments import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     connection_argument_spec,
     enabled_components,
     pg_target,
     redis_target,
+    require_libraries,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.module_runner import require_libraries, run
-from ansible_collections.christmas.recovery.plugins.module_utils.validation import redact_url, require_ok, validate
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.validation import (
+    redact_url,
+    require_ok,
+    validate,
+)
 
 
 def main():

@@ -19,16 +19,16 @@ import time
 from conftest import ROOT, group_members, kill_group
 from sandbox import PG_BIN
 
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     MANIFEST_RE,
     complete_set_ids,
     manifest_name,
     seal,
     set_dir_name,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 RESTORE_SCRIPT = os.path.join(ROOT, "scripts", "restore.py")
 PROGRESS_RE = re.compile(r"^\[ *\d+\.\ds\] (.*)$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import FORMAT, FORMAT_VERSION
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import FORMAT, FORMAT_VERSION
 
 SET_ID = "20261124_030000"
 

@@ -19,13 +19,13 @@ import pytest
 from conftest import connection_vars, live_state, seed_redis
 from manifest_samples import SET_ID, valid_manifest
 
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import load, manifest_name, seal
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
-from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import load, manifest_name, seal
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 SEED = 20261224
 TRIALS = 100

@@ -21,13 +21,14 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from manifest_samples import REMOVE, SET_ID, leaf_paths, replaced, valid_manifest
 
-from ansible_collections.christmas.recovery.plugins.module_utils import config_tree, manifest
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths import (
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.safe_paths import (
     check_relative_name,
     link_stays_inside,
     resolve_inside,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import manifest
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MANIFEST_NAME = "manifest_%s.json" % SET_ID

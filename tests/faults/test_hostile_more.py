@@ -19,13 +19,13 @@ from conftest import append_members, tree_state
 from fault_helpers import one_line
 from manifest_samples import leaf_paths, replaced, valid_manifest
 
-from ansible_collections.christmas.recovery.plugins.module_utils import config_tree
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import sha256_file
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import manifest_name, seal, set_dir_name
-from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
-from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import sha256_file
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import manifest_name, seal, set_dir_name
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 
 def _quiet(_message):

@@ -15,8 +15,8 @@ import sys
 import pytest
 from conftest import BACKUP_SCRIPT, ROOT
 
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
 
 # Numeric owners that need not exist: a config tree may belong to accounts of the host it came from.
 OTHER_UID, OTHER_GID, THIRD_UID = 23456, 34567, 45678

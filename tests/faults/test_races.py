@@ -28,8 +28,8 @@ from fault_helpers import (
     verify_problems,
 )
 
-from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import complete_set_ids
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import LOCK_NAME
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids
 
 TRIALS = 3
 PRUNE = ("--retention-days", "0")  # keeps only the newest set: a prune of everything else

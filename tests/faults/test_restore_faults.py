@@ -13,8 +13,8 @@ import time
 import pytest
 from conftest import ROOT, redis_state, seed_platform, seed_redis, tree_state
 
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
-from ansible_collections.christmas.recovery.plugins.module_utils.restore_journal import journal_name
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_journal import journal_name
 
 # Progress lines of scripts/restore.py at which a kill lands, one per step of each component.
 KILL_AT = [

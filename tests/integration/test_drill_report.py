@@ -7,7 +7,7 @@ import os
 import stat
 import struct
 
-from ansible_collections.christmas.recovery.plugins.module_utils.incidents import SqliteStore, record_incident
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.incidents import SqliteStore, record_incident
 
 CHECKS = ("alerts fire in time", "recovery time within expectations", "data loss within target")
 

@@ -13,13 +13,13 @@ import pytest
 from conftest import redis_state, seed_redis, tree_state
 from sandbox import PG_BIN
 
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.encryption import decrypt_set, encrypt_set, key_id
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.restore_set import restore_set
-from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.encryption import decrypt_set, encrypt_set, key_id
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 KEY = secrets.token_bytes(32)
 KEY_TEXT = base64.b64encode(KEY).decode("ascii")

@@ -202,7 +202,8 @@ def test_two_writers_at_once_both_get_their_rows(tmp_dir):
     db = os.path.join(tmp_dir, "incidents.sqlite")
     script = textwrap.dedent("""
         import sys
-        from ansible_collections.christmas.recovery.plugins.module_utils.incidents import SqliteStore, record_incident
+        from ansible_collections.christmas.recovery.plugins.module_utils.platform.incidents import (
+            SqliteStore, record_incident)
         for n in range(25):
             record_incident(SqliteStore(sys.argv[1]), {"procedure": "db", "status": "recovered",
                                                        "operator": sys.argv[2], "incident_symptoms": str(n)})

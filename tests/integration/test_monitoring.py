@@ -14,7 +14,7 @@ import pytest
 from conftest import connection_vars, read_metrics, run_module, seed_platform, value
 from test_replication import build_standby, empty_standby, ready_primary
 
-from ansible_collections.christmas.recovery.plugins.module_utils.retention import set_time
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import set_time
 
 
 def manifests(backup_dir):

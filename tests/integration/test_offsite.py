@@ -14,15 +14,16 @@ import pytest
 from faults.fault_helpers import copy_set, set_id_days_ago
 from sandbox import free_port
 
-from ansible_collections.christmas.recovery.plugins.module_utils import encryption, offsite
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     complete_set_ids,
     manifest_name,
     set_dir_name,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.transport import offsite
 from lab import build_image, lab_env
 
 pytestmark = pytest.mark.xdist_group("podman")

@@ -8,9 +8,9 @@ import time
 import pytest
 from conftest import redis_state
 
-from ansible_collections.christmas.recovery.plugins.module_utils import redis_keys, redis_rdb
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys, redis_rdb
+from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
 
 LIBRARY = "#!lua name=christmas\nredis.register_function('ping2', function() return 'pong' end)"
 

@@ -29,13 +29,13 @@ from conftest import (
 )
 from sandbox import free_port
 
-from ansible_collections.christmas.recovery.plugins.module_utils import rehearsal
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.proof import is_proven, read_proof
-from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.platform import rehearsal, scratch
+from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.proof import is_proven, read_proof
 
 
 def _quiet(_message):
@@ -64,7 +64,7 @@ def env(platform, make_redis, config_dir, tmp_dir):
                           manifest=report["manifest"], set_id=report["set_id"], tmp_dir=tmp_dir,
                           scratch=host_vars["christmas_rehearsal_dir"], host_vars=host_vars,
                           incident_db=os.path.join(tmp_dir, "incidents", "incidents.sqlite"))
-    rehearsal.stop_processes_in(host_vars["christmas_rehearsal_dir"])  # whatever a failed test left running
+    scratch.stop_processes_in(host_vars["christmas_rehearsal_dir"])  # whatever a failed test left running
 
 
 def _rehearse(env, **options):
@@ -217,7 +217,7 @@ def _leftover(env, pg_template):
     """What a killed rehearsal leaves when its servers outlive it: the directory with its marker, a cluster and a
     Redis server running from it (started detached, as if by another process)."""
     os.makedirs(env.scratch, 0o700)
-    with open(os.path.join(env.scratch, rehearsal.MARKER), "w", encoding="utf-8") as handle:
+    with open(os.path.join(env.scratch, scratch.MARKER), "w", encoding="utf-8") as handle:
         json.dump({"pid": 999999999}, handle)
     data, redis_dir = os.path.join(env.scratch, "pgdata"), os.path.join(env.scratch, "redis")
     os.mkdir(redis_dir, 0o700)
@@ -246,7 +246,7 @@ def test_the_next_run_removes_a_killed_runs_scratch_dir_and_stops_its_servers(en
 
 def test_a_running_rehearsals_directory_is_refused_and_kept_while_check_mode_only_predicts(env):
     os.makedirs(env.scratch, 0o700)
-    with open(os.path.join(env.scratch, rehearsal.MARKER), "w", encoding="utf-8") as handle:
+    with open(os.path.join(env.scratch, scratch.MARKER), "w", encoding="utf-8") as handle:
         json.dump({"pid": os.getpid()}, handle)
     held = os.open(env.scratch, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -260,7 +260,7 @@ def test_a_running_rehearsals_directory_is_refused_and_kept_while_check_mode_onl
         os.close(held)
 
     assert str(caught.value) == "another rehearsal (pid %d) is running in %s" % (os.getpid(), env.scratch)
-    assert os.listdir(env.scratch) == [rehearsal.MARKER]
+    assert os.listdir(env.scratch) == [scratch.MARKER]
     assert read_proof(env.backup_dir, env.set_id)["rehearsals"] == []  # no verdict on the set
 
 
@@ -289,7 +289,7 @@ def test_a_scratch_port_equal_to_a_production_port_is_refused_in_one_line(env, w
 KILLED_RUN = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.christmas.recovery.plugins.module_utils import rehearsal, validation
+from ansible_collections.christmas.recovery.plugins.module_utils.platform import rehearsal, validation
 validation.validate = lambda *args, **kwargs: time.sleep(600)  # held after the restore, until killed
 rehearsal.rehearse(sys.argv[2], scratch_dir=sys.argv[3], progress=lambda message: print(message, flush=True))
 """
@@ -316,7 +316,7 @@ def test_a_killed_rehearsal_takes_its_servers_with_it_and_the_next_run_removes_i
     while _scratch_processes(env.scratch) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _scratch_processes(env.scratch) == []
-    assert os.path.isfile(os.path.join(env.scratch, rehearsal.MARKER))  # the directory is left to the next run
+    assert os.path.isfile(os.path.join(env.scratch, scratch.MARKER))  # the directory is left to the next run
 
     result = _rehearse(env)
 

@@ -16,9 +16,9 @@ import psycopg2
 import pytest
 from conftest import ROOT, ArgvSampler, assert_no_warnings
 
-from ansible_collections.christmas.recovery.plugins.module_utils import replication
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db import failover, replication, replication_conf
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
 
 USER = "replicator"
 
@@ -342,19 +342,19 @@ def test_promote_makes_the_standby_writable_on_the_next_timeline(make_cluster):
     with pytest.raises(RecoveryError, match="in recovery"):
         replication.ensure_primary(target(standby), USER, password, [], progress=lambda _m: None)
 
-    dry = replication.promote(target(standby), check_mode=True, progress=lambda _m: None)
+    dry = failover.promote(target(standby), check_mode=True, progress=lambda _m: None)
     assert dry["changed"] and dry["previous_timeline"] == 1
     assert standby.sql("SELECT pg_is_in_recovery()") == [(True,)]
 
-    promoted = replication.promote(target(standby), wait_seconds=30, progress=lambda _m: None)
+    promoted = failover.promote(target(standby), wait_seconds=30, progress=lambda _m: None)
     assert promoted["changed"] and promoted["role"] == "primary"
     assert (promoted["previous_timeline"], promoted["timeline"]) == (1, 2)
     assert standby.sql("SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_control_checkpoint())") == [
         (False, 2)]
     standby.sql("CREATE TABLE written_after_promotion (id int)")
     assert replication.server_info(target(standby))["timeline"] == 2
-    assert not replication.promote(target(standby), progress=lambda _m: None)["changed"]
-    assert not replication.promote(target(primary), progress=lambda _m: None)["changed"]
+    assert not failover.promote(target(standby), progress=lambda _m: None)["changed"]
+    assert not failover.promote(target(primary), progress=lambda _m: None)["changed"]
 
 
 DEBIAN_START_CONF = """# Automatic startup configuration
@@ -377,23 +377,23 @@ def test_fenced_writes_manual_and_stops_the_server(make_cluster, tmp_dir):
     args = {"stop_command": cluster.stop_command(), "data_dir": cluster.data, "start_conf": start_conf,
             "progress": lambda _m: None}
 
-    dry = replication.fence(target(cluster), check_mode=True, **args)
+    dry = failover.fence(target(cluster), check_mode=True, **args)
     assert dry["changed"] and dry["stopped"] and dry["start_conf_changed"]
     with open(start_conf, encoding="utf-8") as handle:
         assert handle.read() == DEBIAN_START_CONF
     assert cluster.sql("SELECT 1") == [(1,)]
 
-    fenced = replication.fence(target(cluster), **args)
+    fenced = failover.fence(target(cluster), **args)
     assert fenced["changed"] and fenced["stopped"] and fenced["previous_start_conf"] == DEBIAN_START_CONF
     with open(start_conf, encoding="utf-8") as handle:
         text = handle.read()
-    assert replication.start_conf_value(text) == "manual" and text.startswith("# Automatic startup configuration")
+    assert replication_conf.start_conf_value(text) == "manual" and text.startswith("# Automatic startup configuration")
     assert os.lstat(start_conf).st_mode & 0o777 == 0o640
     assert not os.path.exists(os.path.join(cluster.data, "postmaster.pid"))
     with pytest.raises(psycopg2.OperationalError):
         cluster.sql("SELECT 1")
 
-    again = replication.fence(target(cluster), **args)
+    again = failover.fence(target(cluster), **args)
     assert not again["changed"] and not again["stopped"] and again["previous_start_conf"] == text
     down = replication.server_info(target(cluster))
     assert down["role"] == "down" and down["in_recovery"] is None and "Connection refused" in down["error"]

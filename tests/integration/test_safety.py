@@ -33,7 +33,7 @@ from conftest import (
     tree_state,
 )
 
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 
 LOCK_NAME = ".christmas-recovery.lock"
 MANIFEST_NAME_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")

@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, PlaybookRun, assert_no_warnings, connection_vars, seed_redis
 from sandbox import free_port
 
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import complete_set_ids
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids
 from lab import build_scheduler_image, lab_env
 
 pytestmark = pytest.mark.xdist_group("podman")

@@ -12,9 +12,9 @@ import sys
 import pytest
 from conftest import ROOT, redis_state, seed_redis, tree_state
 
-from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
-from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import LOCK_NAME
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 PROGRESS_RE = re.compile(r"^\[ *\d+\.\ds\] \S")
 

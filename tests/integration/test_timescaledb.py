@@ -15,9 +15,9 @@ import pytest
 from conftest import Platform, seed_hypertable_platform, seed_platform
 from timescaledb_standin import EXPECTED_FACTS, SCHEDULER, catalog
 
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.validation import validate
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.validation import validate
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
 
 # The stand-in is installed into the system extension directory for the session: one worker only.
 pytestmark = pytest.mark.xdist_group("timescaledb")

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import pytest
 from conftest import seed_redis
 
-from ansible_collections.christmas.recovery.plugins.module_utils.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import seal
-from ansible_collections.christmas.recovery.plugins.module_utils.postgres import PgTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.redis_keys import RedisTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.validation import require_ok, validate
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.validation import require_ok, validate
+from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 
 COMPONENT_CHECKS = ["db: row counts", "db: market_data rows", "db: newest market_data", "redis: keys per db",
                     "config: checksums"]

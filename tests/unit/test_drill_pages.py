@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from ansible_collections.christmas.recovery.plugins.module_utils import drill_report
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform import drill_report
 
 
 def _drill(procedure, when, status="passed", rto=40.0, checks=(("alerts fire in time", True),), error=None, **extra):

@@ -12,7 +12,9 @@ import stat
 
 import pytest
 
-from ansible_collections.christmas.recovery.plugins.module_utils.encryption import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import write_json_atomic
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.encryption import (
     CHUNK_BYTES,
     HEADER_BYTES,
     SCHEME,
@@ -23,9 +25,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.encryption impo
     key_id,
     load_key,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import write_json_atomic
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     FORMAT,
     FORMAT_VERSION,
     check_artifacts,
@@ -33,8 +33,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.manifest import
     load,
     seal,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.retention import remove_incomplete_leftovers
-from ansible_collections.christmas.recovery.plugins.module_utils.verify import verify_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import remove_incomplete_leftovers
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 SET_ID = "20261124_030000"
 KEY = bytes(range(32))

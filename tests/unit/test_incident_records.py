@@ -7,19 +7,19 @@ import datetime
 
 import pytest
 
-from ansible_collections.christmas.recovery.plugins.module_utils import incidents
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform import incident_records, incidents
 
 NOW = datetime.datetime(2026, 11, 26, 3, 4, 5, tzinfo=datetime.UTC)
 
 
 def _normalize(**record):
-    return incidents.normalize_record(dict({"procedure": "db", "status": "recovered"}, **record), now=NOW)
+    return incident_records.normalize_record(dict({"procedure": "db", "status": "recovered"}, **record), now=NOW)
 
 
 def test_normalized_record_has_every_field_with_utc_times_and_defaults():
     record = _normalize(started_at="2026-11-26T03:00:00+01:00", operator="alice", error="")
-    assert list(record) == list(incidents.RECORD_FIELDS)
+    assert list(record) == list(incident_records.RECORD_FIELDS)
     assert record["started_at"] == "2026-11-26T02:00:00Z"
     assert record["finished_at"] == "2026-11-26T03:04:05Z"  # now
     assert record["duration_seconds"] == 3845.0  # finished - started
@@ -66,7 +66,7 @@ def test_verification_checks_are_normalized_and_checked():
 ])
 def test_bad_records_fail_in_one_line_naming_the_problem(record, message):
     with pytest.raises(RecoveryError) as caught:
-        incidents.normalize_record(record, now=NOW)
+        incident_records.normalize_record(record, now=NOW)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
 
@@ -81,10 +81,10 @@ def test_measurements_are_finite_numbers_by_name_and_default_to_empty():
 
 
 def test_markdown_shows_the_measurements_as_a_table():
-    lines = incidents.render_markdown(_normalize(measurements={"rto_seconds": 312.5, "sets": 3}), 7).splitlines()
+    lines = incident_records.render_markdown(_normalize(measurements={"rto_seconds": 312.5, "sets": 3}), 7).splitlines()
     assert "| measurement | value |" in lines
     assert "| rto_seconds | 5 min 12 s (312.5 s) |" in lines and "| sets | 3 |" in lines
-    assert "Measurements:" not in incidents.render_markdown(_normalize(), 8)
+    assert "Measurements:" not in incident_records.render_markdown(_normalize(), 8)
 
 
 @pytest.mark.parametrize(("pattern", "like"), [
@@ -95,12 +95,12 @@ def test_procedure_patterns_become_escaped_like_patterns(pattern, like):
 
 
 def test_a_date_until_includes_that_whole_day_and_a_time_until_is_inclusive():
-    lower, upper, inclusive = incidents.time_bounds("2026-11-01", "2026-11-30")
+    lower, upper, inclusive = incident_records.time_bounds("2026-11-01", "2026-11-30")
     assert (lower.isoformat(), upper.isoformat(), inclusive) == (
         "2026-11-01T00:00:00+00:00", "2026-12-01T00:00:00+00:00", False)
-    _lower, upper, inclusive = incidents.time_bounds(None, "2026-11-30T12:00:00+01:00")
+    _lower, upper, inclusive = incident_records.time_bounds(None, "2026-11-30T12:00:00+01:00")
     assert (upper.isoformat(), inclusive) == ("2026-11-30T11:00:00+00:00", True)
-    assert incidents.time_bounds("2026-11-30", "2026-11-30")[2] is False  # one day is a valid range
+    assert incident_records.time_bounds("2026-11-30", "2026-11-30")[2] is False  # one day is a valid range
 
 
 @pytest.mark.parametrize(("since", "until", "message"), [
@@ -110,13 +110,13 @@ def test_a_date_until_includes_that_whole_day_and_a_time_until_is_inclusive():
 ])
 def test_bad_dates_fail_in_one_line(since, until, message):
     with pytest.raises(RecoveryError, match="^" + message):
-        incidents.time_bounds(since, until)
+        incident_records.time_bounds(since, until)
 
 
 def test_markdown_keeps_values_in_their_place():
     record = _normalize(commands=["echo ```", "psql -c 'select 1'"], incident_symptoms="<b>x</b>\n# y",
                         verification=[{"name": "a|b", "ok": False, "expected": "1\n2", "actual": None}])
-    lines = incidents.render_markdown(record, 7).splitlines()
+    lines = incident_records.render_markdown(record, 7).splitlines()
     assert lines[0] == "# Incident 7: db restore recovered"
     assert lines.index("````text") < lines.index("echo ```") < lines.index("````")
     assert "- Symptoms: &lt;b&gt;x&lt;/b&gt;" in lines and "  # y" in lines and "# y" not in lines
@@ -126,12 +126,13 @@ def test_markdown_keeps_values_in_their_place():
 
 def test_markdown_titles_a_rehearsal_as_such():
     record = _normalize(procedure="rehearsal", status="passed")
-    assert incidents.render_markdown(record, 8).splitlines()[0] == "# Incident 8: restore rehearsal passed"
+    assert incident_records.render_markdown(record, 8).splitlines()[0] == "# Incident 8: restore rehearsal passed"
 
 
 def test_markdown_name_uses_the_start_or_else_the_finish():
-    assert incidents.markdown_name(_normalize(started_at="2026-11-20T01:02:03Z"), 4) == "incident_20261120_010203_4.md"
-    assert incidents.markdown_name(_normalize(), 12) == "incident_20261126_030405_12.md"
+    assert (incident_records.markdown_name(_normalize(started_at="2026-11-20T01:02:03Z"), 4)
+            == "incident_20261120_010203_4.md")
+    assert incident_records.markdown_name(_normalize(), 12) == "incident_20261126_030405_12.md"
 
 
 def test_summary_line_is_one_line_with_long_symptoms_shortened():

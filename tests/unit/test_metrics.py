@@ -1,5 +1,5 @@
-"""Metrics files (module_utils/metrics.py) parsed back with Prometheus' own parser and checked by promtool, and the
-webhook document and errors (module_utils/notify.py)."""
+"""Metrics files (module_utils/platform/metrics.py) parsed back with Prometheus' own parser and checked by promtool, and the
+webhook document and errors (module_utils/platform/notify.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import yaml
 from conftest import PROMTOOL, ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
-from ansible_collections.christmas.recovery.plugins.module_utils import metrics, notify
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.proof import add_rehearsal
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform import metrics, notify
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.proof import add_rehearsal
 
 RULES = os.path.join(ROOT, "files", "prometheus", "christmas-recovery.rules.yml")
 NOW = 1795662000.0  # 2026-11-26 03:00:00 UTC

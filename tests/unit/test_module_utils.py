@@ -18,21 +18,29 @@ import time
 import pytest
 from conftest import ROOT
 
-from ansible_collections.christmas.recovery.plugins.module_utils import commands, config_tree, postgres, redis_rdb
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.fsutil import (
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
+from ansible_collections.christmas.recovery.plugins.module_utils.core import commands
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import (
     HashingWriter,
     filesystem_usage,
     write_json_atomic,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.locking import LOCK_NAME, DirectoryLock
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import LOCK_NAME, DirectoryLock
+from ansible_collections.christmas.recovery.plugins.module_utils.core.safe_paths import (
+    check_relative_name,
+    link_stays_inside,
+    resolve_inside,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.db import connection, restore
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     FORMAT,
     check_schema,
     complete_set_ids,
     resolve_manifest_path,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.proof import (
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.proof import (
     MAX_REHEARSALS,
     add_rehearsal,
     is_proven,
@@ -40,11 +48,9 @@ from ansible_collections.christmas.recovery.plugins.module_utils.proof import (
     proof_name,
     read_proof,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.retention import expired_set_ids, prune_expired_sets
-from ansible_collections.christmas.recovery.plugins.module_utils.safe_paths import (
-    check_relative_name,
-    link_stays_inside,
-    resolve_inside,
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import (
+    expired_set_ids,
+    prune_expired_sets,
 )
 
 SET_ID = "20261124_030000"
@@ -373,7 +379,7 @@ def test_crc64_is_redis_crc64_jones():
 
 def test_crc64_falls_back_to_debians_crcmod_where_anycrc_is_missing():
     """The system Python of a Debian host has python3-crcmod (make setup installs it) and no anycrc."""
-    probe = ("from ansible_collections.christmas.recovery.plugins.module_utils import redis_rdb as r\n"
+    probe = ("from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb as r\n"
              "assert r.HAS_CRC64 and r._CRC64_CALC.__module__.startswith('crcmod'), r._CRC64_CALC\n"
              "print(r.crc64(b'123456789'), r.crc64(b'56789', r.crc64(b'1234')), r.crc64(bytearray(b'1' * 100000)))")
     done = subprocess.run(["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, %r)\n%s" % (
@@ -568,8 +574,8 @@ def test_check_members_accepts_a_real_tree_and_agrees_with_its_digest(config_dir
 TRY_LOCK = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.locking import DirectoryLock
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
 try:
     with DirectoryLock(sys.argv[1]) as lock:
         print("acquired stale_holder=%s" % lock.stale_holder)
@@ -684,7 +690,7 @@ def test_failed_child_is_one_line_naming_what_failed():
 
 def test_child_does_not_outlive_its_parent(tmp_dir):
     """A SIGKILLed backup must not leave pg_dump writing into its directory."""
-    script = ("import sys; sys.path.insert(0, %r); from ansible_collections.christmas.recovery.plugins.module_utils "
+    script = ("import sys; sys.path.insert(0, %r); from ansible_collections.christmas.recovery.plugins.module_utils.core "
               "import commands; p = commands.start(['sleep', '30']); print(p.pid, flush=True); p.wait()"
               % os.path.join(ROOT, ".collections"))
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -709,9 +715,9 @@ def _proc_state(pid):
 
 
 def test_restore_refuses_a_target_of_an_older_postgresql_major():
-    target = postgres.PgTarget(host="db2", port=5433)
+    target = connection.PgTarget(host="db2", port=5433)
     with pytest.raises(RecoveryError) as err:
-        postgres._check_versions(target, {"version": "14.10", "version_num": 140010},
+        restore._check_versions(target, {"version": "14.10", "version_num": 140010},
                                  {"server_version": "15.18", "server_version_num": 150018, "pg_dump_major": 15})
     assert _one_line(err) == ("target PostgreSQL 14.10 at db2:5433 is older than the backup's 15.18; "
                               "restore onto 15 or newer")

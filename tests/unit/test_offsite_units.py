@@ -8,8 +8,8 @@ import shlex
 import pytest
 from faults.fault_helpers import set_id_days_ago
 
-from ansible_collections.christmas.recovery.plugins.module_utils import offsite
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.transport import offsite
 
 
 def _remote(tmp_path, **changes):

@@ -7,8 +7,8 @@ import pwd
 
 import pytest
 
-from ansible_collections.christmas.recovery.plugins.module_utils import rehearsal
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform import rehearsal, scratch
 
 
 @pytest.mark.parametrize("ports, production, problem", [
@@ -45,9 +45,9 @@ def test_redis_databases_cover_every_database_of_the_set():
 def test_a_scratch_dir_without_the_marker_is_refused(tmp_dir):
     os.mkdir(os.path.join(tmp_dir, "scratch"))
     with pytest.raises(RecoveryError) as caught:
-        rehearsal.ScratchDir(os.path.join(tmp_dir, "scratch"), 0, 0).exists()
+        scratch.ScratchDir(os.path.join(tmp_dir, "scratch"), 0, 0).exists()
     assert "is not a rehearsal's scratch directory" in str(caught.value)
-    assert not rehearsal.ScratchDir(os.path.join(tmp_dir, "absent"), 0, 0).exists()
+    assert not scratch.ScratchDir(os.path.join(tmp_dir, "absent"), 0, 0).exists()
 
 
 def test_a_scratch_dir_the_user_cannot_reach_is_refused_naming_the_directory(tmp_dir):
@@ -55,8 +55,8 @@ def test_a_scratch_dir_the_user_cannot_reach_is_refused_naming_the_directory(tmp
     closed = os.path.join(tmp_dir, "closed")
     os.mkdir(closed, 0o700)
     with pytest.raises(RecoveryError) as caught:
-        rehearsal.check_reachable(os.path.join(closed, "scratch"), postgres.pw_uid, {postgres.pw_gid})
+        scratch.check_reachable(os.path.join(closed, "scratch"), postgres.pw_uid, {postgres.pw_gid})
     assert str(caught.value).endswith("%s (mode 0o700) does not let the scratch user postgres through" % closed)
     os.chmod(closed, 0o711)
     os.chmod(tmp_dir, 0o711)
-    rehearsal.check_reachable(os.path.join(closed, "scratch"), postgres.pw_uid, {postgres.pw_gid})
+    scratch.check_reachable(os.path.join(closed, "scratch"), postgres.pw_uid, {postgres.pw_gid})

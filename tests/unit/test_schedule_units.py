@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.schedule import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.schedule import (
     calendar_fields,
     calendar_problem,
     on_calendar,

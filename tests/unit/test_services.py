@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from ansible_collections.christmas.recovery.plugins.module_utils import services
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.services import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform import services
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.services import (
     Finished,
     converge,
     engine_for,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from faults.manifest_samples import valid_manifest
 
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import check_schema
-from ansible_collections.christmas.recovery.plugins.module_utils.timescaledb import differences, split_restore_list
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db.timescaledb import differences, split_restore_list
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import check_schema
 
 TOC = """;
 ; Archive created at 2026-12-06 20:00:00 UTC

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from faults.manifest_samples import valid_manifest
 
-from ansible_collections.christmas.recovery.plugins.module_utils.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.manifest import check_schema
-from ansible_collections.christmas.recovery.plugins.module_utils.validation import (
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.validation import (
     check_health_urls,
     check_queries,
     check_services,
     redact_url,
     require_ok,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import check_schema
 
 PATH = "/backups/manifest_20261124_030000.json"
 MARKET_DATA = {"table": "public.market_data", "rows": 5000, "time_column": "ts",

@@ -1,0 +1,5 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The platform around the sets: module arguments, services, validation, rehearsals, incidents, drills, metrics,
+notifications, schedules."""

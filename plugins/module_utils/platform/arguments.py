@@ -1,0 +1,95 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Options shared by the backup and restore modules (documented once in the ``christmas.recovery.connection``
+fragment): where the servers and the config tree are, and which components to leave out."""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
+from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
+from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import Remote
+
+
+def connection_argument_spec():
+    return {
+        "db_host": {"type": "str", "default": "localhost"},
+        "db_port": {"type": "int", "default": 5432},
+        "db_name": {"type": "str", "default": "christmas"},
+        "db_user": {"type": "str", "default": "christmas"},
+        "db_password": {"type": "str", "no_log": True},
+        "db_admin_user": {"type": "str"},
+        "db_admin_password": {"type": "str", "no_log": True},
+        "pg_bin_dir": {"type": "path"},
+        "redis_host": {"type": "str", "default": "localhost"},
+        "redis_port": {"type": "int", "default": 6379},
+        "redis_password": {"type": "str", "no_log": True},
+        "jobs": {"type": "int", "default": 2},
+        "connect_wait": {"type": "int", "default": 0},
+        "config_dir": {"type": "path"},
+        "skip_db": {"type": "bool", "default": False},
+        "skip_redis": {"type": "bool", "default": False},
+        "skip_config": {"type": "bool", "default": False},
+    }
+
+
+def enabled_components(params):
+    return [name for name in ("db", "redis", "config") if not params["skip_" + name]]
+
+
+def pg_target(params):
+    return PgTarget(host=params["db_host"], port=params["db_port"], dbname=params["db_name"], user=params["db_user"],
+                    password=params["db_password"], admin_user=params["db_admin_user"],
+                    admin_password=params["db_admin_password"], bin_dir=params["pg_bin_dir"],
+                    connect_wait=params["connect_wait"], node=params.get("db_node"))
+
+
+def redis_target(params):
+    return RedisTarget(host=params["redis_host"], port=params["redis_port"], password=params["redis_password"],
+                       connect_wait=params["connect_wait"])
+
+
+def vault_argument_spec():
+    """The vault options of the ``christmas.recovery.vault`` fragment."""
+    return {
+        "vault_host": {"type": "str", "required": True},
+        "vault_port": {"type": "int", "default": 22},
+        "vault_user": {"type": "str", "required": True},
+        "vault_dir": {"type": "str", "required": True},
+        "ssh_key_file": {"type": "path", "required": True},
+        "known_hosts_file": {"type": "path", "required": True},
+        "connect_timeout": {"type": "int", "default": 10},
+    }
+
+
+def vault_remote(params):
+    return Remote(host=params["vault_host"], port=params["vault_port"], user=params["vault_user"],
+                  directory=params["vault_dir"], key_file=params["ssh_key_file"],
+                  known_hosts=params["known_hosts_file"], connect_timeout=params["connect_timeout"])
+
+
+def encryption_argument_spec():
+    """The options of the ``christmas.recovery.vault.encryption`` fragment."""
+    return {"encryption_key": {"type": "str", "no_log": True}, "encryption_key_file": {"type": "path"}}
+
+
+ENCRYPTION_EXCLUSIVE = [("encryption_key", "encryption_key_file")]
+
+
+def encryption_key(params):
+    """The key given as a value or a file, or None when neither is."""
+    if params["encryption_key"] is None and params["encryption_key_file"] is None:
+        return None
+    return encryption.load_key(params["encryption_key"], params["encryption_key_file"])
+
+
+def require_libraries(module, needs_postgres, needs_redis):
+    if needs_postgres and not connection.HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2 (psycopg2-binary)"))
+    if needs_redis and not redis_rdb.HAS_CRC64:
+        module.fail_json(msg=missing_required_lib(redis_rdb.CRC64_LIBRARIES))

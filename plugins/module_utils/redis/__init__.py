@@ -1,0 +1,4 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Redis component: a consistent snapshot, its RDB format, and a key-by-key restore."""

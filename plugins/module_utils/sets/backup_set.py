@@ -1,0 +1,198 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One backup set: components dumped into a partial directory, hashed, renamed, then the manifest written last."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import (
+    fsync_dir,
+    make_private_dir,
+    make_tree_private,
+    remove_quietly,
+    sha256_file,
+    write_json_atomic,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
+from ansible_collections.christmas.recovery.plugins.module_utils.db import connection, db_globals, postgres
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    manifest_name,
+    partial_dir_name,
+    seal,
+    set_dir_name,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import (
+    expired_set_ids,
+    prune_expired_sets,
+    remove_incomplete_leftovers,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
+
+COLLECTION_VERSION = "0.1.0"
+KINDS = {postgres.DUMP_DIR: "pg_dump_directory", db_globals.GLOBALS_FILE: "pg_globals",
+         redis_keys.DUMP_FILE: "redis_rdb", config_tree.ARCHIVE_FILE: "config_tar"}
+COMPONENT_OF = {postgres.DUMP_DIR: "db", db_globals.GLOBALS_FILE: "db", redis_keys.DUMP_FILE: "redis",
+                config_tree.ARCHIVE_FILE: "config"}
+
+
+def utc_stamp(fmt="%Y-%m-%dT%H:%M:%SZ", when=None):
+    return time.strftime(fmt, time.gmtime(when))
+
+
+def _new_set_id(backup_dir):
+    while True:
+        set_id = utc_stamp("%Y%m%d_%H%M%S")
+        taken = [manifest_name(set_id), set_dir_name(set_id), partial_dir_name(set_id)]
+        if not any(os.path.lexists(os.path.join(backup_dir, name)) for name in taken):
+            return set_id
+        time.sleep(0.2)
+
+
+def _artifact_list(set_root, set_id, hashed, jobs):
+    """Every file of the set with size and SHA-256; files not hashed while written are hashed now, in parallel."""
+    paths = []
+    for base, _dirs, files in os.walk(set_root):
+        paths.extend(os.path.join(base, name) for name in files)
+    todo = [p for p in paths if os.path.relpath(p, set_root) not in hashed]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        hashed.update(zip((os.path.relpath(p, set_root) for p in todo), pool.map(sha256_file, todo), strict=True))
+    artifacts = []
+    for relative in sorted(hashed):
+        top = relative.split("/")[0]
+        size, digest = hashed[relative]
+        artifacts.append({"path": "%s/%s" % (set_dir_name(set_id), relative), "size": size, "sha256": digest,
+                          "component": COMPONENT_OF[top], "kind": KINDS[top]})
+    return artifacts
+
+
+def _preflight(db, redis_target, config_dir):
+    """Reach every source before anything is written; returns what was found."""
+    found = {}
+    if db:
+        with connection.session(db) as conn:
+            found["db"] = postgres.server_facts(conn)
+    if redis_target:
+        found["redis"] = redis_keys.server_info(redis_target)
+    if config_dir is not None and not os.path.isdir(config_dir):
+        raise RecoveryError("config_dir %s is not a directory" % config_dir)
+    return found
+
+
+def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
+                    compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
+                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print):
+    """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
+    returns a report. A set that fails its read-back is removed like any failed backup."""
+    if not (db or redis_target or config_dir):
+        raise RecoveryError("nothing to back up: every component is skipped")
+    if not os.path.isabs(backup_dir):
+        raise RecoveryError("backup_dir %s must be an absolute path" % backup_dir)
+    if jobs < 1:
+        raise RecoveryError("jobs must be at least 1, got %s" % jobs)
+    if retention_days < 0:  # refused now, not by retention after the set is written
+        raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
+    sources = _preflight(db, redis_target, config_dir)
+    components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
+    if check_mode:
+        expired = expired_set_ids(backup_dir, retention_days) if os.path.isdir(backup_dir) else []
+        return {"changed": True, "components": components, "would_prune": expired, "sources": _public(sources)}
+    make_private_dir(backup_dir)
+    timings = {}
+    with DirectoryLock(backup_dir, lock_wait) as lock:
+        cleaned = remove_incomplete_leftovers(backup_dir)
+        set_id = _new_set_id(backup_dir)
+        started = time.time()
+        partial = os.path.join(backup_dir, partial_dir_name(set_id))
+        final = os.path.join(backup_dir, set_dir_name(set_id))
+        os.mkdir(partial, 0o700)
+        manifest_path = os.path.join(backup_dir, manifest_name(set_id))
+        verification = None
+        try:
+            sections, hashed = _dump_components(partial, db, redis_target, config_dir, jobs, compress_level, timings,
+                                                progress)
+            progress("checksumming set %s" % set_id)
+            begin = time.monotonic()
+            make_tree_private(partial)
+            artifacts = _artifact_list(partial, set_id, hashed, jobs)
+            timings["checksums"] = round(time.monotonic() - begin, 3)
+            os.rename(partial, final)
+            fsync_dir(backup_dir)
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "set_id": set_id,
+                "started_at": utc_stamp(when=started), "finished_at": utc_stamp(), "host": socket.getfqdn(),
+                "components": components, "artifacts": artifacts,
+                "tools": {"christmas.recovery": COLLECTION_VERSION, "python": sys.version.split()[0],
+                          "platform": platform.platform()},
+            }
+            manifest.update(sections)
+            write_json_atomic(manifest_path, seal(manifest))
+            if verify:
+                progress("reading set %s back" % set_id)
+                begin = time.monotonic()
+                verification = _read_back(manifest_path, jobs, db)
+                timings["verify"] = round(time.monotonic() - begin, 3)
+        except OSError as err:
+            _discard(manifest_path, partial, final)
+            raise RecoveryError("backup into %s failed, nothing kept: %s%s" % (
+                backup_dir, err.strerror, " (%s)" % err.filename if err.filename else "")) from None
+        except BaseException:
+            _discard(manifest_path, partial, final)
+            raise
+        pruned = prune_expired_sets(backup_dir, retention_days, keep=set_id)
+    return {
+        "changed": True, "set_id": set_id, "manifest": os.path.join(backup_dir, manifest_name(set_id)),
+        "set_dir": final, "components": components, "artifact_count": len(artifacts),
+        "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
+        "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder,
+        "verification": verification,
+        "row_counts": sections.get("db", {}).get("row_counts"),
+        "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
+    }
+
+
+def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress):
+    """Each enabled component into ``set_dir``; returns (manifest sections, {file: (size, sha256)} hashed so far)."""
+    sections, hashed = {}, {}
+    for name, run in (
+        ("db", db and (lambda: postgres.dump_database(db, set_dir, jobs, compress_level, progress))),
+        ("redis", redis_target and (lambda: redis_keys.dump_redis(redis_target, set_dir, progress))),
+        ("config", config_dir and (lambda: config_tree.archive_tree(config_dir, set_dir, progress))),
+    ):
+        if run:
+            begin = time.monotonic()
+            sections[name], files = run()
+            hashed.update(files)
+            timings[name] = round(time.monotonic() - begin, 3)
+    return sections, hashed
+
+
+def _read_back(manifest_path, jobs, db):
+    """Deep verification of the set just written, as ``manifest_verify`` does it."""
+    try:
+        report, _manifest = verify_set(manifest_path, deep=True, jobs=jobs, pg_target=db)
+    except RecoveryError as err:
+        raise RecoveryError("the new set failed its read-back and was removed: %s" % err) from None
+    return {key: report[key] for key in ("ok", "deep", "artifact_count", "total_bytes")}
+
+
+def _discard(manifest_path, partial, final):
+    """The manifest goes first, so the set is never visible as complete without its files."""
+    remove_quietly(manifest_path)
+    remove_quietly(partial)
+    remove_quietly(final)
+
+
+def _public(sources):
+    return {name: {k: v for k, v in facts.items() if k != "keys_per_db"} for name, facts in sources.items()}

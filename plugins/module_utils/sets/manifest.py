@@ -1,0 +1,307 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The manifest: what a backup set holds, how sets are named, found and checked."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import sha256_file
+from ansible_collections.christmas.recovery.plugins.module_utils.core.safe_paths import resolve_inside
+
+FORMAT = "christmas.recovery/backup-set"
+FORMAT_VERSION = 1
+COMPONENTS = ("db", "redis", "config")
+SET_ID_RE = re.compile(r"^\d{8}_\d{6}$")
+MANIFEST_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# The kinds each component's restore looks up: a set lacking one could pass verification and then fail mid-restore.
+ARTIFACT_KINDS = {"db": ("pg_dump_directory", "pg_globals"), "redis": ("redis_rdb",), "config": ("config_tar",)}
+MAX_ID = 2**32 - 2  # the largest uid/gid chown can set: 2**32 - 1 means "leave unchanged"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# Encryption (encryption.py) is described here, so an encrypted set's manifest is judged without the key.
+ENCRYPTION_SCHEME = "aes-256-gcm-stream-v1"
+KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+MAX_CHUNK_BYTES = 64 * 1024 * 1024  # each chunk is held in memory once while sealed or opened
+SECTION_FIELDS = {
+    "db": {"server_version": str, "server_version_num": int, "pg_dump_major": int, "size_bytes": int,
+           "row_counts": dict, "extensions": dict, "roles": list},
+    "redis": {"version": str, "rdb_version": int},
+    "config": {"source_dir": str, "root_mode": str, "root_owner": list, "tree_sha256": str},
+}
+TYPE_NAMES = {str: "string", int: "integer", dict: "object", list: "list"}
+SECTION_FORMATS = {
+    ("redis", "version"): re.compile(r"^\d+\.\d+(\.|$)"),
+    ("config", "source_dir"): re.compile(r"^/.*[^/]"),  # restored into when no config_dir is given: never cwd or /
+    ("config", "root_mode"): re.compile(r"^[0-7]{1,4}$"),
+    ("config", "tree_sha256"): SHA256_RE,
+}
+
+
+def manifest_name(set_id):
+    return "manifest_%s.json" % set_id
+
+
+def set_dir_name(set_id):
+    return "set_%s" % set_id
+
+
+def partial_dir_name(set_id):
+    return ".set_%s.partial" % set_id
+
+
+def complete_set_ids(backup_dir):
+    """Ids of the sets whose manifest exists, newest first; a set without a manifest is incomplete."""
+    try:
+        names = os.listdir(backup_dir)
+    except FileNotFoundError:
+        return []
+    ids = []
+    for name in names:
+        match = MANIFEST_RE.match(name)
+        if match and stat.S_ISREG(os.lstat(os.path.join(backup_dir, name)).st_mode):
+            ids.append(match.group(1))
+    return sorted(ids, reverse=True)
+
+
+def resolve_manifest_path(manifest, backup_dir=None):
+    """``latest`` means the newest complete set in ``backup_dir``; anything else is a path to a manifest."""
+    if manifest in (None, "", "latest"):
+        if not backup_dir:
+            raise RecoveryError("manifest=latest needs backup_dir")
+        ids = complete_set_ids(backup_dir)
+        if not ids:
+            raise RecoveryError("no complete backup set (no manifest_YYYYMMDD_HHMMSS.json) in %s" % backup_dir)
+        return os.path.join(backup_dir, manifest_name(ids[0]))
+    path = manifest
+    if not os.path.isabs(path) and backup_dir and not os.path.exists(path):
+        path = os.path.join(backup_dir, path)
+    return os.path.abspath(path)
+
+
+def _require(condition, path, problem):
+    if not condition:
+        raise RecoveryError("manifest %s is invalid: %s" % (path, problem))
+
+
+def check_schema(data, path):
+    """Raise naming the first structural problem of a loaded manifest."""
+    _require(isinstance(data, dict), path, "top level is not an object")
+    _require(data.get("format") == FORMAT, path, "format is not %r" % FORMAT)
+    _require(_is_int(data.get("format_version")) and data["format_version"] == FORMAT_VERSION, path,
+             "format_version is not %d" % FORMAT_VERSION)
+    set_id = data.get("set_id")
+    _require(isinstance(set_id, str) and SET_ID_RE.match(set_id), path, "set_id is not YYYYMMDD_HHMMSS")
+    match = MANIFEST_RE.match(os.path.basename(path))
+    _require(match is None or match.group(1) == set_id, path, "set_id %s does not match the file name" % set_id)
+    components = data.get("components")
+    _require(
+        isinstance(components, list) and components and all(c in COMPONENTS for c in components)
+        and len(set(components)) == len(components),
+        path, "components must be a non-empty list of %s" % ", ".join(COMPONENTS),
+    )
+    for key in ("started_at", "finished_at", "host"):
+        _require(isinstance(data.get(key), str), path, "%s is missing or not a string" % key)
+    _require(isinstance(data.get("tools"), dict), path, "tools is missing or not an object")
+    artifacts = data.get("artifacts")
+    _require(isinstance(artifacts, list) and artifacts, path, "artifacts must be a non-empty list")
+    seen = set()
+    prefix = set_dir_name(set_id) + "/"
+    for index, artifact in enumerate(artifacts):
+        where = "artifacts[%d]" % index
+        _require(isinstance(artifact, dict), path, "%s is not an object" % where)
+        name = artifact.get("path")
+        _require(isinstance(name, str) and name.startswith(prefix), path,
+                 "%s.path %.200r is not inside %s" % (where, name, prefix))
+        _require(name not in seen, path, "%s.path %s is listed twice" % (where, name))
+        seen.add(name)
+        size = artifact.get("size")
+        _require(_is_int(size) and size >= 0, path, "%s.size is not a size" % where)
+        _require(isinstance(artifact.get("sha256"), str) and SHA256_RE.match(artifact["sha256"]), path,
+                 "%s.sha256 is not a SHA-256 hex digest" % where)
+        _require(artifact.get("component") in components, path,
+                 "%s.component is not one of the set's components" % where)
+        _require(isinstance(artifact.get("kind"), str), path, "%s.kind is missing" % where)
+        kinds = ARTIFACT_KINDS[artifact["component"]]
+        _require(artifact["kind"] in kinds, path, "%s.kind %.100r is not one of %s" % (
+            where, artifact["kind"], ", ".join(kinds)))
+    for component in components:
+        _require(isinstance(data.get(component), dict), path, "section %r is missing" % component)
+        kinds = {a["kind"] for a in artifacts if a["component"] == component}
+        _require(kinds.issuperset(ARTIFACT_KINDS[component]), path, "component %s has no artifact of kind %s" % (
+            component, ", ".join(sorted(set(ARTIFACT_KINDS[component]) - kinds))))
+        _check_section(data[component], component, path)
+    if "encryption" in data:
+        _check_encryption(data["encryption"], path)
+
+
+def _check_encryption(encryption, path):
+    _require(isinstance(encryption, dict), path, "encryption is not an object")
+    _require(encryption.get("scheme") == ENCRYPTION_SCHEME, path, "encryption.scheme %.100r is not %s" % (
+        encryption.get("scheme"), ENCRYPTION_SCHEME))
+    _require(isinstance(encryption.get("key_id"), str) and KEY_ID_RE.match(encryption["key_id"]), path,
+             "encryption.key_id is not 16 hex digits")
+    chunk_bytes = encryption.get("chunk_bytes")
+    _require(_is_int(chunk_bytes) and 1 <= chunk_bytes <= MAX_CHUNK_BYTES, path,
+             "encryption.chunk_bytes is not a size from 1 to %d" % MAX_CHUNK_BYTES)
+    sealed_manifest = encryption.get("manifest")
+    _require(isinstance(sealed_manifest, str) and sealed_manifest and _is_base64(sealed_manifest), path,
+             "encryption.manifest is not base64 text")
+
+
+def _is_base64(text):
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII character
+        return False
+    return True
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_section(section, component, path):
+    """The fields a restore of ``component`` reads: a hand-edited manifest fails verification, not half a restore."""
+    for field, kind in SECTION_FIELDS[component].items():
+        value = section.get(field)
+        _require(isinstance(value, kind) and not isinstance(value, bool), path,
+                 "%s.%s is missing or not a %s" % (component, field, TYPE_NAMES[kind]))
+        pattern = SECTION_FORMATS.get((component, field))
+        _require(pattern is None or pattern.match(value), path, "%s.%s %.100r is malformed" % (component, field, value))
+    if component == "db":
+        _require(all(isinstance(role, str) for role in section["roles"]), path, "db.roles must be role names")
+        _require(all(isinstance(ext, dict) and isinstance(ext.get("version"), str)
+                     and isinstance(ext.get("schema"), str) for ext in section["extensions"].values()),
+                 path, "db.extensions must map names to version and schema")
+        _require(all(_is_int(count) for count in section["row_counts"].values()), path,
+                 "db.row_counts must map table names to row counts")
+        if "market_data" in section:  # recorded since the validation module; older manifests lack it
+            _check_market_data(section["market_data"], path)
+        if "timescaledb" in section:  # recorded since TimescaleDB's objects are compared; older manifests lack it
+            _check_timescaledb(section["timescaledb"], path)
+    if component == "config":
+        owner = section["root_owner"]
+        _require(len(owner) == 2 and all(_is_int(i) and 0 <= i <= MAX_ID for i in owner), path,
+                 "config.root_owner must be [uid, gid]")
+
+
+def _check_timescaledb(facts, path):
+    def each(kind, shape):
+        items = facts.get(kind) if isinstance(facts, dict) else None
+        _require(isinstance(items, dict) and all(isinstance(item, dict) and shape(item) for item in items.values()),
+                 path, "db.timescaledb.%s is missing or malformed" % kind)
+
+    each("hypertables", lambda item: all(_is_int(item.get(key)) and item[key] >= 0
+                                         for key in ("chunks", "compressed_chunks")))
+    each("continuous_aggregates", lambda item: isinstance(item.get("hypertable"), str))
+    each("jobs", lambda item: isinstance(item.get("proc"), str) and isinstance(item.get("scheduled"), bool)
+         and (item.get("hypertable") is None or isinstance(item["hypertable"], str)))
+
+
+def _check_market_data(market, path):
+    _require(isinstance(market, dict), path, "db.market_data is not an object")
+    _require(isinstance(market.get("table"), str) and market["table"], path,
+             "db.market_data.table is missing or not a table name")
+    _require(_is_int(market.get("rows")) and market["rows"] >= 0, path,
+             "db.market_data.rows is missing or not a row count")
+    for field in ("time_column", "newest"):
+        _require(field in market and (market[field] is None or isinstance(market[field], str)), path,
+                 "db.market_data.%s is missing or neither a string nor null" % field)
+    _require(market["time_column"] is not None or market["newest"] is None, path,
+             "db.market_data.newest is set but time_column is null")
+
+
+def content_checksum(data):
+    """SHA-256 of the manifest without its own checksum, over canonical JSON: any changed byte changes it."""
+    body = {key: value for key, value in data.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def seal(data):
+    """Return the manifest with its checksum added; what the backup writes."""
+    return dict(data, manifest_sha256=content_checksum(data))
+
+
+def read_manifest_bytes(path):
+    """The bytes of a manifest file, refusing what cannot be one; every failure is a one-line RecoveryError."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
+    _require(stat.S_ISREG(info.st_mode), path, "not a regular file")
+    _require(info.st_size <= MAX_MANIFEST_BYTES, path, "larger than %d bytes" % MAX_MANIFEST_BYTES)
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        raise RecoveryError("manifest %s cannot be read: %s" % (path, err.strerror)) from None
+
+
+def parse(raw, path):
+    """Decode, unseal and schema-check manifest bytes; ``path`` names them in errors."""
+    _require(len(raw) <= MAX_MANIFEST_BYTES, path, "larger than %d bytes" % MAX_MANIFEST_BYTES)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        sealed = isinstance(data, dict) and data.get("manifest_sha256") == content_checksum(data)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0])) from None
+    except RecursionError:  # "[[[[..." deeper than the parser's (or, re-encoded, the checksum's) recursion limit
+        raise RecoveryError("manifest %s is not valid JSON: nested too deeply" % path) from None
+    _require(sealed, path, "its checksum does not match its content (corrupted or edited)")
+    check_schema(data, path)
+    return data
+
+
+def load(path):
+    """Read and schema-check a manifest; every failure is a one-line RecoveryError."""
+    return parse(read_manifest_bytes(path), path)
+
+
+def artifacts_of(manifest, component, kind=None):
+    return [a for a in manifest["artifacts"] if a["component"] == component and (kind is None or a["kind"] == kind)]
+
+
+def artifact_path(backup_dir, artifact):
+    """Absolute path of an artifact, refusing names that leave the set or pass through a symlink."""
+    return resolve_inside(backup_dir, artifact["path"], "artifact")
+
+
+def check_artifact(backup_dir, artifact):
+    """Return None when the artifact is present with its recorded size and checksum, else the problem."""
+    try:
+        path = artifact_path(backup_dir, artifact)
+        info = os.lstat(path)
+    except RecoveryError as err:
+        return str(err)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return "unreadable: %s" % err.strerror
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size != artifact["size"]:
+        return "size %d, expected %d (truncated or altered)" % (info.st_size, artifact["size"])
+    try:
+        _size, digest = sha256_file(path)
+    except OSError as err:
+        return "unreadable: %s" % err.strerror
+    if digest != artifact["sha256"]:
+        return "SHA-256 mismatch (corrupted)"
+    return None
+
+
+def check_artifacts(backup_dir, manifest, jobs=4):
+    """Check every artifact in parallel (hashing releases the GIL); return {path: problem} for the bad ones."""
+    artifacts = manifest["artifacts"]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        problems = list(pool.map(lambda a: check_artifact(backup_dir, a), artifacts))
+    return {a["path"]: p for a, p in zip(artifacts, problems, strict=True) if p}
