@@ -154,7 +154,6 @@ def test_waiting_backup_takes_over_when_the_holder_is_killed_even_before_it_is_r
         os.killpg(holder.pid, signal.SIGSTOP)  # frozen mid-dump, lock held, however fast the machine is
         waiter = BackupProcess(*env.command("--lock-wait", "60"))
         assert _has_open(waiter.pid, os.path.join(env.backup_dir, LOCK_NAME))
-        time.sleep(0.3)  # the waiter is polling the lock
         # The holder and its pg_dump at once, as a service manager kills; the holder stays unreaped (a zombie)
         # until the waiter is done, as when its parent is slow to notice.
         os.killpg(holder.pid, signal.SIGKILL)

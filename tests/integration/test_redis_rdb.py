@@ -94,9 +94,12 @@ def test_restore_brings_back_every_encoding_and_a_rerun_changes_nothing(make_red
 def test_keys_that_expired_since_the_backup_are_not_restored(make_redis, tmp_dir):
     source = make_redis()
     source.client(0).set("lasting", "1")
-    source.client(0).set("brief", "1", px=300)
+    source.client(0).set("brief", "1", px=2000)
     meta, path, _ = _snapshot(source, tmp_dir)
-    time.sleep(0.4)
+    deadline = time.monotonic() + 30
+    while source.client(0).exists("brief"):  # its expiry time has passed on the server's clock
+        assert time.monotonic() < deadline, "the brief key did not expire"
+        time.sleep(0.05)
     target = make_redis()
     result = redis_keys.restore_redis(RedisTarget("127.0.0.1", target.port), {"redis": meta, "set_id": "x"}, path,
                                       progress=lambda _message: None)

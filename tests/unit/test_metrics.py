@@ -1,5 +1,5 @@
-"""Metrics files (module_utils/platform/metrics.py) parsed back with Prometheus' own parser and checked by promtool, and the
-webhook document and errors (module_utils/platform/notify.py)."""
+"""Metrics files (module_utils/platform/metrics.py) parsed back with Prometheus' own parser and checked by
+promtool, and the webhook document and errors (module_utils/platform/notify.py)."""
 
 from __future__ import annotations
 

@@ -690,8 +690,9 @@ def test_failed_child_is_one_line_naming_what_failed():
 
 def test_child_does_not_outlive_its_parent(tmp_dir):
     """A SIGKILLed backup must not leave pg_dump writing into its directory."""
-    script = ("import sys; sys.path.insert(0, %r); from ansible_collections.christmas.recovery.plugins.module_utils.core "
-              "import commands; p = commands.start(['sleep', '30']); print(p.pid, flush=True); p.wait()"
+    script = ("import sys; sys.path.insert(0, %r); "
+              "from ansible_collections.christmas.recovery.plugins.module_utils.core import commands; "
+              "p = commands.start(['sleep', '30']); print(p.pid, flush=True); p.wait()"
               % os.path.join(ROOT, ".collections"))
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
