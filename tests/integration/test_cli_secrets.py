@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from conftest import ROOT, seed_redis
 
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids
@@ -111,3 +112,32 @@ def test_a_password_with_a_line_break_is_refused_by_name_before_anything_starts(
         "choose a password without one"]
     assert "second" not in done.stderr
     assert not os.path.exists(backup_dir)
+
+
+def test_a_world_writable_backup_dir_of_ours_is_tightened_to_0700_and_said(config_dir, tmp_dir):
+    backup_dir = os.path.join(tmp_dir, "backups")
+    os.mkdir(backup_dir)
+    os.chmod(backup_dir, 0o777)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "backup.py"), "--skip-db", "--skip-redis",
+                           "--config-dir", config_dir, "--backup-dir", backup_dir], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert os.stat(backup_dir).st_mode & 0o7777 == 0o700
+    assert "tightened %s from 0777 to 0700" % backup_dir in done.stderr
+    assert len(complete_set_ids(backup_dir)) == 1
+
+
+def test_a_world_writable_backup_dir_of_another_user_is_refused_and_left_alone(config_dir, tmp_dir):
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    backup_dir = os.path.join(tmp_dir, "backups")
+    os.mkdir(backup_dir)
+    os.chown(backup_dir, 65534, 65534)
+    os.chmod(backup_dir, 0o777)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "backup.py"), "--skip-db", "--skip-redis",
+                           "--config-dir", config_dir, "--backup-dir", backup_dir], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "error: directory %s is mode 0777 and owned by uid 65534, not by us (uid 0): make it private (chmod 0700) "
+        "or use another directory" % backup_dir]
+    assert os.stat(backup_dir).st_mode & 0o7777 == 0o777 and os.listdir(backup_dir) == []
