@@ -37,12 +37,27 @@ def add_connection_flags(parser):
                      "CHRISTMAS_REDIS_PASSWORD.")
 
 
+PASSWORD_VARIABLES = ("CHRISTMAS_DB_PASSWORD", "CHRISTMAS_DB_ADMIN_PASSWORD", "CHRISTMAS_REDIS_PASSWORD")
+
+
+def take_passwords():
+    """The passwords, taken out of the environment so that no child process inherits them; a password with a line
+    break is refused by name before anything starts (libpq's password file cannot hold one)."""
+    passwords = {name: os.environ.pop(name, None) for name in PASSWORD_VARIABLES}
+    for name, value in passwords.items():
+        if value is not None and ("\n" in value or "\r" in value or "\x00" in value):
+            sys.exit("error: %s holds a line break or NUL, which libpq's password file cannot express; "
+                     "choose a password without one" % name)
+    return passwords
+
+
 def targets(args):
+    passwords = take_passwords()
     db = PgTarget(host=args.db_host, port=args.db_port, dbname=args.db_name, user=args.db_user,
-                  password=os.environ.get("CHRISTMAS_DB_PASSWORD"), admin_user=args.db_admin_user,
-                  admin_password=os.environ.get("CHRISTMAS_DB_ADMIN_PASSWORD"), bin_dir=args.pg_bin_dir)
+                  password=passwords["CHRISTMAS_DB_PASSWORD"], admin_user=args.db_admin_user,
+                  admin_password=passwords["CHRISTMAS_DB_ADMIN_PASSWORD"], bin_dir=args.pg_bin_dir)
     redis_target = RedisTarget(host=args.redis_host, port=args.redis_port,
-                               password=os.environ.get("CHRISTMAS_REDIS_PASSWORD"))
+                               password=passwords["CHRISTMAS_REDIS_PASSWORD"])
     return db, redis_target
 
 

@@ -38,6 +38,20 @@ def make_private_dir(path):
     return True
 
 
+def tighten_private_dir(path):
+    """An existing directory that others may read or write: tightened to 0700 when it is ours (returns what was
+    done, for the output), refused when it belongs to someone else; None when it was private already."""
+    info = os.lstat(path)
+    mode = info.st_mode & 0o7777
+    if not mode & 0o077:
+        return None
+    if info.st_uid != os.geteuid():
+        raise RecoveryError("directory %s is mode %04o and owned by uid %d, not by us (uid %d): make it private "
+                            "(chmod 0700) or use another directory" % (path, mode, info.st_uid, os.geteuid()))
+    os.chmod(path, DIR_MODE)
+    return "tightened %s from %04o to %04o" % (path, mode, DIR_MODE)
+
+
 def make_tree_private(root):
     """Directories 0700 and files 0600 below ``root``, symlinks untouched."""
     os.chmod(root, DIR_MODE)

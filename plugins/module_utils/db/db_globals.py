@@ -6,11 +6,12 @@ and settings; recorded by the backup, recreated by the restore."""
 
 from __future__ import annotations
 
-import json
-import re
-
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import fetch, one, sql_error
+from ansible_collections.christmas.recovery.plugins.module_utils.db.globals_schema import (  # noqa: F401 - API
+    DATABASE_PRIVILEGES,
+    load_globals,
+)
 
 try:
     import psycopg2
@@ -105,16 +106,6 @@ def collect_globals(conn, with_passwords):
     }
 
 
-def load_globals(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        data["roles"], data["memberships"], data["database"]["owner"]  # noqa: B018 - shape check
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RecoveryError("db globals %s are unreadable: %s" % (path, err)) from None
-    return data
-
-
 def _role_clause(role):
     flags = [
         "SUPERUSER" if role["superuser"] else "NOSUPERUSER", "INHERIT" if role["inherit"] else "NOINHERIT",
@@ -130,14 +121,15 @@ def _role_clause(role):
     return sql.SQL(" ").join(parts)
 
 
-LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
-
-
-def _set_clause(item):
-    name, value = item.split("=", 1)
-    if name in LIST_SETTINGS and re.match(r'^[\w$", .-]*$', value):
-        return sql.SQL("SET {} TO {}").format(sql.Identifier(name), sql.SQL(value))
-    return sql.SQL("SET {} TO {}").format(sql.Identifier(name), sql.Literal(value))
+def _set_clause(setting):
+    """SET from a parsed setting (globals_schema): a list setting element by element, every value a literal."""
+    name, value = setting["parsed"]
+    if isinstance(value, list):
+        rendered = sql.SQL(", ").join(sql.Literal(element) for element in value)
+    else:
+        rendered = sql.Literal(value)
+    return sql.SQL("SET {} TO {}").format(sql.SQL(".").join(sql.Identifier(part) for part in name.split(".")),
+                                          rendered)
 
 
 def create_missing_roles(conn, globals_data):
@@ -153,7 +145,7 @@ def create_missing_roles(conn, globals_data):
                 for setting in globals_data["database"]["settings"]:
                     if setting["role"] == role["name"] and not setting["in_database"]:
                         cur.execute(sql.SQL("ALTER ROLE {} ").format(sql.Identifier(role["name"]))
-                                    + _set_clause(setting["setting"]))
+                                    + _set_clause(setting))
             except psycopg2.Error as err:
                 raise sql_error("creating role %s" % role["name"], err) from None
             created.append(role)
@@ -171,6 +163,13 @@ def create_missing_roles(conn, globals_data):
     return created
 
 
+def _keyword(privilege):
+    """A privilege of the fixed vocabulary as its keyword; anything else never reaches the SQL."""
+    if privilege not in DATABASE_PRIVILEGES:
+        raise RecoveryError("database privilege %r is not one of %s" % (privilege, ", ".join(DATABASE_PRIVILEGES)))
+    return sql.SQL(DATABASE_PRIVILEGES[privilege])
+
+
 def apply_database_properties(conn, name, database, set_id):
     ident = sql.Identifier(name)
     statements = [sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(
@@ -178,17 +177,17 @@ def apply_database_properties(conn, name, database, set_id):
     if not database["default_acl"]:
         statements.append(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
         for privilege in database["public_privileges"]:
-            statements.append(sql.SQL("GRANT {} ON DATABASE {} TO PUBLIC").format(sql.SQL(privilege), ident))
+            statements.append(sql.SQL("GRANT {} ON DATABASE {} TO PUBLIC").format(_keyword(privilege), ident))
         for grantee, privilege, grantable in database["acl"]:
             statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
-                sql.SQL(privilege), ident, sql.Identifier(grantee.strip('"')))
+                _keyword(privilege), ident, sql.Identifier(grantee))
             statements.append(statement + sql.SQL(" WITH GRANT OPTION") if grantable else statement)
     for setting in database["settings"]:
         if setting["in_database"] and setting["role"] == "":
-            statements.append(sql.SQL("ALTER DATABASE {} ").format(ident) + _set_clause(setting["setting"]))
+            statements.append(sql.SQL("ALTER DATABASE {} ").format(ident) + _set_clause(setting))
         elif setting["in_database"]:
             statements.append(sql.SQL("ALTER ROLE {} IN DATABASE {} ").format(sql.Identifier(setting["role"]), ident)
-                              + _set_clause(setting["setting"]))
+                              + _set_clause(setting))
     statements.append(sql.SQL("ALTER DATABASE {} SET {} TO {}").format(
         ident, sql.SQL(MARKER_SETTING), sql.Literal(set_id)))
     with conn.cursor() as cur:

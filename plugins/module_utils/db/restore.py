@@ -203,6 +203,7 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
 
     The existing database stays untouched until the new one is loaded and matches the manifest.
     """
+    globals_data = load_globals(globals_path)  # parsed against its schema before any check or change, dry runs too
     preflight = preflight_restore(target, manifest, backup_dir)
     result = {"database": target.dbname, "preflight": preflight, "roles_created": [], "roles_need_password": []}
     if preflight["already_restored"] and not force:
@@ -211,7 +212,6 @@ def restore_database(target, manifest, backup_dir, dump_dir, globals_path, jobs=
     if check_mode:
         result.update(changed=True, state="would restore %s from set %s" % (target.dbname, manifest["set_id"]))
         return result
-    globals_data = load_globals(globals_path)
     scratch = _side_name(target.dbname, "restore", manifest["set_id"])
     admin = connect(target, dbname=target.maintenance_db)
     result["changed"] = True

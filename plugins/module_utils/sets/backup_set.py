@@ -20,6 +20,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
     make_tree_private,
     remove_quietly,
     sha256_file,
+    tighten_private_dir,
     write_json_atomic,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
@@ -90,6 +91,14 @@ def _preflight(db, redis_target, config_dir):
     return found
 
 
+def _private_backup_dir(backup_dir, progress):
+    """The backup directory, created 0700, or an existing one that others could enter tightened (said)."""
+    tightened = None if make_private_dir(backup_dir) else tighten_private_dir(backup_dir)
+    if tightened:
+        progress(tightened)
+    return tightened
+
+
 def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
                     compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
                     retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print):
@@ -108,7 +117,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
     if check_mode:
         expired = expired_set_ids(backup_dir, retention_days) if os.path.isdir(backup_dir) else []
         return {"changed": True, "components": components, "would_prune": expired, "sources": _public(sources)}
-    make_private_dir(backup_dir)
+    tightened = _private_backup_dir(backup_dir, progress)
     timings = {}
     with DirectoryLock(backup_dir, lock_wait) as lock:
         cleaned = remove_incomplete_leftovers(backup_dir)
@@ -155,7 +164,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         "changed": True, "set_id": set_id, "manifest": os.path.join(backup_dir, manifest_name(set_id)),
         "set_dir": final, "components": components, "artifact_count": len(artifacts),
         "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
-        "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder,
+        "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder, "tightened": tightened,
         "verification": verification,
         "row_counts": sections.get("db", {}).get("row_counts"),
         "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
