@@ -13,6 +13,7 @@ connected, and streams the load in pipelines.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from array import array
 
@@ -135,38 +136,23 @@ def _load_in_transaction(target, path, snapshot, aof_enabled, progress):
     A refusal while queueing discards the transaction (nothing changed); a RESTORE failing inside EXEC leaves the
     keyspace partial and says how far it got."""
     conn = target.connect()
-    loaded, queued, restores, db = {}, [], [], 0
+    loaded = {}
     try:
         _ok(conn, "MULTI")
         try:
-            queued.append(_command("FLUSHALL"))
-            restores.append(False)
-            for kind, item in redis_rdb.read_entries(path):
-                if kind == "function":
-                    queued.append(_command("FUNCTION", "LOAD", "REPLACE", item))
-                    restores.append(False)
-                elif item.expire_ms is None or item.expire_ms > redis_rdb.now_ms():
-                    if item.db != db:
-                        queued.append(_command("SELECT", item.db))
-                        restores.append(False)
-                        db = item.db
-                    restores.append(True)
-                    queued.append(_command(b"RESTORE", item.key, item.expire_ms or 0,
-                                           item.restore_payload(snapshot["rdb_version"]), b"REPLACE",
-                                           *((b"ABSTTL",) if item.expire_ms is not None else ())))
-                    count = loaded.setdefault(str(item.db), [0, array("q")])
-                    count[0] += 1
-                    if item.expire_ms is not None:
-                        count[1].append(item.expire_ms)
-                if len(queued) >= BATCH:
-                    _queue(conn, queued)
-            for name in loaded:  # the counts inside the transaction: later writes by other clients do not count
-                queued.extend((_command("SELECT", name), _command("DBSIZE")))
-            _queue(conn, queued)
-        except BaseException:
-            conn.call("DISCARD")
-            raise
-        replies = conn.call("EXEC")
+            restores = _queue_load(conn, path, snapshot, loaded)
+        except RecoveryError as err:
+            with contextlib.suppress(RecoveryError):  # a lost connection: the server drops a transaction never run
+                conn.call("DISCARD")
+            if "nothing changed" in str(err):
+                raise
+            raise RecoveryError("Redis restore at %s failed before the transaction ran (the restore failed before "
+                                "anything changed): %s" % (target.describe(), str(err).splitlines()[0])) from None
+        try:
+            replies = conn.call("EXEC")
+        except RecoveryError as err:
+            raise RecoveryError("Redis restore at %s lost the server while the flush and load ran (the keyspace may be "
+                                "partial; run the restore again): %s" % (target.describe(), err)) from None
         if not isinstance(replies, list):
             raise RecoveryError("Redis at %s refused the restore's transaction: %s (nothing changed)" % (
                 target.describe(), replies))
@@ -183,6 +169,35 @@ def _load_in_transaction(target, path, snapshot, aof_enabled, progress):
         raise RecoveryError("Redis restore at %s: %s" % (target.describe(), conn.lost(err))) from None
     finally:
         conn.close()
+
+
+def _queue_load(conn, path, snapshot, loaded):
+    """Queue FLUSHALL, every function and live key, and each database's DBSIZE; returns, per queued command, whether
+    it is a RESTORE. ``loaded`` gets {db: [keys queued, their expiry times]}."""
+    queued, restores, db = [_command("FLUSHALL")], [False], 0
+    for kind, item in redis_rdb.read_entries(path):
+        if kind == "function":
+            queued.append(_command("FUNCTION", "LOAD", "REPLACE", item))
+            restores.append(False)
+        elif item.expire_ms is None or item.expire_ms > redis_rdb.now_ms():
+            if item.db != db:
+                queued.append(_command("SELECT", item.db))
+                restores.append(False)
+                db = item.db
+            restores.append(True)
+            queued.append(_command(b"RESTORE", item.key, item.expire_ms or 0,
+                                   item.restore_payload(snapshot["rdb_version"]), b"REPLACE",
+                                   *((b"ABSTTL",) if item.expire_ms is not None else ())))
+            count = loaded.setdefault(str(item.db), [0, array("q")])
+            count[0] += 1
+            if item.expire_ms is not None:
+                count[1].append(item.expire_ms)
+        if len(queued) >= BATCH:
+            _queue(conn, queued)
+    for name in loaded:  # the counts inside the transaction: later writes by other clients do not count
+        queued.extend((_command("SELECT", name), _command("DBSIZE")))
+    _queue(conn, queued)
+    return restores
 
 
 def _queue(conn, commands):
