@@ -28,6 +28,7 @@ def add_connection_flags(parser):
     parser.add_argument("--pg-bin-dir", help="directory of pg_dump/pg_restore")
     parser.add_argument("--redis-host", default="localhost", help="Redis host (default: localhost)")
     parser.add_argument("--redis-port", type=int, default=6379, help="Redis port (default: 6379)")
+    parser.add_argument("--redis-user", help="Redis ACL user (default: the default user)")
     parser.add_argument("--config-dir", help="the platform's config directory")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs (default: 2)")
     parser.add_argument("--skip-db", action="store_true", help="leave the database out")
@@ -57,7 +58,8 @@ def targets(args):
                   password=passwords["CHRISTMAS_DB_PASSWORD"], admin_user=args.db_admin_user,
                   admin_password=passwords["CHRISTMAS_DB_ADMIN_PASSWORD"], bin_dir=args.pg_bin_dir)
     redis_target = RedisTarget(host=args.redis_host, port=args.redis_port,
-                               password=passwords["CHRISTMAS_REDIS_PASSWORD"])
+                               password=passwords["CHRISTMAS_REDIS_PASSWORD"], user=args.redis_user,
+                               writers=getattr(args, "redis_writers", "pause"))
     return db, redis_target
 
 

@@ -23,6 +23,9 @@ def parse(argv):
     parser.add_argument("--backup-dir", default="./backups", help="directory of the backup sets (default: ./backups)")
     parser.add_argument("--dry-run", action="store_true", help="verify the set and check the targets; change nothing")
     parser.add_argument("--force", action="store_true", help="restore components that already match the set")
+    parser.add_argument("--redis-writers", choices=("pause", "refuse"), default="pause",
+                        help="other Redis clients connected: run the load as one transaction they wait for (pause, "
+                             "the default) or refuse the restore (refuse)")
     _cli.add_connection_flags(parser)
     return parser.parse_args(argv)
 

@@ -52,8 +52,14 @@ options:
     description: Redis port.
     type: int
     default: 6379
+  redis_user:
+    description:
+      - Redis ACL user (Redis 6 or newer), authenticated with C(AUTH user password). By default the default user.
+        A backup needs C(sync) and C(replconf), C(info) and C(client); a restore checks in its preflight that the
+        user may run every command it sends on every key of the set.
+    type: str
   redis_password:
-    description: Redis password (C(requirepass)).
+    description: Redis password (C(requirepass), or the password of I(redis_user)).
     type: str
   jobs:
     description:

@@ -18,7 +18,10 @@ description:
     and only then is it swapped in for the existing database, which is dropped. TimescaleDB's background workers are
     stopped in the scratch database and started in the restored one.
   - Redis; the running server's keyspace is replaced over the network (FLUSHALL, RESTORE with TTLs) and made durable
-    (the AOF already holds it; otherwise C(SAVE)).
+    (the AOF rewritten; otherwise C(SAVE)). Its preflight, in check mode too, refuses before any change when the
+    server cannot read the set's RDB format, when I(redis_user) may not run a command the restore sends or touch one
+    of the set's keys (ACL), when C(maxmemory) or, for a server on this host, the disk of its C(dir) cannot hold the
+    set, and, with I(redis_writers=refuse), while other clients are connected.
   - Config; the tree is extracted beside the destination, the current tree is moved aside to a time-stamped safety
     copy, and the new tree takes its place. Only files, directories and symlinks inside the tree are created.
   - A component already identical to the set is left alone (C(changed=false)) unless I(force=true). For the
@@ -41,6 +44,18 @@ options:
     description: Restore components even when they already match the set.
     type: bool
     default: false
+  redis_writers:
+    description:
+      - What a Redis restore does about other clients connected to the server (the application's writers).
+      - C(pause); the flush and every key's RESTORE run as one transaction (MULTI/EXEC) the server runs at once;
+        other clients' commands wait while it runs and land after it, so no write mixes into the set's keyspace
+        (writes made before it are replaced, as by any restore). The server holds the queued load in memory until
+        it runs, which the C(maxmemory) check counts. A failure leaves nothing waiting and no transaction open.
+      - C(refuse); the preflight refuses, naming the clients (address and name), while any other client is
+        connected; the load is then streamed in pipelines.
+    type: str
+    choices: [pause, refuse]
+    default: pause
 attributes:
   check_mode:
     support: full
@@ -111,6 +126,7 @@ def main():
         manifest={"type": "str", "default": "latest"},
         backup_dir={"type": "path"},
         force={"type": "bool", "default": False},
+        redis_writers={"type": "str", "default": "pause", "choices": ["pause", "refuse"]},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params

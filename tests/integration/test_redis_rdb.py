@@ -9,7 +9,7 @@ import pytest
 from conftest import redis_state
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys, redis_rdb
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys, redis_rdb, redis_restore
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
 
 LIBRARY = "#!lua name=christmas\nredis.register_function('ping2', function() return 'pong' end)"
@@ -80,13 +80,13 @@ def test_restore_brings_back_every_encoding_and_a_rerun_changes_nothing(make_red
     target = make_redis(password="p-2", appendonly=True)
     target.client(9).set("stale", "must go")
     manifest = {"redis": meta, "set_id": "20261126_030000"}
-    result = redis_keys.restore_redis(RedisTarget("127.0.0.1", target.port, "p-2"), manifest, path,
+    result = redis_restore.restore_redis(RedisTarget("127.0.0.1", target.port, "p-2"), manifest, path,
                                       progress=lambda _message: None)
     assert result["changed"] and result["persisted"] == "aof rewritten"
     assert redis_state(target) == before
     assert target.client(0).fcall("ping2", 0) == b"pong"
     assert target.client(0).xpending("stream", "workers")["pending"] == 2
-    again = redis_keys.restore_redis(RedisTarget("127.0.0.1", target.port, "p-2"), manifest, path,
+    again = redis_restore.restore_redis(RedisTarget("127.0.0.1", target.port, "p-2"), manifest, path,
                                      progress=lambda _message: None)
     assert not again["changed"], again
 
@@ -101,7 +101,7 @@ def test_keys_that_expired_since_the_backup_are_not_restored(make_redis, tmp_dir
         assert time.monotonic() < deadline, "the brief key did not expire"
         time.sleep(0.05)
     target = make_redis()
-    result = redis_keys.restore_redis(RedisTarget("127.0.0.1", target.port), {"redis": meta, "set_id": "x"}, path,
+    result = redis_restore.restore_redis(RedisTarget("127.0.0.1", target.port), {"redis": meta, "set_id": "x"}, path,
                                       progress=lambda _message: None)
     assert result["keys_expired_since_backup"] == 1
     assert sorted(target.client(0).keys()) == [b"lasting"]

@@ -28,6 +28,7 @@ def connection_argument_spec():
         "pg_bin_dir": {"type": "path"},
         "redis_host": {"type": "str", "default": "localhost"},
         "redis_port": {"type": "int", "default": 6379},
+        "redis_user": {"type": "str"},
         "redis_password": {"type": "str", "no_log": True},
         "jobs": {"type": "int", "default": 2},
         "connect_wait": {"type": "int", "default": 0},
@@ -51,7 +52,8 @@ def pg_target(params):
 
 def redis_target(params):
     return RedisTarget(host=params["redis_host"], port=params["redis_port"], password=params["redis_password"],
-                       connect_wait=params["connect_wait"])
+                       connect_wait=params["connect_wait"], user=params["redis_user"],
+                       writers=params.get("redis_writers") or "pause")
 
 
 def vault_argument_spec():

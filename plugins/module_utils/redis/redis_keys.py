@@ -5,8 +5,8 @@
 
 The backup asks the server for its snapshot with ``SYNC`` (as ``redis-cli --rdb`` does: ``REPLCONF rdb-only``, so no
 replication stream follows) and streams it to ``redis.rdb`` while hashing it; the file's own CRC-64 is checked before
-the set is complete. The file is a standard RDB: it also loads into any Redis by hand. The restore parses it (see
-``redis_rdb``), flushes the server and RESTOREs every key with its absolute expiry, then makes the result durable.
+the set is complete. The file is a standard RDB: it also loads into any Redis by hand. The restore (``redis_restore``)
+parses it (see ``redis_rdb``), flushes the server and RESTOREs every key with its absolute expiry.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from array import array
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import CHUNK, HashingWriter
@@ -28,8 +27,12 @@ SYNC_IDLE_TIMEOUT = 120  # the server sends a newline every second while it prep
 
 
 class RedisTarget:
-    def __init__(self, host="localhost", port=6379, password=None, connect_wait=0):
+    """Where Redis is and who connects: ``user`` is an ACL user (Redis 6+), None the default user; ``writers`` says
+    what a restore does about other clients connected (``pause`` or ``refuse``, see ``redis_restore``)."""
+
+    def __init__(self, host="localhost", port=6379, password=None, connect_wait=0, user=None, writers="pause"):
         self.host, self.port, self.password, self.connect_wait = host, port, password, connect_wait
+        self.user, self.writers = user, writers
 
     def describe(self):
         return "%s:%s" % (self.host, self.port)
@@ -113,7 +116,8 @@ class RawConnection:
         self.sock.settimeout(timeout)
         self.reader = self.sock.makefile("rb", buffering=CHUNK)
         try:
-            if target.password is not None and self.call("AUTH", target.password) != b"OK":
+            credentials = (target.user, target.password or "") if target.user else (target.password,)
+            if (target.user or target.password is not None) and self.call("AUTH", *credentials) != b"OK":
                 raise RecoveryError("Redis unreachable or refused at %s: authentication failed" % target.describe())
             if db and self.call("SELECT", db) != b"OK":
                 raise RecoveryError("Redis at %s refused SELECT %s" % (target.describe(), db))
@@ -283,7 +287,7 @@ def scan_snapshot(path):
     """Read the whole artifact once before anything changes: keys per database still alive now, keys already
     expired, function libraries. Any structural problem is raised here, not halfway through a restore."""
     now = redis_rdb.now_ms()
-    counts, expired, functions = {}, 0, []
+    counts, expired, functions, size = {}, 0, [], 0
     for kind, item in redis_rdb.read_entries(path):
         if kind == "function":
             functions.append(item)
@@ -291,7 +295,8 @@ def scan_snapshot(path):
             expired += 1
         else:
             counts[str(item.db)] = counts.get(str(item.db), 0) + 1
-    return {"keys_per_db": counts, "key_count": sum(counts.values()), "expired": expired,
+            size += len(item.key) + len(item.value)
+    return {"keys_per_db": counts, "key_count": sum(counts.values()), "expired": expired, "payload_bytes": size,
             "functions": sorted(functions), "rdb_version": redis_rdb.rdb_version(path)}
 
 
@@ -359,122 +364,3 @@ def _batch_matches(conns, target, entries):
 def _pairs(kind, flat):
     """SMEMBERS as members, HGETALL as (field, value) pairs: the shape ``redis_rdb.members`` returns."""
     return flat if kind == redis_rdb.SET_HASHTABLE else list(zip(flat[::2], flat[1::2], strict=True))
-
-
-def restore_redis(target, manifest, path, force=False, check_mode=False, progress=print, memo=None):
-    """Replace the server's whole keyspace with the snapshot's, over the network, and make it durable.
-
-    ``memo`` (a dict) carries the snapshot's scan and the comparison with the server from the planning call (check
-    mode) to the call that restores, which happens only when the plan found a difference: neither is done twice.
-    """
-    memo = {} if memo is None else memo
-    meta = manifest["redis"]
-    info = server_info(target)
-    if _version_tuple(info["version"]) < _version_tuple(meta["version"]):
-        raise RecoveryError("target Redis %s at %s is older than the backup's %s (its data format may not load)"
-                            % (info["version"], target.describe(), meta["version"]))
-    if "snapshot" not in memo:
-        memo["snapshot"] = scan_snapshot(path)
-    snapshot = memo["snapshot"]
-    result = {"target_version": info["version"], "aof_enabled": info["aof_enabled"],
-              "keys_before": sum(info["keys_per_db"].values()), "keys_expired_since_backup": snapshot["expired"]}
-    if "identical" not in memo:
-        memo["identical"] = not force and matches_target(target, path, snapshot)
-    if memo["identical"]:
-        result.update(changed=False, state="already identical to set %s" % manifest["set_id"],
-                      keys_per_db=snapshot["keys_per_db"])
-        return result
-    result["changed"] = True
-    if check_mode:
-        result["state"] = "would replace %d keys with %d" % (result["keys_before"], snapshot["key_count"])
-        return result
-    progress("flushing Redis at %s and loading %d keys" % (target.describe(), snapshot["key_count"]))
-    result["persisted"], loaded = _replace_keyspace(target, path, snapshot, info["aof_enabled"])
-    result["keys_per_db"] = _check_counts(target, loaded)
-    result["state"] = "restored from set %s" % manifest["set_id"]
-    result["keys_after"] = sum(result["keys_per_db"].values())
-    return result
-
-
-def _version_tuple(version):
-    return tuple(int(part) for part in version.split(".")[:2])
-
-
-def _replace_keyspace(target, path, snapshot, aof_enabled):
-    """FLUSHALL, then RESTORE every live key with its absolute expiry, pipelined per database; a failure says how far
-    the load got. Returns how the result was persisted and {db: [keys loaded, their expiry times]}."""
-    conns, pending, loaded, state = {}, {}, {}, {"flushed": False, "done": 0}
-    version = snapshot["rdb_version"]
-    try:
-        control = conns["control"] = target.connect()
-        _ok(control, "FLUSHALL")
-        state["flushed"] = True
-        for kind, item in redis_rdb.read_entries(path):
-            if kind == "function":
-                _ok(control, "FUNCTION", "LOAD", "REPLACE", item)
-                continue
-            if item.expire_ms is not None and item.expire_ms <= redis_rdb.now_ms():
-                continue
-            db = str(item.db)
-            if db not in loaded:
-                conns[db] = target.connect(item.db)
-                pending[db], loaded[db] = [], [0, array("q")]
-            pending[db].append(_command(b"RESTORE", item.key, item.expire_ms or 0, item.restore_payload(version),
-                                        b"REPLACE", *((b"ABSTTL",) if item.expire_ms is not None else ())))
-            loaded[db][0] += 1
-            if item.expire_ms is not None:
-                loaded[db][1].append(item.expire_ms)
-            if len(pending[db]) >= BATCH:
-                _send_restores(conns[db], pending[db], state)
-        for db, commands in pending.items():
-            _send_restores(conns[db], commands, state)
-        return _persist(control, aof_enabled), loaded
-    except (OSError, RecoveryError) as err:
-        if not state["flushed"]:
-            raise
-        raise RecoveryError("Redis restore at %s failed after the flush with %d of %d keys loaded (the keyspace is "
-                            "partial; run the restore again): %s" % (target.describe(), state["done"],
-                                                                   snapshot["key_count"],
-                                                                   str(err).splitlines()[0])) from None
-    finally:
-        for conn in conns.values():
-            conn.close()
-
-
-def _send_restores(conn, commands, state):
-    for reply in conn.pipeline(commands):
-        if isinstance(reply, ReplyError):
-            raise RecoveryError(reply)
-        state["done"] += 1
-    commands.clear()
-
-
-def _check_counts(target, loaded):
-    """Every database holds the keys loaded into it, less at most those whose expiry has passed since."""
-    after = server_info(target)["keys_per_db"]
-    now = redis_rdb.now_ms()
-    for db in sorted(set(after) | set(loaded), key=int):
-        count, expiries = loaded.get(db, (0, ()))
-        lapsed = sum(1 for when in expiries if when <= now)
-        if not count - lapsed <= after.get(db, 0) <= count:
-            raise RecoveryError("Redis at %s holds %d keys in db %s after the restore, %d were loaded" % (
-                target.describe(), after.get(db, 0), db, count))
-    return {db: after[db] for db in sorted(after, key=int)}
-
-
-def _persist(conn, aof_enabled, timeout=600):
-    """Make the restored keyspace survive a restart: rewrite the AOF when it is on, else write an RDB snapshot."""
-    if not aof_enabled:
-        _ok(conn, "SAVE")
-        return "rdb snapshot"
-    _ok(conn, "BGREWRITEAOF")
-    deadline = time.monotonic() + timeout
-    while True:
-        persistence = _info(conn, "persistence")
-        if persistence["aof_rewrite_in_progress"] == "0" and persistence["aof_rewrite_scheduled"] == "0":
-            if persistence.get("aof_last_bgrewrite_status", "ok") != "ok":
-                raise RecoveryError("Redis AOF rewrite after the restore failed; check the server's log and disk")
-            return "aof rewritten"
-        if time.monotonic() > deadline:
-            raise RecoveryError("Redis AOF rewrite after the restore did not finish in %d s" % timeout)
-        time.sleep(0.1)

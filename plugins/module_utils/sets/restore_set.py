@@ -11,7 +11,7 @@ import time
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.db import restore
-from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_restore
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.encryption import is_encrypted
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     artifact_path,
@@ -34,7 +34,7 @@ def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, f
     if component == "redis":
         path = artifact_path(set_root, artifacts_of(manifest, "redis")[0])
         memo = {}  # the plan's scan and comparison serve the restore
-        return lambda check: redis_keys.restore_redis(redis_target, manifest, path, force, check, progress, memo)
+        return lambda check: redis_restore.restore_redis(redis_target, manifest, path, force, check, progress, memo)
     path = artifact_path(set_root, artifacts_of(manifest, "config")[0])
     dest = config_dir or manifest["config"]["source_dir"]
     return lambda check: config_tree.restore_tree(path, manifest["config"], dest, manifest["set_id"], check, force,
