@@ -25,6 +25,8 @@ from awxkit.api.pages.api import ApiV2
 from awxkit.api.resources import resources as awx_resources
 from conftest import ROOT
 
+from ansible_collections.christmas.recovery.plugins.action.christmas_incident import OPERATOR_TEXTS
+
 ASSETS = os.path.join(ROOT, "awx", "assets.json")
 
 
@@ -223,10 +225,15 @@ def _files_of(playbook):
 
 @functools.cache
 def variables_read(playbook):
+    """Names in the expressions of the playbook's files, and the operator's texts christmas_incident's action reads
+    untemplated where a file records an incident."""
     names = set()
     for path in _files_of(playbook):
         for expression in _expressions(_yaml(path)):
             names.update(_NAME_RE.findall(_STRING.sub("", expression)))
+        with open(path, encoding="utf-8") as handle:
+            if "christmas.recovery.christmas_incident:" in handle.read():
+                names.update(OPERATOR_TEXTS.values())
     return names
 
 
