@@ -80,5 +80,7 @@ def main(work):
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    for warning in report.get("warnings") or ():
+        print("warning: %s" % warning, file=sys.stderr)
     print(json.dumps(report, indent=2, sort_keys=True, default=str))
     return 0

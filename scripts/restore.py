@@ -26,6 +26,10 @@ def parse(argv):
     parser.add_argument("--redis-writers", choices=("pause", "refuse"), default="pause",
                         help="other Redis clients connected: run the load as one transaction they wait for (pause, "
                              "the default) or refuse the restore (refuse)")
+    parser.add_argument("--config-keep-special-modes", action="store_true",
+                        help="keep the config tree's set-ID, sticky and world-write bits (default: removed)")
+    parser.add_argument("--config-keep-owners", action="store_true",
+                        help="keep the config tree's recorded owners (default: the config directory's owner)")
     _cli.add_connection_flags(parser)
     return parser.parse_args(argv)
 
@@ -37,6 +41,7 @@ def main(argv=None):
     return _cli.main(lambda: restore_set(
         args.manifest, os.path.abspath(args.backup_dir), components, db=db, redis_target=redis_target,
         config_dir=args.config_dir, jobs=args.jobs, force=args.force, check_mode=args.dry_run, progress=_cli.progress,
+        config_keep_special_modes=args.config_keep_special_modes, config_keep_owners=args.config_keep_owners,
     ))
 
 

@@ -126,6 +126,15 @@ redis_keys:
   description: Keys per Redis database when the snapshot was requested (the snapshot itself is point-in-time).
   returned: success with Redis
   type: dict
+config:
+  description:
+    - What the config archive left out or changed; C(skipped) lists each FIFO, socket or device (C(path), C(type)),
+      which is also a warning; C(hardlinks) says how hardlinked files are stored (C(stored_as=copies), each name a
+      regular file of its own) and lists their names.
+  returned: success with the config tree, not in check mode
+  type: dict
+  sample: {"skipped": [{"path": "run/app.sock", "type": "socket"}], "hardlinks": {"stored_as": "copies",
+           "paths": ["a.yml", "b.yml"]}}
 pruned:
   description: Ids of the sets deleted by retention.
   returned: success, not in check mode

@@ -22,8 +22,15 @@ description:
     server cannot read the set's RDB format, when I(redis_user) may not run a command the restore sends or touch one
     of the set's keys (ACL), when C(maxmemory) or, for a server on this host, the disk of its C(dir) cannot hold the
     set, and, with I(redis_writers=refuse), while other clients are connected.
-  - Config; the tree is extracted beside the destination, the current tree is moved aside to a time-stamped safety
-    copy, and the new tree takes its place. Only files, directories and symlinks inside the tree are created.
+  - Config; the tree is extracted beside the destination, the current tree is moved aside to a safety copy
+    C(CONFIG_DIR.pre-restore-YYYYMMDD_HHMMSS-SETID) (C(-2), C(-3)... when that name is taken, so an older copy is never
+    replaced), and the new tree takes its place. A destination that is a mount point or on another file system than
+    its parent is restored in place (its entries replaced inside it; the safety copy is then a copy); one that is not
+    writable is refused in the preflight. Only files, directories and symlinks inside the tree are created.
+  - Config modes; set-user-ID, set-group-ID, sticky and world-write bits are removed unless
+    I(config_keep_special_modes=true); as root, every entry is owned by the destination directory's owner (its
+    parent's when it does not exist yet) unless I(config_keep_owners=true). Check mode lists each mode it would
+    change in C(components.config.changes_modes).
   - A component already identical to the set is left alone (C(changed=false)) unless I(force=true). For the
     database "identical" means it was restored from this set and its row counts still match.
   - Check mode is the runbook's dry run; verification and preflight, nothing changed.
@@ -56,6 +63,18 @@ options:
     type: str
     choices: [pause, refuse]
     default: pause
+  config_keep_special_modes:
+    description:
+      - Restore the config tree's set-user-ID, set-group-ID, sticky and world-write bits as recorded. By default they
+        are removed from every restored file and directory.
+    type: bool
+    default: false
+  config_keep_owners:
+    description:
+      - Restore the config tree's owners as recorded (as root). By default every entry is owned by the owner of the
+        destination directory, or of its parent when it does not exist yet.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -98,7 +117,9 @@ verification:
 components:
   description:
     - Per component, what was found and done; C(state) says where it stands, C(changed) whether it changed.
-      The database adds C(preflight), C(roles_created) and C(roles_need_password); config adds C(safety_copy).
+      The database adds C(preflight), C(roles_created) and C(roles_need_password); config adds C(safety_copy),
+      C(placement) (C(rename) or C(in place)), C(owner) and C(changes_modes), a list of
+      C({path, recorded, restored}) for each mode restored otherwise than recorded.
   returned: success
   type: dict
 seconds:
@@ -127,6 +148,8 @@ def main():
         backup_dir={"type": "path"},
         force={"type": "bool", "default": False},
         redis_writers={"type": "str", "default": "pause", "choices": ["pause", "refuse"]},
+        config_keep_special_modes={"type": "bool", "default": False},
+        config_keep_owners={"type": "bool", "default": False},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
@@ -136,6 +159,7 @@ def main():
         params["manifest"], params["backup_dir"], components, db=pg_target(params),
         redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
         force=params["force"], check_mode=module.check_mode, progress=progress,
+        config_keep_special_modes=params["config_keep_special_modes"], config_keep_owners=params["config_keep_owners"],
     ))
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from manifest_samples import REMOVE, SET_ID, leaf_paths, replaced, valid_manifest
 
-from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_tree
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.safe_paths import (
     check_relative_name,
@@ -363,7 +363,7 @@ def _restore(archive, members_found, dest):
     _list, _total, digest = members_found
     digest.add("root", ".", 0o750)
     metadata = {"root_mode": "750", "root_owner": [0, 0], "tree_sha256": digest.hexdigest()}
-    return config_tree.restore_tree(archive, metadata, dest, SET_ID, progress=lambda _message: None)
+    return config_restore.restore_tree(archive, metadata, dest, SET_ID, progress=lambda _message: None)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

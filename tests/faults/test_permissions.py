@@ -1,5 +1,5 @@
-"""Permissions: a backup is private whatever the umask and whoever runs it; a config restore as root gives every
-entry back its recorded mode and owner, special bits included.
+"""Permissions: a backup is private whatever the umask and whoever runs it; a config restore as root asked to keep
+them gives every entry back its recorded mode and owner, special bits included.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def test_backup_dir_parents_created_by_the_backup_are_not_writable_by_others(sys
             created, mode)
 
 
-# ---------------------------------------------------------------- restore as root keeps modes and owners
+# ---------------------------------------------------------------- restore as root, asked to, keeps modes and owners
 
 
 def _write(path, text, mode, uid, gid):
@@ -174,7 +174,7 @@ def _damage_owners_only(root):
 
 @pytest.mark.parametrize("damage", [_damage_modes_and_content, _damage_owners_only],
                          ids=["modes_and_content", "owners_only"])
-def test_config_restore_as_root_gives_back_every_recorded_mode_and_owner(system_user, tmp_dir, damage):
+def test_config_restore_as_root_keeping_modes_and_owners_gives_back_every_recorded_one(system_user, tmp_dir, damage):
     config = os.path.join(tmp_dir, "etc-christmas")
     _owned_tree(config, system_user)
     original = _modes_and_owners(config)
@@ -183,11 +183,14 @@ def test_config_restore_as_root_gives_back_every_recorded_mode_and_owner(system_
     damage(config)
     assert _modes_and_owners(config) != original
 
-    result = restore_set(report["manifest"], backup_dir, components=("config",), config_dir=config, progress=_quiet)
+    keep = {"config_keep_special_modes": True, "config_keep_owners": True}
+    result = restore_set(report["manifest"], backup_dir, components=("config",), config_dir=config, progress=_quiet,
+                         **keep)
 
     assert result["components"]["config"]["changed"] is True
     restored = _modes_and_owners(config)
     assert {name: (restored.get(name), entry) for name, entry in original.items() if restored.get(name) != entry} == {}
     assert restored == original
-    again = restore_set(report["manifest"], backup_dir, components=("config",), config_dir=config, progress=_quiet)
+    again = restore_set(report["manifest"], backup_dir, components=("config",), config_dir=config, progress=_quiet,
+                        **keep)
     assert again["components"]["config"]["changed"] is False

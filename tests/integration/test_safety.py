@@ -275,13 +275,13 @@ def test_retention_zero_keeps_the_newest_complete_set_and_ignores_incomplete_one
     _copy_set_as(backup_dir, config_set.set_id, old)
     foreign = _not_ours(backup_dir)
     # A failed backup is an incomplete set: it must neither count as the newest nor let retention run.
-    os.mkfifo(os.path.join(config_set.config, "control.fifo"))
+    os.symlink("/etc/passwd", os.path.join(config_set.config, "escape.yml"))
     error = _script_backup(backup_dir, config_set.config, extra=["--retention-days", "0"], expect_ok=False)
-    assert "control.fifo" in error
+    assert "escape.yml" in error
     assert _complete_ids(backup_dir) == [old, config_set.set_id]
     assert not glob.glob(os.path.join(backup_dir, ".set_*")) + glob.glob(os.path.join(backup_dir, ".manifest_*"))
 
-    os.unlink(os.path.join(config_set.config, "control.fifo"))
+    os.unlink(os.path.join(config_set.config, "escape.yml"))
     report = _script_backup(backup_dir, config_set.config, extra=["--retention-days", "0"])
 
     assert sorted(report["pruned"]) == [old, config_set.set_id]

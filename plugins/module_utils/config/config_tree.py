@@ -1,7 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: Christmas platform operations
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The config tree: archived with modes, links and empty directories; restored beside the old tree, then swapped."""
+"""The config tree archived with modes, links and empty directories; hardlinks stored as copies, special files skipped.
+
+The archive is checked member by member before a restore (``check_members``); config_restore.py restores it."""
 
 from __future__ import annotations
 
@@ -10,17 +12,12 @@ import math
 import os
 import stat
 import tarfile
-import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import (
     CHUNK,
-    DIR_MODE,
     HashingWriter,
-    fsync_dir,
     read_blocks,
-    remove_quietly,
-    require_free_space,
     sha256_file,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.core.safe_paths import (
@@ -32,6 +29,9 @@ ARCHIVE_FILE = "config.tar"
 ALLOWED_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "link"}
 MAX_ID = 2**32 - 2  # the largest uid/gid chown can set: 2**32 - 1 means "leave unchanged"
 MAX_MTIME = 2**40  # seconds, some 35,000 years: far inside what utime accepts
+SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                 (stat.S_ISBLK, "block device"))
+HARDLINKS_STORED_AS = "copies"  # each name of a hardlinked file is archived as a regular file of its own
 
 
 class TreeDigest:
@@ -41,13 +41,25 @@ class TreeDigest:
         self.entries = []
 
     def add(self, kind, name, mode, detail=""):
-        self.entries.append("%s\0%s\0%o\0%s\n" % (kind, name, stat.S_IMODE(mode), detail))
+        self.entries.append((kind, name, stat.S_IMODE(mode), detail))
+
+    def with_modes(self, mode_of):
+        """The digest of the same tree with every file's and directory's mode passed through ``mode_of``."""
+        other = TreeDigest()
+        other.entries = [(kind, name, mode if kind == "link" else mode_of(mode), detail)
+                         for kind, name, mode, detail in self.entries]
+        return other
 
     def hexdigest(self):
         digest = hashlib.sha256()
-        for entry in sorted(self.entries):
+        for entry in sorted("%s\0%s\0%o\0%s\n" % entry for entry in self.entries):
             digest.update(entry.encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
+
+
+def special_kind(mode):
+    """'FIFO', 'socket', 'character device' or 'block device'; None for files, directories and symlinks."""
+    return next((kind for test, kind in SPECIAL_KINDS if test(mode)), None)
 
 
 class _HashingReader:
@@ -60,13 +72,16 @@ class _HashingReader:
         return data
 
 
-def walk_tree(root):
-    """Yield (relative name, lstat) for every entry below ``root``, parents first, without following links."""
+def walk_tree(root, skip=()):
+    """Yield (relative name, lstat) for every entry below ``root``, parents first, without following links; the
+    top-level names in ``skip`` are left out."""
     stack = [""]
     while stack:
         relative = stack.pop()
         directory = os.path.join(root, relative) if relative else root
         for name in sorted(os.listdir(directory), reverse=True):
+            if not relative and name in skip:
+                continue
             child = relative + "/" + name if relative else name
             info = os.lstat(os.path.join(root, child))
             yield child, info
@@ -75,7 +90,8 @@ def walk_tree(root):
 
 
 def current_tree_digest(root):
-    """Digest of a tree on disk, comparable with the manifest's ``tree_sha256``; None when it does not exist."""
+    """Digest of a tree on disk, comparable with the manifest's ``tree_sha256`` (special files are left out, as the
+    archive leaves them out); None when it does not exist."""
     if not os.path.isdir(root):
         return None
     digest = TreeDigest()
@@ -88,9 +104,46 @@ def current_tree_digest(root):
             digest.add("link", name, 0, os.readlink(path))
         elif stat.S_ISREG(info.st_mode):
             digest.add("file", name, info.st_mode, sha256_file(path)[1])
-        else:
-            digest.add("other", name, info.st_mode)
     return digest.hexdigest()
+
+
+def plan_archive(root):
+    """Walk the tree as ``archive_tree`` will, before anything expensive runs: refuse what cannot be archived (an
+    escaping symlink, an unreadable entry) in one line; returns (special files to skip, hardlinked names)."""
+    if not os.path.isdir(root):
+        raise RecoveryError("config_dir %s is not a directory" % root)
+    skipped, hardlinked = [], []
+    try:
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", root)
+        for name, info in walk_tree(root):
+            path = os.path.join(root, name)
+            kind = special_kind(info.st_mode)
+            if kind:
+                skipped.append({"path": name, "type": kind})
+            elif stat.S_ISLNK(info.st_mode):
+                target = os.readlink(path)
+                if not link_stays_inside(name, target):
+                    raise RecoveryError(
+                        "config symlink %s -> %s points outside %s; it could not be restored safely (make it "
+                        "relative and inside the tree)" % (name, target, root))
+            elif stat.S_ISDIR(info.st_mode) and not os.access(path, os.R_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied", path)
+            elif stat.S_ISREG(info.st_mode):
+                if not os.access(path, os.R_OK):
+                    raise PermissionError(13, "Permission denied", path)
+                if info.st_nlink > 1:
+                    hardlinked.append(name)
+    except OSError as err:
+        raise RecoveryError("config tree %s cannot be read, nothing backed up: %s: %s" % (
+            root, err.filename or root, err.strerror)) from None
+    return skipped, hardlinked
+
+
+def skipped_warnings(section):
+    """The warnings a backup gives for the special files its config archive left out."""
+    return ["config entry %s is a %s: skipped, not in the backup" % (item["path"], item["type"])
+            for item in (section or {}).get("skipped", [])]
 
 
 def archive_tree(root, set_dir, progress=print):
@@ -101,6 +154,7 @@ def archive_tree(root, set_dir, progress=print):
     writer = HashingWriter(os.path.join(set_dir, ARCHIVE_FILE))
     digest = TreeDigest()
     counts = {"file": 0, "dir": 0, "link": 0}
+    skipped, hardlinked = [], []
     try:
         root_info = os.lstat(root)
         digest.add("root", ".", root_info.st_mode)
@@ -108,8 +162,17 @@ def archive_tree(root, set_dir, progress=print):
                           errors="surrogateescape", bufsize=CHUNK) as archive:
             for name, info in walk_tree(root):
                 path = os.path.join(root, name)
+                kind = special_kind(info.st_mode)
+                if kind:
+                    progress("skipping config entry %s: a %s" % (name, kind))
+                    skipped.append({"path": name, "type": kind})
+                    continue
                 member = archive.gettarinfo(path, arcname=name)
                 if stat.S_ISREG(info.st_mode):
+                    if member.islnk():  # a second name of a file already archived: stored as a copy
+                        member.type, member.linkname, member.size = tarfile.REGTYPE, "", info.st_size
+                    if info.st_nlink > 1:
+                        hardlinked.append(name)
                     with open(path, "rb") as handle:
                         reader = _HashingReader(handle)
                         archive.addfile(member, reader)
@@ -127,8 +190,6 @@ def archive_tree(root, set_dir, progress=print):
                     archive.addfile(member)
                     digest.add("link", name, 0, member.linkname)
                     counts["link"] += 1
-                else:
-                    raise RecoveryError("config entry %s is not a file, directory or symlink" % path)
         size, sha = writer.commit()
     except OSError as err:
         writer.abort()
@@ -140,7 +201,8 @@ def archive_tree(root, set_dir, progress=print):
     # Absolute: a restore without config_dir goes back to source_dir, whatever its working directory.
     metadata = {"source_dir": os.path.abspath(root), "root_mode": "%o" % stat.S_IMODE(root_info.st_mode),
                 "root_owner": [root_info.st_uid, root_info.st_gid], "entries": counts,
-                "tree_sha256": digest.hexdigest()}
+                "tree_sha256": digest.hexdigest(), "skipped": sorted(skipped, key=lambda item: item["path"]),
+                "hardlinks": {"stored_as": HARDLINKS_STORED_AS, "paths": sorted(hardlinked)}}
     return metadata, {ARCHIVE_FILE: (size, sha)}
 
 
@@ -199,102 +261,3 @@ def _settable(member):
     """Whether chown and utime accept the member's numbers; a PAX header can carry any, even negative or NaN."""
     return (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID and math.isfinite(member.mtime)
             and abs(member.mtime) < MAX_MTIME)
-
-
-def _owners_match(dest, members, metadata):
-    """The tree digest leaves owners out (uids differ between hosts), but a restore as root sets them: as root, a
-    tree whose entries have other owners is not yet the archived one."""
-    if os.geteuid() != 0:
-        return True
-    expected = [(dest, metadata["root_owner"])] + [(os.path.join(dest, name), (member.uid, member.gid))
-                                                    for name, _kind, member in members]
-    try:
-        owners = [os.lstat(path) for path, _owner in expected]
-    except OSError:  # changed while we looked: restore
-        return False
-    return all((info.st_uid, info.st_gid) == tuple(owner)
-               for info, (_path, owner) in zip(owners, expected, strict=True))
-
-
-def restore_tree(archive_path, metadata, dest, set_id, check_mode=False, force=False, progress=print):
-    """Make ``dest`` identical to the archived tree; the current tree is first moved aside as a safety copy."""
-    members, total, digest = check_members(archive_path)
-    digest.add("root", ".", int(metadata["root_mode"], 8))
-    if digest.hexdigest() != metadata["tree_sha256"]:
-        raise RecoveryError("config archive %s does not match the manifest's tree checksum" % archive_path)
-    dest = os.path.abspath(dest.rstrip("/"))
-    parent, base = os.path.split(dest)
-    stamp = time.strftime("%Y%m%d_%H%M%S")
-    safety = "%s.pre-restore-%s" % (dest, stamp)
-    result = {"config_dir": dest, "entries": len(members)}
-    if not force and current_tree_digest(dest) == metadata["tree_sha256"] and _owners_match(dest, members, metadata):
-        result.update(changed=False, state="already identical to set %s" % set_id, safety_copy=None)
-        return result
-    free = require_free_space(parent, int(total * 1.05) + 2**20, "config restore into %s" % parent)
-    result.update(changed=True, free_bytes=free)
-    if check_mode:
-        result.update(state="would replace %s (current tree moved to %s)" % (dest, safety), safety_copy=None)
-        return result
-    progress("restoring config tree into %s" % dest)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, ".%s.restore-%s" % (base, set_id))
-    remove_quietly(staging)
-    os.mkdir(staging, DIR_MODE)
-    try:
-        _extract(archive_path, members, staging)
-        if os.geteuid() == 0:
-            os.chown(staging, *metadata["root_owner"])
-        os.chmod(staging, int(metadata["root_mode"], 8))
-    except OSError as err:
-        remove_quietly(staging)
-        raise RecoveryError("extracting config into %s failed: %s: %s" % (
-            staging, err.filename or staging, err.strerror)) from None
-    except BaseException:
-        remove_quietly(staging)
-        raise
-    if os.path.lexists(dest):
-        progress("moving the current config tree aside to %s" % safety)
-        os.rename(dest, safety)
-        result["safety_copy"] = safety
-    else:
-        result["safety_copy"] = None
-    os.rename(staging, dest)
-    fsync_dir(parent)
-    result["state"] = "restored from set %s" % set_id
-    return result
-
-
-def _extract(archive_path, members, staging):
-    """Create members below ``staging`` only: exclusive creates, no link following, links and dir modes last."""
-    as_root = os.geteuid() == 0
-    links, dirs = [], []
-    with tarfile.open(archive_path, mode="r:", encoding="utf-8", errors="surrogateescape") as archive:
-        for name, kind, member in members:
-            path = os.path.join(staging, name)
-            if kind == "dir":
-                os.mkdir(path, DIR_MODE)
-                dirs.append((path, member))
-            elif kind == "file":
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    source = archive.extractfile(member)
-                    for block in read_blocks(source):
-                        out.write(block)
-                    out.flush()
-                    os.fsync(out.fileno())
-                _apply_owner_mode_time(path, member, as_root)
-            else:
-                links.append((path, member))
-    for path, member in links:
-        os.symlink(member.linkname, path)
-        if as_root:
-            os.lchown(path, member.uid, member.gid)
-    for path, member in reversed(dirs):
-        _apply_owner_mode_time(path, member, as_root)
-
-
-def _apply_owner_mode_time(path, member, as_root):
-    if as_root:
-        os.chown(path, member.uid, member.gid)
-    os.chmod(path, member.mode)
-    os.utime(path, (member.mtime, member.mtime))

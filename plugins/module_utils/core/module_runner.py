@@ -31,6 +31,8 @@ def run(module, work, warn_only=False):
             module.fail_json(msg=message, steps=steps, **details)
         module.warn(message)
         result = dict(details, error=message)
+    for warning in result.pop("warnings", None) or ():  # a result's warnings become Ansible's [WARNING]s
+        module.warn(warning)
     result.setdefault("changed", False)
     result["steps"] = steps
     result["elapsed_seconds"] = round(time.monotonic() - started, 3)

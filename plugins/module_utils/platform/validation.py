@@ -18,7 +18,7 @@ import urllib.request
 from array import array
 from decimal import Decimal, InvalidOperation
 
-from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_tree
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection, postgres, timescaledb
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys, redis_rdb
@@ -83,7 +83,8 @@ def validate(manifest_ref, backup_dir=None, components=COMPONENTS, db=None, redi
     if "config" in chosen:
         dest = config_dir or manifest["config"]["source_dir"]
         progress("validating config tree %s against set %s" % (dest, manifest["set_id"]))
-        checks.append(_config_check(dest, manifest["config"]["tree_sha256"]))
+        archive = artifact_path(set_root, artifacts_of(manifest, "config")[0])
+        checks.append(_config_check(dest, manifest["config"]["tree_sha256"], archive, manifest["config"]))
     if services is not None:
         checks.append(_services_check(services))
     for url in health_urls:
@@ -419,7 +420,12 @@ def _redis_check(target, snapshot):
     return _check(REDIS_KEYS, not problems, expected_max, actual, detail)
 
 
-def _config_check(dest, expected):
+def _config_check(dest, expected, archive, metadata):
+    """The tree as recorded, or as a restore leaves it by default (without set-ID, sticky and world-write bits)."""
+    try:
+        restored = config_restore.restored_tree_digest(archive, metadata)
+    except (RecoveryError, OSError):  # the archive is judged by verification; the recorded digest still serves
+        restored = expected
     try:
         actual = config_tree.current_tree_digest(dest)
     except OSError as err:
@@ -427,7 +433,7 @@ def _config_check(dest, expected):
             err.filename or dest, err.strerror or err))
     if actual is None:
         return _check(CONFIG_CHECKSUMS, False, expected, None, "config_dir %s is not a directory" % dest)
-    ok = actual == expected
+    ok = actual in (expected, restored)
     return _check(CONFIG_CHECKSUMS, ok, expected, actual, "tree %s %s" % (dest, "matches the set's" if ok else (
         "differs from the set's (files, modes or links changed, added or removed)")))
 

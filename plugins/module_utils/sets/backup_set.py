@@ -86,8 +86,10 @@ def _preflight(db, redis_target, config_dir):
             found["db"] = postgres.server_facts(conn)
     if redis_target:
         found["redis"] = redis_keys.server_info(redis_target)
-    if config_dir is not None and not os.path.isdir(config_dir):
-        raise RecoveryError("config_dir %s is not a directory" % config_dir)
+    if config_dir is not None:  # walked first: what cannot be archived is refused before any dump
+        skipped, hardlinked = config_tree.plan_archive(config_dir)
+        found["config"] = {"skipped": skipped, "hardlinks": {"stored_as": config_tree.HARDLINKS_STORED_AS,
+                                                              "paths": hardlinked}}
     return found
 
 
@@ -116,7 +118,8 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
     if check_mode:
         expired = expired_set_ids(backup_dir, retention_days) if os.path.isdir(backup_dir) else []
-        return {"changed": True, "components": components, "would_prune": expired, "sources": _public(sources)}
+        return {"changed": True, "components": components, "would_prune": expired, "sources": _public(sources),
+                "warnings": config_tree.skipped_warnings(sources.get("config"))}
     tightened = _private_backup_dir(backup_dir, progress)
     timings = {}
     with DirectoryLock(backup_dir, lock_wait) as lock:
@@ -168,16 +171,18 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         "verification": verification,
         "row_counts": sections.get("db", {}).get("row_counts"),
         "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
+        "config": {key: sections["config"][key] for key in ("skipped", "hardlinks")} if "config" in sections else None,
+        "warnings": config_tree.skipped_warnings(sections.get("config")),
     }
 
 
 def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress):
     """Each enabled component into ``set_dir``; returns (manifest sections, {file: (size, sha256)} hashed so far)."""
     sections, hashed = {}, {}
-    for name, run in (
+    for name, run in (  # the config first: cheap, and a tree that cannot be archived wastes no dump
+        ("config", config_dir and (lambda: config_tree.archive_tree(config_dir, set_dir, progress))),
         ("db", db and (lambda: postgres.dump_database(db, set_dir, jobs, compress_level, progress))),
         ("redis", redis_target and (lambda: redis_keys.dump_redis(redis_target, set_dir, progress))),
-        ("config", config_dir and (lambda: config_tree.archive_tree(config_dir, set_dir, progress))),
     ):
         if run:
             begin = time.monotonic()

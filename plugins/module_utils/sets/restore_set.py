@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.db import restore
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_restore
@@ -25,7 +25,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify imp
 ORDER = ("db", "redis", "config")
 
 
-def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, force, progress):
+def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, force, progress, config_options):
     if component == "db":
         dump_dir = os.path.dirname(artifact_path(set_root, artifacts_of(manifest, "db", "pg_dump_directory")[0]))
         globals_path = artifact_path(set_root, artifacts_of(manifest, "db", "pg_globals")[0])
@@ -37,8 +37,8 @@ def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, f
         return lambda check: redis_restore.restore_redis(redis_target, manifest, path, force, check, progress, memo)
     path = artifact_path(set_root, artifacts_of(manifest, "config")[0])
     dest = config_dir or manifest["config"]["source_dir"]
-    return lambda check: config_tree.restore_tree(path, manifest["config"], dest, manifest["set_id"], check, force,
-                                                  progress)
+    return lambda check: config_restore.restore_tree(path, manifest["config"], dest, manifest["set_id"], check, force,
+                                                     progress, **config_options)
 
 
 def _refuse_encrypted(manifest):
@@ -56,9 +56,12 @@ def verify_for_restore(manifest_ref, backup_dir=None, jobs=2, pg_target=None):
 
 
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
-                jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True):
+                jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True,
+                config_keep_special_modes=False, config_keep_owners=False):
     """Nothing changes unless the whole set verifies and every chosen component passes its preflight.
 
+    The config tree's set-ID, sticky and world-write bits are removed and its owners become the destination's unless
+    ``config_keep_special_modes`` and ``config_keep_owners`` (config_restore.restore_tree).
     ``verified`` is the (report, manifest) of a ``verify_for_restore`` the caller has just run; ``keep_journal=False``
     leaves no restore journal beside the set (a restore into scratch servers is no restore of the platform).
     """
@@ -83,8 +86,9 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
             progress(message)
         return record
 
+    config_options = {"keep_special_modes": config_keep_special_modes, "keep_owners": config_keep_owners}
     runners = {c: _runner(c, manifest, report["backup_dir"], db, redis_target, config_dir, jobs, force,
-                          progress_of(c)) for c in chosen}
+                          progress_of(c), config_options) for c in chosen}
     plan = {c: runners[c](True) for c in chosen}
     result = {"manifest": report["manifest"], "set_id": manifest["set_id"], "verification": report,
               "components": {}, "changed": any(p["changed"] for p in plan.values())}
