@@ -40,7 +40,9 @@ options:
     type: int
     default: 1
   lock_wait:
-    description: Seconds to wait for another backup in the same directory before failing.
+    description:
+      - Seconds to wait for another backup or prune in the same directory, or for the restores, rehearsals,
+        verifications and offsite copies reading its sets, before failing; retention never deletes a set being read.
     type: int
     default: 0
   verify:

@@ -41,6 +41,13 @@ options:
     description: Restore components even when they already match the set.
     type: bool
     default: false
+  lock_wait:
+    description:
+      - Seconds to wait for a backup or prune running in the set's directory before failing. The restore holds the
+        directory's lock shared (other restores, rehearsals and offsite copies go on) from before C(latest) is
+        resolved until it ends, so retention never deletes the set it reads.
+    type: int
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -111,6 +118,7 @@ def main():
         manifest={"type": "str", "default": "latest"},
         backup_dir={"type": "path"},
         force={"type": "bool", "default": False},
+        lock_wait={"type": "int", "default": 0},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
@@ -120,6 +128,7 @@ def main():
         params["manifest"], params["backup_dir"], components, db=pg_target(params),
         redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
         force=params["force"], check_mode=module.check_mode, progress=progress,
+        lock_wait=params["lock_wait"],
     ))
 
 
