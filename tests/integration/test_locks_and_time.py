@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
+import psycopg2
 import pytest
-from conftest import seed_platform
+from conftest import connection_vars, seed_platform
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import manifest_name, set_dir_name
@@ -100,3 +103,31 @@ def test_retention_never_deletes_a_set_while_a_restore_reads_it(make_cluster, tm
     backup.join(180)
     assert waiting["pruned"] == [old]
     assert not os.path.exists(os.path.join(backup_dir, set_dir_name(old)))
+
+
+def test_backup_gives_up_on_a_table_locked_access_exclusive_naming_it_and_its_session(
+        run_playbook, platform, tmp_dir):
+    backup_dir = os.path.join(tmp_dir, "backups")
+    blocker = psycopg2.connect(host="127.0.0.1", port=platform.cluster.port, dbname="christmas", user="christmas",
+                               password=platform.password, application_name="orders-migration")
+    try:
+        with blocker.cursor() as cur:
+            cur.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # psycopg2 opened the transaction
+        began = time.monotonic()
+        run = run_playbook("backup", dict(connection_vars(platform, backup_dir=backup_dir), christmas_db_lock_timeout=2),
+                           {"skip_redis": True, "skip_config": True}, expect_ok=False)
+        message = run.failure_message()
+        assert time.monotonic() - began < 50
+        assert re.search(r"^pg_dump waited 2 s for a lock on public.orders held by pid %d \(user christmas, application "
+                         r"orders-migration, state idle in transaction, since \S+Z\): end that session or retry$"
+                         % blocker.get_backend_pid(), message), message
+        # No set looks complete, and the directory's lock is free while the blocker still holds its table.
+        assert not [name for name in os.listdir(backup_dir) if name.startswith(("manifest_", "set_"))]
+        with DirectoryLock(backup_dir):
+            pass
+    finally:
+        blocker.rollback()
+        blocker.close()
+    report = make_backup_set(backup_dir, db=_target(platform), db_lock_timeout=2, progress=_quiet)
+    assert report["row_counts"]["public.orders"] == 700
+    assert os.path.isfile(os.path.join(backup_dir, manifest_name(report["set_id"])))

@@ -92,7 +92,8 @@ def _preflight(db, redis_target, config_dir):
 
 def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
                     compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
-                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print):
+                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print,
+                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT):
     """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
     returns a report. A set that fails its read-back is removed like any failed backup."""
     if not (db or redis_target or config_dir):
@@ -103,6 +104,8 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         raise RecoveryError("jobs must be at least 1, got %s" % jobs)
     if retention_days < 0:  # refused now, not by retention after the set is written
         raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
+    if db_lock_timeout < 1:
+        raise RecoveryError("db_lock_timeout must be at least 1 second, got %s" % db_lock_timeout)
     sources = _preflight(db, redis_target, config_dir)
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
     if check_mode:
@@ -121,7 +124,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         verification = None
         try:
             sections, hashed = _dump_components(partial, db, redis_target, config_dir, jobs, compress_level, timings,
-                                                progress)
+                                                progress, db_lock_timeout)
             progress("checksumming set %s" % set_id)
             begin = time.monotonic()
             make_tree_private(partial)
@@ -162,11 +165,12 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
     }
 
 
-def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress):
+def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress, lock_timeout):
     """Each enabled component into ``set_dir``; returns (manifest sections, {file: (size, sha256)} hashed so far)."""
     sections, hashed = {}, {}
     for name, run in (
-        ("db", db and (lambda: postgres.dump_database(db, set_dir, jobs, compress_level, progress))),
+        ("db", db and (lambda: postgres.dump_database(db, set_dir, jobs, compress_level, progress,
+                                                                  lock_timeout))),
         ("redis", redis_target and (lambda: redis_keys.dump_redis(redis_target, set_dir, progress))),
         ("config", config_dir and (lambda: config_tree.archive_tree(config_dir, set_dir, progress))),
     ):
