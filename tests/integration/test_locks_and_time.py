@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 
@@ -15,7 +16,11 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.errors imp
 from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import manifest_name, set_dir_name
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
+    manifest_name,
+    resolve_manifest_path,
+    set_dir_name,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import set_time
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
@@ -131,3 +136,18 @@ def test_backup_gives_up_on_a_table_locked_access_exclusive_naming_it_and_its_se
     report = make_backup_set(backup_dir, db=_target(platform), db_lock_timeout=2, progress=_quiet)
     assert report["row_counts"]["public.orders"] == 700
     assert os.path.isfile(os.path.join(backup_dir, manifest_name(report["set_id"])))
+
+
+def test_manifest_names_with_impossible_dates_are_reported_and_ignored_after_a_backup(platform, tmp_dir):
+    backup_dir = os.path.join(tmp_dir, "backups")
+    old = make_backup_set(backup_dir, db=_target(platform), progress=_quiet)["set_id"]
+    planted = [os.path.join(backup_dir, manifest_name(i)) for i in ("20261399_250000", "20260231_120000")]
+    for path in planted:
+        shutil.copy(os.path.join(backup_dir, manifest_name(old)), path)
+    _wait_until_past(old)
+    report = make_backup_set(backup_dir, db=_target(platform), retention_days=0, progress=_quiet)
+    assert report["ignored_manifests"] == ["%s ignored: %s is not a possible date" % (path, os.path.basename(
+        path)[9:-5]) for path in sorted(planted)]
+    assert report["pruned"] == [old] and not os.path.exists(os.path.join(backup_dir, set_dir_name(old)))
+    assert all(os.path.isfile(path) for path in planted)
+    assert resolve_manifest_path("latest", backup_dir) == os.path.join(backup_dir, manifest_name(report["set_id"]))

@@ -28,6 +28,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.redis import re
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     FORMAT,
     FORMAT_VERSION,
+    ignored_manifests,
     manifest_name,
     partial_dir_name,
     seal,
@@ -159,6 +160,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         "set_dir": final, "components": components, "artifact_count": len(artifacts),
         "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
         "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder,
+        "ignored_manifests": ignored_manifests(backup_dir),
         "verification": verification,
         "row_counts": sections.get("db", {}).get("row_counts"),
         "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
