@@ -119,12 +119,13 @@ def test_backup_gives_up_on_a_table_locked_access_exclusive_naming_it_and_its_se
         with blocker.cursor() as cur:
             cur.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # psycopg2 opened the transaction
         began = time.monotonic()
-        run = run_playbook("backup", dict(connection_vars(platform, backup_dir=backup_dir), christmas_db_lock_timeout=2),
-                           {"skip_redis": True, "skip_config": True}, expect_ok=False)
+        host_vars = dict(connection_vars(platform, backup_dir=backup_dir), christmas_db_lock_timeout=2)
+        run = run_playbook("backup", host_vars, {"skip_redis": True, "skip_config": True}, expect_ok=False)
         message = run.failure_message()
         assert time.monotonic() - began < 50
-        assert re.search(r"^pg_dump waited 2 s for a lock on public.orders held by pid %d \(user christmas, application "
-                         r"orders-migration, state idle in transaction, since \S+Z\): end that session or retry$"
+        assert re.search(r"^pg_dump waited 2 s for a lock on public.orders held by pid %d \(user christmas, "
+                         r"application orders-migration, state idle in transaction, since \S+Z\): "
+                         r"end that session or retry$"
                          % blocker.get_backend_pid(), message), message
         # No set looks complete, and the directory's lock is free while the blocker still holds its table.
         assert not [name for name in os.listdir(backup_dir) if name.startswith(("manifest_", "set_"))]

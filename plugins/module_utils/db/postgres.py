@@ -200,6 +200,24 @@ def _lock_wait_error(target, lock_timeout):
     return RecoveryError("pg_dump waited %d s for a lock on %s: end that session or retry" % (lock_timeout, held))
 
 
+def _stop_dump(proc, err, target, lock_timeout):
+    """pg_dump goes when this session fails; a lock timeout of this session is told like pg_dump's own."""
+    proc.kill()
+    proc.wait()
+    if getattr(err, "pgcode", None) == LOCK_NOT_AVAILABLE:
+        raise _lock_wait_error(target, lock_timeout) from None
+
+
+def _finish_dump(proc, target, dump_dir, lock_timeout, progress):
+    try:
+        commands.finish(proc, "pg_dump of %s" % target.dbname, heartbeat=lambda: progress(
+            "pg_dump: %d MiB written" % (tree_bytes(dump_dir) // 2**20)))
+    except RecoveryError as err:
+        if "statement timeout" in str(err) or "could not obtain lock" in str(err):
+            raise _lock_wait_error(target, lock_timeout) from None
+        raise
+
+
 def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL, progress=print,
                   lock_timeout=DEFAULT_LOCK_TIMEOUT):
     """pg_dump -Fd -j at an exported snapshot; row counts and globals are read in that same snapshot. Neither the
@@ -221,9 +239,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
                 pg_dump, dump_major, version))
         dump_dir = os.path.join(set_dir, DUMP_DIR)
         argv = [pg_dump, "--format=directory", "--jobs=%d" % jobs, "--snapshot=%s" % snapshot, "--no-password",
-                "--lock-wait-timeout=%ds" % lock_timeout, "--file=%s" % dump_dir]
-        if compress_level >= 0:
-            argv.append("--compress=%d" % compress_level)
+                "--lock-wait-timeout=%ds" % lock_timeout, "--file=%s" % dump_dir] + (
+                    ["--compress=%d" % compress_level] if compress_level >= 0 else [])
         progress("dumping database %s with %d jobs" % (target.dbname, jobs))
         with target.libpq_env() as (env, fds):
             proc = commands.start(argv, env=env, pass_fds=fds)
@@ -235,18 +252,9 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
                 execute(conn, "SET LOCAL TIME ZONE 'UTC'")  # the newest market_data time is read in UTC
                 market_data = market_data_facts(conn)
             except BaseException as err:
-                proc.kill()
-                proc.wait()
-                if getattr(err, "pgcode", None) == LOCK_NOT_AVAILABLE:
-                    raise _lock_wait_error(target, lock_timeout) from None
+                _stop_dump(proc, err, target, lock_timeout)
                 raise
-            try:
-                commands.finish(proc, "pg_dump of %s" % target.dbname, heartbeat=lambda: progress(
-                    "pg_dump: %d MiB written" % (tree_bytes(dump_dir) // 2**20)))
-            except RecoveryError as err:
-                if "statement timeout" in str(err) or "could not obtain lock" in str(err):
-                    raise _lock_wait_error(target, lock_timeout) from None
-                raise
+            _finish_dump(proc, target, dump_dir, lock_timeout, progress)
         conn.rollback()
     except psycopg2.Error as err:
         raise sql_error("reading database %s" % target.dbname, err) from None

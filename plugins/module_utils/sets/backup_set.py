@@ -91,13 +91,8 @@ def _preflight(db, redis_target, config_dir):
     return found
 
 
-def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
-                    compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
-                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print,
-                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT):
-    """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
-    returns a report. A set that fails its read-back is removed like any failed backup."""
-    if not (db or redis_target or config_dir):
+def _check_arguments(anything, backup_dir, jobs, retention_days, db_lock_timeout):
+    if not anything:
         raise RecoveryError("nothing to back up: every component is skipped")
     if not os.path.isabs(backup_dir):
         raise RecoveryError("backup_dir %s must be an absolute path" % backup_dir)
@@ -107,6 +102,15 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
     if db_lock_timeout < 1:
         raise RecoveryError("db_lock_timeout must be at least 1 second, got %s" % db_lock_timeout)
+
+
+def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
+                    compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
+                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print,
+                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT):
+    """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
+    returns a report. A set that fails its read-back is removed like any failed backup."""
+    _check_arguments(db or redis_target or config_dir, backup_dir, jobs, retention_days, db_lock_timeout)
     sources = _preflight(db, redis_target, config_dir)
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
     if check_mode:
