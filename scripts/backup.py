@@ -30,6 +30,8 @@ def parse(argv):
     parser.add_argument("--compress-level", type=int, choices=range(-1, 10), default=DEFAULT_COMPRESS_LEVEL,
                         help="pg_dump --compress level, -1 for pg_dump's default (default: %(default)s)")
     parser.add_argument("--lock-wait", type=int, default=0, help="seconds to wait for a running backup")
+    parser.add_argument("--db-lock-timeout", type=int, default=60,
+                        help="seconds the dump waits for a table locked ACCESS EXCLUSIVE (default: 60)")
     _cli.add_connection_flags(parser)
     args = parser.parse_args(argv)
     if not args.skip_config and not args.config_dir:
@@ -46,7 +48,7 @@ def main(argv=None):
         redis_target=None if args.skip_redis else redis_target,
         config_dir=None if args.skip_config else args.config_dir,
         jobs=args.jobs, compress_level=args.compress_level, retention_days=args.retention_days,
-        lock_wait=args.lock_wait, progress=_cli.progress,
+        lock_wait=args.lock_wait, progress=_cli.progress, db_lock_timeout=args.db_lock_timeout,
     ))
 
 

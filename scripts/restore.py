@@ -30,6 +30,7 @@ def parse(argv):
                         help="keep the config tree's set-ID, sticky and world-write bits (default: removed)")
     parser.add_argument("--config-keep-owners", action="store_true",
                         help="keep the config tree's recorded owners (default: the config directory's owner)")
+    parser.add_argument("--lock-wait", type=int, default=0, help="seconds to wait for a running backup or prune")
     _cli.add_connection_flags(parser)
     return parser.parse_args(argv)
 
@@ -42,6 +43,7 @@ def main(argv=None):
         args.manifest, os.path.abspath(args.backup_dir), components, db=db, redis_target=redis_target,
         config_dir=args.config_dir, jobs=args.jobs, force=args.force, check_mode=args.dry_run, progress=_cli.progress,
         config_keep_special_modes=args.config_keep_special_modes, config_keep_owners=args.config_keep_owners,
+        lock_wait=args.lock_wait,
     ))
 
 

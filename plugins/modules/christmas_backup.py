@@ -40,9 +40,19 @@ options:
     type: int
     default: 1
   lock_wait:
-    description: Seconds to wait for another backup in the same directory before failing.
+    description:
+      - Seconds to wait for another backup or prune in the same directory, or for the restores, rehearsals,
+        verifications and offsite copies reading its sets, before failing; retention never deletes a set being read.
     type: int
     default: 0
+  db_lock_timeout:
+    description:
+      - Seconds the dump waits for a table another session holds locked C(ACCESS EXCLUSIVE) (C(pg_dump
+        --lock-wait-timeout) and C(lock_timeout) of the backup's own session). The backup then fails naming the
+        table and the session holding it (pid, user, application, state, since when), keeps no set and releases
+        the backup directory's lock.
+    type: int
+    default: 60
   verify:
     description:
       - Read the new set back deeply, as M(christmas.recovery.manifest_verify) does with C(deep=true), before expired
@@ -183,6 +193,7 @@ def main():
         retention_days={"type": "int", "default": 30},
         compress_level={"type": "int", "default": DEFAULT_COMPRESS_LEVEL, "choices": list(range(-1, 10))},
         lock_wait={"type": "int", "default": 0},
+        db_lock_timeout={"type": "int", "default": 60},
         verify={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
@@ -197,6 +208,7 @@ def main():
         config_dir=params["config_dir"] if "config" in components else None,
         jobs=params["jobs"], compress_level=params["compress_level"], retention_days=params["retention_days"],
         lock_wait=params["lock_wait"], verify=params["verify"], check_mode=module.check_mode, progress=progress,
+        db_lock_timeout=params["db_lock_timeout"],
     ))
 
 

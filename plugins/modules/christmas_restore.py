@@ -75,6 +75,13 @@ options:
         destination directory, or of its parent when it does not exist yet.
     type: bool
     default: false
+  lock_wait:
+    description:
+      - Seconds to wait for a backup or prune running in the set's directory before failing. The restore holds the
+        directory's lock shared (other restores, rehearsals and offsite copies go on) from before C(latest) is
+        resolved until it ends, so retention never deletes the set it reads.
+    type: int
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -150,6 +157,7 @@ def main():
         redis_writers={"type": "str", "default": "pause", "choices": ["pause", "refuse"]},
         config_keep_special_modes={"type": "bool", "default": False},
         config_keep_owners={"type": "bool", "default": False},
+        lock_wait={"type": "int", "default": 0},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
@@ -160,6 +168,7 @@ def main():
         redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
         force=params["force"], check_mode=module.check_mode, progress=progress,
         config_keep_special_modes=params["config_keep_special_modes"], config_keep_owners=params["config_keep_owners"],
+        lock_wait=params["lock_wait"],
     ))
 
 

@@ -120,6 +120,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     encryption_argument_spec,
     encryption_key,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import reading_sets
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 
@@ -135,9 +136,13 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=ENCRYPTION_EXCLUSIVE,
                            supports_check_mode=True)
     params = module.params
-    run(module, lambda _progress: verify_set(params["manifest"], params["backup_dir"], params["deep"], params["jobs"],
-                                             PgTarget(bin_dir=params["pg_bin_dir"]),
-                                             encryption_key=encryption_key(params))[0])
+
+    def verify(_progress):
+        with reading_sets(params["manifest"], params["backup_dir"]):  # no prune while the set is read
+            return verify_set(params["manifest"], params["backup_dir"], params["deep"], params["jobs"],
+                              PgTarget(bin_dir=params["pg_bin_dir"]), encryption_key=encryption_key(params))[0]
+
+    run(module, verify)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,21 @@ except ImportError:  # reported by the modules with missing_required_lib
     pass
 
 DUMP_DIR = "db.dump"
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
 TIMESCALEDB = timescaledb.EXTENSION
 # gzip level 1: at pg_dump's own level 6 gzip is slower than the disk and the database; -1 keeps pg_dump's level.
 DEFAULT_COMPRESS_LEVEL = 1
+DEFAULT_LOCK_TIMEOUT = 60  # seconds a dump waits for a table someone holds ACCESS EXCLUSIVE
+# Only ACCESS EXCLUSIVE conflicts with the ACCESS SHARE locks a dump takes on every table.
+BLOCKERS_QUERY = """
+SELECT format('%I.%I', n.nspname, c.relname), a.pid, a.usename, a.application_name, a.state,
+       to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()
+ORDER BY 1, 2
+"""
 
 
 def major_of(version_num):
@@ -169,8 +181,47 @@ def installed_extensions(conn):
         JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY 1""")}
 
 
-def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL, progress=print):
-    """pg_dump -Fd -j at an exported snapshot; row counts and globals are read in that same snapshot."""
+def _lock_wait_error(target, lock_timeout):
+    """The one line a dump that gave up waiting for a table lock fails with: who holds it, on what, since when."""
+    try:
+        conn = connect(target)
+        try:
+            blockers = fetch(conn, BLOCKERS_QUERY)
+        finally:
+            conn.close()
+    except (psycopg2.Error, RecoveryError):
+        blockers = []
+    if not blockers:
+        return RecoveryError("pg_dump waited %d s for a table lock in database %s; the session holding it has "
+                             "ended: retry" % (lock_timeout, target.dbname))
+    held = "; ".join("%s held by pid %s (user %s, application %s, state %s, since %s)" % (
+        relation, pid, user, application or "-", state or "unknown", since or "unknown")
+        for relation, pid, user, application, state, since in blockers)
+    return RecoveryError("pg_dump waited %d s for a lock on %s: end that session or retry" % (lock_timeout, held))
+
+
+def _stop_dump(proc, err, target, lock_timeout):
+    """pg_dump goes when this session fails; a lock timeout of this session is told like pg_dump's own."""
+    proc.kill()
+    proc.wait()
+    if getattr(err, "pgcode", None) == LOCK_NOT_AVAILABLE:
+        raise _lock_wait_error(target, lock_timeout) from None
+
+
+def _finish_dump(proc, target, dump_dir, lock_timeout, progress):
+    try:
+        commands.finish(proc, "pg_dump of %s" % target.dbname, heartbeat=lambda: progress(
+            "pg_dump: %d MiB written" % (tree_bytes(dump_dir) // 2**20)))
+    except RecoveryError as err:
+        if "statement timeout" in str(err) or "could not obtain lock" in str(err):
+            raise _lock_wait_error(target, lock_timeout) from None
+        raise
+
+
+def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL, progress=print,
+                  lock_timeout=DEFAULT_LOCK_TIMEOUT):
+    """pg_dump -Fd -j at an exported snapshot; row counts and globals are read in that same snapshot. Neither the
+    dump nor this session waits longer than ``lock_timeout`` seconds for a table lock."""
     conn = connect(target, autocommit=False)
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
@@ -180,6 +231,7 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
                 target.admin_user, target.host, target.port))
         (snapshot, snapshot_time, in_recovery, lsn, timeline, version, version_num, address,
          system_identifier) = fetch(conn, SNAPSHOT_QUERY)[0]
+        execute(conn, "SELECT set_config('lock_timeout', %s, true)", ("%ds" % lock_timeout,))
         pg_dump = find_pg_program("pg_dump", target, major_of(version_num))
         dump_major, dump_version = tool_major(pg_dump)
         if dump_major < major_of(version_num):
@@ -187,9 +239,8 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
                 pg_dump, dump_major, version))
         dump_dir = os.path.join(set_dir, DUMP_DIR)
         argv = [pg_dump, "--format=directory", "--jobs=%d" % jobs, "--snapshot=%s" % snapshot, "--no-password",
-                "--file=%s" % dump_dir]
-        if compress_level >= 0:
-            argv.append("--compress=%d" % compress_level)
+                "--lock-wait-timeout=%ds" % lock_timeout, "--file=%s" % dump_dir] + (
+                    ["--compress=%d" % compress_level] if compress_level >= 0 else [])
         progress("dumping database %s with %d jobs" % (target.dbname, jobs))
         with target.libpq_env() as (env, fds):
             proc = commands.start(argv, env=env, pass_fds=fds)
@@ -200,12 +251,10 @@ def dump_database(target, set_dir, jobs=2, compress_level=DEFAULT_COMPRESS_LEVEL
                 globals_data = collect_globals(conn, with_passwords=bool(target.admin_user))
                 execute(conn, "SET LOCAL TIME ZONE 'UTC'")  # the newest market_data time is read in UTC
                 market_data = market_data_facts(conn)
-            except BaseException:
-                proc.kill()
-                proc.wait()
+            except BaseException as err:
+                _stop_dump(proc, err, target, lock_timeout)
                 raise
-            commands.finish(proc, "pg_dump of %s" % target.dbname, heartbeat=lambda: progress(
-                "pg_dump: %d MiB written" % (tree_bytes(dump_dir) // 2**20)))
+            _finish_dump(proc, target, dump_dir, lock_timeout, progress)
         conn.rollback()
     except psycopg2.Error as err:
         raise sql_error("reading database %s" % target.dbname, err) from None

@@ -203,29 +203,30 @@ def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scr
     if check_mode:
         result.update(changed=True, passed=None, would_remove_leftover=leftover)
         return result
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    begin = time.monotonic()
-    try:
-        _run(result, path, scratch, production_ports, scratch_db_port, scratch_redis_port, db_user, queries,
-             pg_bin_dir, redis_server, jobs, start_timeout, progress)
-    except RehearsalBusy:
-        raise
-    except (RecoveryError, OSError) as err:
-        result["error"] = one_line(err)
-    if result.get("teardown_error") and result["error"] is None:
-        result["error"] = "teardown of the scratch copy failed: %s" % result["teardown_error"]
-    result["duration_seconds"] = round(time.monotonic() - begin, 3)
-    result["started_at"] = started_at
-    result["passed"] = result["error"] is None and bool(result["checks"]) and not result["failed_checks"]
-    if result["error"] is None and not result["passed"]:
-        result["error"] = "validation failed: %s" % "; ".join(
-            "%s: %s" % (c["name"], c["detail"]) for c in result["checks"] if not c["ok"]) or "no checks ran"
-    if result["set_id"] and os.path.isfile(path):  # never a side record without its set
-        add_rehearsal(os.path.dirname(path), result["set_id"], {
-            "passed": result["passed"], "started_at": started_at, "duration_seconds": result["duration_seconds"],
-            "timings": result["timings"], "checks": result["checks"], "error": result["error"],
-            "host": socket.gethostname(), "scratch_ports": result.get("scratch_ports"),
-        })
+    with restore_set.reading_sets(path):  # retention waits until the rehearsal has read the set and recorded it
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        begin = time.monotonic()
+        try:
+            _run(result, path, scratch, production_ports, scratch_db_port, scratch_redis_port, db_user, queries,
+                 pg_bin_dir, redis_server, jobs, start_timeout, progress)
+        except RehearsalBusy:
+            raise
+        except (RecoveryError, OSError) as err:
+            result["error"] = one_line(err)
+        if result.get("teardown_error") and result["error"] is None:
+            result["error"] = "teardown of the scratch copy failed: %s" % result["teardown_error"]
+        result["duration_seconds"] = round(time.monotonic() - begin, 3)
+        result["started_at"] = started_at
+        result["passed"] = result["error"] is None and bool(result["checks"]) and not result["failed_checks"]
+        if result["error"] is None and not result["passed"]:
+            result["error"] = "validation failed: %s" % "; ".join(
+                "%s: %s" % (c["name"], c["detail"]) for c in result["checks"] if not c["ok"]) or "no checks ran"
+        if result["set_id"] and os.path.isfile(path):  # never a side record without its set
+            add_rehearsal(os.path.dirname(path), result["set_id"], {
+                "passed": result["passed"], "started_at": started_at, "duration_seconds": result["duration_seconds"],
+                "timings": result["timings"], "checks": result["checks"], "error": result["error"],
+                "host": socket.gethostname(), "scratch_ports": result.get("scratch_ports"),
+            })
     result["changed"] = True
     if not result["passed"]:
         raise RecoveryError("rehearsal of set %s failed: %s" % (result["set_id"], result["error"]), **result)

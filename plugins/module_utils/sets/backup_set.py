@@ -29,6 +29,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.redis import re
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     FORMAT,
     FORMAT_VERSION,
+    ignored_manifests,
     manifest_name,
     partial_dir_name,
     seal,
@@ -101,12 +102,8 @@ def _private_backup_dir(backup_dir, progress):
     return tightened
 
 
-def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
-                    compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
-                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print):
-    """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
-    returns a report. A set that fails its read-back is removed like any failed backup."""
-    if not (db or redis_target or config_dir):
+def _check_arguments(anything, backup_dir, jobs, retention_days, db_lock_timeout):
+    if not anything:
         raise RecoveryError("nothing to back up: every component is skipped")
     if not os.path.isabs(backup_dir):
         raise RecoveryError("backup_dir %s must be an absolute path" % backup_dir)
@@ -114,6 +111,17 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         raise RecoveryError("jobs must be at least 1, got %s" % jobs)
     if retention_days < 0:  # refused now, not by retention after the set is written
         raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
+    if db_lock_timeout < 1:
+        raise RecoveryError("db_lock_timeout must be at least 1 second, got %s" % db_lock_timeout)
+
+
+def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
+                    compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
+                    retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print,
+                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT):
+    """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
+    returns a report. A set that fails its read-back is removed like any failed backup."""
+    _check_arguments(db or redis_target or config_dir, backup_dir, jobs, retention_days, db_lock_timeout)
     sources = _preflight(db, redis_target, config_dir)
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
     if check_mode:
@@ -133,7 +141,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         verification = None
         try:
             sections, hashed = _dump_components(partial, db, redis_target, config_dir, jobs, compress_level, timings,
-                                                progress)
+                                                progress, db_lock_timeout)
             progress("checksumming set %s" % set_id)
             begin = time.monotonic()
             make_tree_private(partial)
@@ -168,6 +176,7 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         "set_dir": final, "components": components, "artifact_count": len(artifacts),
         "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
         "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder, "tightened": tightened,
+        "ignored_manifests": ignored_manifests(backup_dir),
         "verification": verification,
         "row_counts": sections.get("db", {}).get("row_counts"),
         "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
@@ -176,12 +185,13 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
     }
 
 
-def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress):
+def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress, lock_timeout):
     """Each enabled component into ``set_dir``; returns (manifest sections, {file: (size, sha256)} hashed so far)."""
     sections, hashed = {}, {}
     for name, run in (  # the config first: cheap, and a tree that cannot be archived wastes no dump
         ("config", config_dir and (lambda: config_tree.archive_tree(config_dir, set_dir, progress))),
-        ("db", db and (lambda: postgres.dump_database(db, set_dir, jobs, compress_level, progress))),
+        ("db", db and (lambda: postgres.dump_database(db, set_dir, jobs, compress_level, progress,
+                                                              lock_timeout))),
         ("redis", redis_target and (lambda: redis_keys.dump_redis(redis_target, set_dir, progress))),
     ):
         if run:

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import json
 import os
 import re
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -58,8 +60,15 @@ def partial_dir_name(set_id):
     return ".set_%s.partial" % set_id
 
 
-def complete_set_ids(backup_dir):
-    """Ids of the sets whose manifest exists, newest first; a set without a manifest is incomplete."""
+def set_id_time(set_id):
+    """The UTC time a set id names, or None for an impossible date such as 20261399_250000."""
+    try:
+        return calendar.timegm(time.strptime(set_id, "%Y%m%d_%H%M%S"))
+    except ValueError:
+        return None
+
+
+def _manifest_ids(backup_dir):
     try:
         names = os.listdir(backup_dir)
     except FileNotFoundError:
@@ -69,7 +78,19 @@ def complete_set_ids(backup_dir):
         match = MANIFEST_RE.match(name)
         if match and stat.S_ISREG(os.lstat(os.path.join(backup_dir, name)).st_mode):
             ids.append(match.group(1))
-    return sorted(ids, reverse=True)
+    return ids
+
+
+def complete_set_ids(backup_dir):
+    """Ids of the sets whose manifest exists, newest first; a set without a manifest is incomplete, and a name with
+    an impossible date is no set (``ignored_manifests`` reports it)."""
+    return sorted((i for i in _manifest_ids(backup_dir) if set_id_time(i) is not None), reverse=True)
+
+
+def ignored_manifests(backup_dir):
+    """One line per manifest file that ``latest``, retention and listings ignore, naming it and why."""
+    return ["%s ignored: %s is not a possible date" % (os.path.join(backup_dir, manifest_name(i)), i)
+            for i in sorted(_manifest_ids(backup_dir)) if set_id_time(i) is None]
 
 
 def resolve_manifest_path(manifest, backup_dir=None):

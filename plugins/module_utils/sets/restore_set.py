@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
 from ansible_collections.christmas.recovery.plugins.module_utils.db import restore
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_restore
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.encryption import is_encrypted
@@ -55,18 +57,37 @@ def verify_for_restore(manifest_ref, backup_dir=None, jobs=2, pg_target=None):
     return verify_set(path, deep=True, jobs=jobs, pg_target=pg_target)
 
 
+def reading_sets(manifest_ref, backup_dir=None, lock_wait=0):
+    """The shared lock on the directory of the set ``manifest_ref`` names, held while it is read: retention and
+    backups (exclusive) wait for it, other readers do not."""
+    path = resolve_manifest_path(manifest_ref, backup_dir)
+    directory = backup_dir if manifest_ref in (None, "", "latest") else os.path.dirname(path)
+    if not os.path.isdir(directory):
+        return contextlib.nullcontext()  # verification names what is missing
+    return DirectoryLock(directory, lock_wait, shared=True)
+
+
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
                 jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True,
-                config_keep_special_modes=False, config_keep_owners=False):
+                config_keep_special_modes=False, config_keep_owners=False, lock_wait=0):
     """Nothing changes unless the whole set verifies and every chosen component passes its preflight.
 
     The config tree's set-ID, sticky and world-write bits are removed and its owners become the destination's unless
     ``config_keep_special_modes`` and ``config_keep_owners`` (config_restore.restore_tree).
     ``verified`` is the (report, manifest) of a ``verify_for_restore`` the caller has just run; ``keep_journal=False``
     leaves no restore journal beside the set (a restore into scratch servers is no restore of the platform).
+    The set's directory is locked shared from before ``latest`` is resolved until the restore ends.
     """
     if not components:
         raise RecoveryError("nothing to restore: every component is skipped")
+    with reading_sets(manifest_ref, backup_dir, lock_wait):
+        return _restore_set(manifest_ref, backup_dir, components, db, redis_target, config_dir, jobs, force,
+                            check_mode, progress, verified, keep_journal,
+                            {"keep_special_modes": config_keep_special_modes, "keep_owners": config_keep_owners})
+
+
+def _restore_set(manifest_ref, backup_dir, components, db, redis_target, config_dir, jobs, force, check_mode,
+                 progress, verified, keep_journal, config_options):
     started = time.monotonic()
     if verified is None:
         progress("verifying backup set")
@@ -86,7 +107,6 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
             progress(message)
         return record
 
-    config_options = {"keep_special_modes": config_keep_special_modes, "keep_owners": config_keep_owners}
     runners = {c: _runner(c, manifest, report["backup_dir"], db, redis_target, config_dir, jobs, force,
                           progress_of(c), config_options) for c in chosen}
     plan = {c: runners[c](True) for c in chosen}

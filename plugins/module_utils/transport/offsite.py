@@ -132,32 +132,33 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
         report["key_id"] = encryption.key_id(key)
     if check_mode:
         return report
-    staging = os.path.join(backup_dir, STAGING)
-    if os.path.isdir(staging):  # a killed run's encrypted copy is reused if its set is still to send, else removed
-        for name in os.listdir(staging):
-            if not any(set_id in name for set_id in todo):
-                remove_quietly(os.path.join(staging, name))
-    for set_id in todo:
-        begin = time.monotonic()
-        source = backup_dir
-        try:
-            if key is None:
-                progress("checking set %s before it leaves" % set_id)
-                verify_set(manifest_name(set_id), backup_dir, jobs=jobs)
-            else:
-                progress("encrypting set %s" % set_id)
-                encryption.encrypt_set(backup_dir, set_id, staging, key, jobs)
-                source = staging
-            progress("sending set %s to %s" % (set_id, remote.host))
-            report["bytes"] += tree_bytes(os.path.join(source, set_dir_name(set_id)))
-            run(rsync_argv(remote, _set_sources(source, set_id),
-                           _remote_spec(remote, "%s/%s/%s/" % (remote.directory, INCOMING, set_id))),
-                "rsync of set %s to %s" % (set_id, remote.host), cause=rsync_cause)
-        finally:
-            if source == staging:  # the encrypted copy served its purpose; the vault keeps it
-                remove_quietly(os.path.join(staging, manifest_name(set_id)))
-                remove_quietly(os.path.join(staging, set_dir_name(set_id)))
-        report["seconds"][set_id] = round(time.monotonic() - begin, 3)
+    with DirectoryLock(backup_dir, shared=True):  # retention waits until every set has left
+        staging = os.path.join(backup_dir, STAGING)
+        if os.path.isdir(staging):  # a killed run's encrypted copy is reused if its set is still to send, else removed
+            for name in os.listdir(staging):
+                if not any(set_id in name for set_id in todo):
+                    remove_quietly(os.path.join(staging, name))
+        for set_id in todo:
+            begin = time.monotonic()
+            source = backup_dir
+            try:
+                if key is None:
+                    progress("checking set %s before it leaves" % set_id)
+                    verify_set(manifest_name(set_id), backup_dir, jobs=jobs)
+                else:
+                    progress("encrypting set %s" % set_id)
+                    encryption.encrypt_set(backup_dir, set_id, staging, key, jobs)
+                    source = staging
+                progress("sending set %s to %s" % (set_id, remote.host))
+                report["bytes"] += tree_bytes(os.path.join(source, set_dir_name(set_id)))
+                run(rsync_argv(remote, _set_sources(source, set_id),
+                               _remote_spec(remote, "%s/%s/%s/" % (remote.directory, INCOMING, set_id))),
+                    "rsync of set %s to %s" % (set_id, remote.host), cause=rsync_cause)
+            finally:
+                if source == staging:  # the encrypted copy served its purpose; the vault keeps it
+                    remove_quietly(os.path.join(staging, manifest_name(set_id)))
+                    remove_quietly(os.path.join(staging, set_dir_name(set_id)))
+            report["seconds"][set_id] = round(time.monotonic() - begin, 3)
     return report
 
 
