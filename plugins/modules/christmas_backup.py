@@ -39,6 +39,13 @@ options:
       - Level 1 dumps about four times faster than 6 for about 10% more bytes.
     type: int
     default: 1
+  clock_skew_seconds:
+    description:
+      - A set dated more than this many seconds ahead of this host's clock (by its name or by the start time its
+        manifest records) is reported in C(ignored_manifests) and ignored by retention, which orders sets by the
+        time their manifests record; such a set never counts as the newest and is never deleted.
+    type: int
+    default: 300
   lock_wait:
     description:
       - Seconds to wait for another backup or prune in the same directory, or for the restores, rehearsals,
@@ -193,6 +200,7 @@ def main():
         retention_days={"type": "int", "default": 30},
         compress_level={"type": "int", "default": DEFAULT_COMPRESS_LEVEL, "choices": list(range(-1, 10))},
         lock_wait={"type": "int", "default": 0},
+        clock_skew_seconds={"type": "int", "default": 300},
         db_lock_timeout={"type": "int", "default": 60},
         verify={"type": "bool", "default": True},
     )
@@ -207,7 +215,8 @@ def main():
         redis_target=redis_target(params) if "redis" in components else None,
         config_dir=params["config_dir"] if "config" in components else None,
         jobs=params["jobs"], compress_level=params["compress_level"], retention_days=params["retention_days"],
-        lock_wait=params["lock_wait"], verify=params["verify"], check_mode=module.check_mode, progress=progress,
+        lock_wait=params["lock_wait"], clock_skew_seconds=params["clock_skew_seconds"], verify=params["verify"],
+        check_mode=module.check_mode, progress=progress,
         db_lock_timeout=params["db_lock_timeout"],
     ))
 

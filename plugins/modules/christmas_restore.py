@@ -75,6 +75,12 @@ options:
         destination directory, or of its parent when it does not exist yet.
     type: bool
     default: false
+  clock_skew_seconds:
+    description:
+      - With I(manifest=latest), the newest set by the start time its manifest records; a set dated more than this
+        many seconds ahead of this host's clock is ignored (clock skew, or a planted file).
+    type: int
+    default: 300
   lock_wait:
     description:
       - Seconds to wait for a backup or prune running in the set's directory before failing. The restore holds the
@@ -158,6 +164,7 @@ def main():
         config_keep_special_modes={"type": "bool", "default": False},
         config_keep_owners={"type": "bool", "default": False},
         lock_wait={"type": "int", "default": 0},
+        clock_skew_seconds={"type": "int", "default": 300},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
@@ -168,7 +175,7 @@ def main():
         redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
         force=params["force"], check_mode=module.check_mode, progress=progress,
         config_keep_special_modes=params["config_keep_special_modes"], config_keep_owners=params["config_keep_owners"],
-        lock_wait=params["lock_wait"],
+        lock_wait=params["lock_wait"], clock_skew_seconds=params["clock_skew_seconds"],
     ))
 
 

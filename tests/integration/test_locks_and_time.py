@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     manifest_name,
     resolve_manifest_path,
+    seal,
     set_dir_name,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
@@ -152,3 +154,45 @@ def test_manifest_names_with_impossible_dates_are_reported_and_ignored_after_a_b
     assert report["pruned"] == [old] and not os.path.exists(os.path.join(backup_dir, set_dir_name(old)))
     assert all(os.path.isfile(path) for path in planted)
     assert resolve_manifest_path("latest", backup_dir) == os.path.join(backup_dir, manifest_name(report["set_id"]))
+
+
+def _plant_future_copy(backup_dir, set_id, future_id, started_at):
+    """A copy of set ``set_id`` as set ``future_id`` whose sealed manifest records ``started_at``: a set from a host
+    with its clock ahead, or a planted one."""
+    shutil.copytree(os.path.join(backup_dir, set_dir_name(set_id)), os.path.join(backup_dir, set_dir_name(future_id)))
+    with open(os.path.join(backup_dir, manifest_name(set_id)), encoding="utf-8") as handle:
+        data = json.load(handle)
+    data.pop("manifest_sha256")
+    data.update(set_id=future_id, started_at=started_at, finished_at=started_at)
+    for artifact in data["artifacts"]:
+        artifact["path"] = artifact["path"].replace(set_dir_name(set_id), set_dir_name(future_id), 1)
+    path = os.path.join(backup_dir, manifest_name(future_id))
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(seal(data), handle)
+    return path
+
+
+def test_sets_dated_in_the_future_are_reported_and_never_latest_nor_pruned(platform, tmp_dir):
+    backup_dir = os.path.join(tmp_dir, "backups")
+    real = make_backup_set(backup_dir, db=_target(platform), progress=_quiet)["set_id"]
+    future = _plant_future_copy(backup_dir, real, "20991231_235959", "2099-12-31T23:59:59Z")
+    # A name of today, but a recorded start a day ahead: the recorded (sealed) time is what counts.
+    ahead = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
+    skewed = _plant_future_copy(backup_dir, real, "20000101_000000", ahead)
+
+    assert resolve_manifest_path("latest", backup_dir) == os.path.join(backup_dir, manifest_name(real))
+    restored = restore_set("latest", backup_dir, ["db"], db=_target(platform), force=True, progress=_quiet)
+    assert restored["set_id"] == real
+    assert platform.cluster.sql("SELECT setconfig FROM pg_db_role_setting s JOIN pg_database d "
+                                "ON d.oid = s.setdatabase WHERE d.datname = 'christmas' AND s.setrole = 0") \
+        [0][0].count("christmas_recovery.restored_set=%s" % real) == 1
+
+    _wait_until_past(real)
+    report = make_backup_set(backup_dir, db=_target(platform), retention_days=0, progress=_quiet)
+    assert report["pruned"] == [real]
+    assert [line.split(" ignored: ")[0] for line in report["ignored_manifests"]] == [future, skewed]
+    assert all("ahead of this host's clock" in line for line in report["ignored_manifests"])
+    assert os.path.isfile(future) and os.path.isfile(skewed)
+    assert resolve_manifest_path("latest", backup_dir) == os.path.join(backup_dir, manifest_name(report["set_id"]))
+    # Allowed a skew that wide, the planted set would be the newest.
+    assert resolve_manifest_path("latest", backup_dir, skew=10**10) == future

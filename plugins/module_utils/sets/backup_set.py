@@ -27,6 +27,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.locking im
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection, db_globals, postgres
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
+    CLOCK_SKEW_SECONDS,
     FORMAT,
     FORMAT_VERSION,
     ignored_manifests,
@@ -118,14 +119,15 @@ def _check_arguments(anything, backup_dir, jobs, retention_days, db_lock_timeout
 def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
                     compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
                     retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print,
-                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT):
+                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT, clock_skew_seconds=CLOCK_SKEW_SECONDS):
     """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
     returns a report. A set that fails its read-back is removed like any failed backup."""
     _check_arguments(db or redis_target or config_dir, backup_dir, jobs, retention_days, db_lock_timeout)
     sources = _preflight(db, redis_target, config_dir)
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
     if check_mode:
-        expired = expired_set_ids(backup_dir, retention_days) if os.path.isdir(backup_dir) else []
+        expired = expired_set_ids(backup_dir, retention_days, skew=clock_skew_seconds) \
+            if os.path.isdir(backup_dir) else []
         return {"changed": True, "components": components, "would_prune": expired, "sources": _public(sources),
                 "warnings": config_tree.skipped_warnings(sources.get("config"))}
     tightened = _private_backup_dir(backup_dir, progress)
@@ -170,13 +172,13 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         except BaseException:
             _discard(manifest_path, partial, final)
             raise
-        pruned = prune_expired_sets(backup_dir, retention_days, keep=set_id)
+        pruned = prune_expired_sets(backup_dir, retention_days, keep=set_id, skew=clock_skew_seconds)
     return {
         "changed": True, "set_id": set_id, "manifest": os.path.join(backup_dir, manifest_name(set_id)),
         "set_dir": final, "components": components, "artifact_count": len(artifacts),
         "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
         "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder, "tightened": tightened,
-        "ignored_manifests": ignored_manifests(backup_dir),
+        "ignored_manifests": ignored_manifests(backup_dir, skew=clock_skew_seconds),
         "verification": verification,
         "row_counts": sections.get("db", {}).get("row_counts"),
         "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),

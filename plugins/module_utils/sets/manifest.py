@@ -29,6 +29,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ARTIFACT_KINDS = {"db": ("pg_dump_directory", "pg_globals"), "redis": ("redis_rdb",), "config": ("config_tar",)}
 MAX_ID = 2**32 - 2  # the largest uid/gid chown can set: 2**32 - 1 means "leave unchanged"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# A set dated further ahead of this host's clock than this is ignored by latest and retention.
+CLOCK_SKEW_SECONDS = 300
 # Encryption (encryption.py) is described here, so an encrypted set's manifest is judged without the key.
 ENCRYPTION_SCHEME = "aes-256-gcm-stream-v1"
 KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -81,24 +83,53 @@ def _manifest_ids(backup_dir):
     return ids
 
 
-def complete_set_ids(backup_dir):
-    """Ids of the sets whose manifest exists, newest first; a set without a manifest is incomplete, and a name with
-    an impossible date is no set (``ignored_manifests`` reports it)."""
-    return sorted((i for i in _manifest_ids(backup_dir) if set_id_time(i) is not None), reverse=True)
+def created_time(backup_dir, set_id):
+    """When the set was made, as its manifest records it (``started_at``, covered by the manifest's checksum and
+    signature); the time its name says when the manifest cannot be read (verification then names the problem)."""
+    try:
+        with open(os.path.join(backup_dir, manifest_name(set_id)), "rb") as handle:
+            started = json.loads(handle.read(MAX_MANIFEST_BYTES)).get("started_at")
+        return calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set_id_time(set_id)
 
 
-def ignored_manifests(backup_dir):
+def _dated_ids(backup_dir, now, skew):
+    """(created, set id, ahead) of each set with a possible date, newest first; ``ahead`` is how far its name or its
+    recorded time lies beyond ``now`` + ``skew`` (0 for a set not in the future)."""
+    limit = (time.time() if now is None else now) + skew
+    dated = []
+    for set_id in _manifest_ids(backup_dir):
+        named = set_id_time(set_id)
+        if named is not None:
+            created = created_time(backup_dir, set_id)
+            dated.append((created, set_id, max(0, max(created, named) - limit)))
+    return sorted(dated, reverse=True)
+
+
+def complete_set_ids(backup_dir, now=None, skew=CLOCK_SKEW_SECONDS):
+    """Ids of the sets whose manifest exists, newest first by the time each manifest records; a set without a
+    manifest is incomplete, and a name with an impossible date or a set dated more than ``skew`` seconds in the
+    future is no set (``ignored_manifests`` reports them)."""
+    return [set_id for _created, set_id, ahead in _dated_ids(backup_dir, now, skew) if not ahead]
+
+
+def ignored_manifests(backup_dir, now=None, skew=CLOCK_SKEW_SECONDS):
     """One line per manifest file that ``latest``, retention and listings ignore, naming it and why."""
-    return ["%s ignored: %s is not a possible date" % (os.path.join(backup_dir, manifest_name(i)), i)
-            for i in sorted(_manifest_ids(backup_dir)) if set_id_time(i) is None]
+    impossible = ["%s ignored: %s is not a possible date" % (os.path.join(backup_dir, manifest_name(i)), i)
+                  for i in sorted(_manifest_ids(backup_dir)) if set_id_time(i) is None]
+    future = ["%s ignored: dated %s, more than %d s ahead of this host's clock (clock skew or a planted file)" % (
+        os.path.join(backup_dir, manifest_name(set_id)), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+        skew) for created, set_id, ahead in _dated_ids(backup_dir, now, skew) if ahead]
+    return impossible + future
 
 
-def resolve_manifest_path(manifest, backup_dir=None):
+def resolve_manifest_path(manifest, backup_dir=None, skew=CLOCK_SKEW_SECONDS):
     """``latest`` means the newest complete set in ``backup_dir``; anything else is a path to a manifest."""
     if manifest in (None, "", "latest"):
         if not backup_dir:
             raise RecoveryError("manifest=latest needs backup_dir")
-        ids = complete_set_ids(backup_dir)
+        ids = complete_set_ids(backup_dir, skew=skew)
         if not ids:
             raise RecoveryError("no complete backup set (no manifest_YYYYMMDD_HHMMSS.json) in %s" % backup_dir)
         return os.path.join(backup_dir, manifest_name(ids[0]))

@@ -16,6 +16,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.db import resto
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_restore
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.encryption import is_encrypted
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
+    CLOCK_SKEW_SECONDS,
     artifact_path,
     artifacts_of,
     load,
@@ -69,7 +70,8 @@ def reading_sets(manifest_ref, backup_dir=None, lock_wait=0):
 
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
                 jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True,
-                config_keep_special_modes=False, config_keep_owners=False, lock_wait=0):
+                config_keep_special_modes=False, config_keep_owners=False, lock_wait=0,
+                clock_skew_seconds=CLOCK_SKEW_SECONDS):
     """Nothing changes unless the whole set verifies and every chosen component passes its preflight.
 
     The config tree's set-ID, sticky and world-write bits are removed and its owners become the destination's unless
@@ -81,6 +83,8 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
     if not components:
         raise RecoveryError("nothing to restore: every component is skipped")
     with reading_sets(manifest_ref, backup_dir, lock_wait):
+        if manifest_ref in (None, "", "latest"):  # the newest set by its recorded time, none from the future
+            manifest_ref = resolve_manifest_path(manifest_ref, backup_dir, clock_skew_seconds)
         return _restore_set(manifest_ref, backup_dir, components, db, redis_target, config_dir, jobs, force,
                             check_mode, progress, verified, keep_journal,
                             {"keep_special_modes": config_keep_special_modes, "keep_owners": config_keep_owners})

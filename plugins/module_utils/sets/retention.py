@@ -13,8 +13,10 @@ import time
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import fsync_dir, remove_quietly
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
+    CLOCK_SKEW_SECONDS,
     MANIFEST_RE,
     complete_set_ids,
+    created_time,
     manifest_name,
     set_dir_name,
 )
@@ -31,23 +33,22 @@ def set_time(set_id):
     return calendar.timegm(time.strptime(set_id, "%Y%m%d_%H%M%S"))
 
 
-def expired_set_ids(backup_dir, retention_days, now=None, keep=None):
-    """Complete sets older than the limit, except the newest, the newest proven (last rehearsal passed) and ``keep``.
-
-    A set dated in the future is the newest.
-    """
+def expired_set_ids(backup_dir, retention_days, now=None, keep=None, skew=CLOCK_SKEW_SECONDS):
+    """Complete sets older than the limit by the time their manifests record, except the newest, the newest proven
+    (last rehearsal passed) and ``keep``. A set dated more than ``skew`` seconds in the future is neither the newest
+    nor ever deleted: it is no set (manifest.ignored_manifests)."""
     if retention_days < 0:
         raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
     cutoff = (now if now is not None else time.time()) - retention_days * 86400
-    ids = complete_set_ids(backup_dir)
+    ids = complete_set_ids(backup_dir, now, skew)
     kept = {keep, newest_proven_set_id(backup_dir)}
-    return [set_id for set_id in ids[1:] if set_time(set_id) < cutoff and set_id not in kept]
+    return [set_id for set_id in ids[1:] if created_time(backup_dir, set_id) < cutoff and set_id not in kept]
 
 
-def prune_expired_sets(backup_dir, retention_days, now=None, keep=None):
+def prune_expired_sets(backup_dir, retention_days, now=None, keep=None, skew=CLOCK_SKEW_SECONDS):
     """Delete expired complete sets: the manifest first, so a set is never seen complete while half deleted."""
     pruned = []
-    for set_id in expired_set_ids(backup_dir, retention_days, now, keep):
+    for set_id in expired_set_ids(backup_dir, retention_days, now, keep, skew):
         os.unlink(os.path.join(backup_dir, manifest_name(set_id)))
         fsync_dir(backup_dir)
         remove_quietly(os.path.join(backup_dir, set_dir_name(set_id)))
