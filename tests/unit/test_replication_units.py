@@ -9,7 +9,7 @@ import datetime
 import pytest
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.db import replication_conf
+from ansible_collections.christmas.recovery.plugins.module_utils.db import connection, replication_conf
 
 # Verifiers PostgreSQL 15 itself stored for these passwords (CREATE ROLE ... PASSWORD on a sandbox cluster).
 SERVER_VERIFIERS = {
@@ -112,8 +112,13 @@ def test_auto_conf_value_replaced_and_read_back_as_alter_system_writes_it():
     assert replication_conf.read_auto_conf(text, "missing") is None
 
 
-def test_pgpass_line_escapes_colons_and_backslashes():
-    assert replication_conf.pgpass_line("a:b\\c") == "*:*:*:*:a\\:b\\\\c\n"
+def test_pgpass_line_escapes_colons_and_backslashes_and_refuses_line_breaks():
+    assert connection.pgpass_line("a:b\\c", "u") == "*:*:*:*:a\\:b\\\\c\n"
+    for password in ("one\ntwo", "one\rtwo", "nul\x00"):
+        with pytest.raises(RecoveryError) as err:
+            connection.pgpass_line(password, "replicator")
+        assert "PostgreSQL user replicator holds a line break or NUL" in str(err.value)
+        assert password not in str(err.value)
 
 
 def test_start_conf_fenced_keeps_comments():

@@ -61,11 +61,20 @@ class PgTarget:
         fd = os.memfd_create("pgpass")
         try:
             os.fchmod(fd, 0o600)  # libpq ignores a password file that others could read
-            escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-            os.write(fd, ("*:*:*:*:%s\n" % escaped).encode("utf-8"))
+            os.write(fd, pgpass_line(password, user).encode("utf-8"))
             yield dict(env, PGPASSFILE="/proc/self/fd/%d" % fd), (fd,)
         finally:
             os.close(fd)
+
+
+def pgpass_line(password, user):
+    """The one line of a libpq password file for ``password``: ``:`` and ``\\`` escaped; a line break or NUL, which
+    the file cannot hold, refused naming the user (never the password)."""
+    if any(char in password for char in "\r\n\x00"):
+        raise RecoveryError("the password of PostgreSQL user %s holds a line break or NUL, which libpq's password file "
+                            "cannot express: choose a password without one" % user)
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return "*:*:*:*:%s\n" % escaped
 
 
 # A server that is starting, restarting or not yet listening: worth waiting for (connect_wait), unlike a wrong

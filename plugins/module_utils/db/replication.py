@@ -22,7 +22,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.db.replication_
     conninfo,
     parse_conninfo,
     password_matches,
-    pgpass_line,
     read_auto_conf,
     rebuild_stamp,
     same_host,
@@ -362,7 +361,7 @@ def as_user_argv(argv, uid):
 
 
 @contextlib.contextmanager
-def password_file(password, uid):
+def password_file(password, uid, user):
     """A 0600 PGPASSFILE readable only by ``uid``: an anonymous in-memory file, never on disk, in neither argv
     nor environ; gone with the last process holding it."""
     fd = os.memfd_create("pgpass")
@@ -370,7 +369,7 @@ def password_file(password, uid):
         os.fchmod(fd, 0o600)
         if os.geteuid() == 0:
             os.fchown(fd, uid, -1)  # pg_basebackup reopens /proc/self/fd/N as that user
-        os.write(fd, pgpass_line(password).encode("utf-8"))
+        os.write(fd, connection.pgpass_line(password, user).encode("utf-8"))
         yield fd
     finally:
         os.close(fd)
@@ -463,7 +462,7 @@ def ensure_standby(target, primary_host, primary_port, replication_user, replica
     if slot_name:
         argv += ["-S", slot_name]
     progress("pg_basebackup from %s:%s into %s" % (primary_host, primary_port, data_dir))
-    with password_file(replication_password, uid) as fd:
+    with password_file(replication_password, uid, replication_user) as fd:
         env = {"PGPASSFILE": "/proc/self/fd/%d" % fd, "PGPASSWORD": None, "PGSERVICE": None, "PGSERVICEFILE": None,
                "PGAPPNAME": "christmas.recovery"}
         proc = commands.start(as_user_argv(argv, uid), env=env, pass_fds=(fd,))

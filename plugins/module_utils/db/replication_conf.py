@@ -123,11 +123,6 @@ def password_matches(password, stored, role):
     return False
 
 
-def pgpass_line(password):
-    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-    return "*:*:*:*:%s\n" % escaped
-
-
 def conninfo_value(value):
     """A libpq keyword value, quoted."""
     return "'%s'" % str(value).replace("\\", "\\\\").replace("'", "\\'")
