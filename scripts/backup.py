@@ -31,6 +31,7 @@ def parse(argv):
                         help="pg_dump --compress level, -1 for pg_dump's default (default: %(default)s)")
     parser.add_argument("--lock-wait", type=int, default=0, help="seconds to wait for a running backup")
     _cli.add_connection_flags(parser)
+    _cli.add_signing_flags(parser, verifying=False)
     args = parser.parse_args(argv)
     if not args.skip_config and not args.config_dir:
         parser.error("--config-dir is required unless --skip-config")
@@ -46,7 +47,7 @@ def main(argv=None):
         redis_target=None if args.skip_redis else redis_target,
         config_dir=None if args.skip_config else args.config_dir,
         jobs=args.jobs, compress_level=args.compress_level, retention_days=args.retention_days,
-        lock_wait=args.lock_wait, progress=_cli.progress,
+        lock_wait=args.lock_wait, progress=_cli.progress, signing_key_file=args.signing_key_file,
     ))
 
 

@@ -24,6 +24,7 @@ def parse(argv):
     parser.add_argument("--dry-run", action="store_true", help="verify the set and check the targets; change nothing")
     parser.add_argument("--force", action="store_true", help="restore components that already match the set")
     _cli.add_connection_flags(parser)
+    _cli.add_signing_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -34,6 +35,7 @@ def main(argv=None):
     return _cli.main(lambda: restore_set(
         args.manifest, os.path.abspath(args.backup_dir), components, db=db, redis_target=redis_target,
         config_dir=args.config_dir, jobs=args.jobs, force=args.force, check_mode=args.dry_run, progress=_cli.progress,
+        trust=_cli.trust(args),
     ))
 
 

@@ -27,6 +27,8 @@ description:
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
+  - christmas.recovery.signing
+  - christmas.recovery.signing.trust
   - christmas.recovery.connection
 options:
   manifest:
@@ -101,12 +103,14 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     pg_target,
     redis_target,
     require_libraries,
+    signing_argument_spec,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import trust_from_params
 
 
 def main():
-    argument_spec = connection_argument_spec()
+    argument_spec = dict(connection_argument_spec(), **signing_argument_spec())
     argument_spec.update(
         manifest={"type": "str", "default": "latest"},
         backup_dir={"type": "path"},
@@ -120,6 +124,7 @@ def main():
         params["manifest"], params["backup_dir"], components, db=pg_target(params),
         redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
         force=params["force"], check_mode=module.check_mode, progress=progress,
+        trust=trust_from_params(params),
     ))
 
 

@@ -10,10 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, redis_state, seed_redis, tree_state
+from conftest import ROOT, redis_state, seal_signed, seed_redis, tree_state
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import LOCK_NAME
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 PROGRESS_RE = re.compile(r"^\[ *\d+\.\ds\] \S")
@@ -196,6 +195,6 @@ def test_restore_of_a_manifest_whose_section_lacks_a_field_fails_in_one_line(con
     del data["config"]["source_dir"]
     del data["manifest_sha256"]
     with open(manifest, "w", encoding="utf-8") as handle:
-        json.dump(seal(data), handle)
+        json.dump(seal_signed(data), handle)
     line = _fails_in_one_line(_run("restore.py", manifest, "--skip-db", "--skip-redis", "--dry-run"))
     assert "config.source_dir is missing" in line

@@ -36,9 +36,9 @@ def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, f
         memo = {}  # the plan's scan and comparison serve the restore
         return lambda check: redis_keys.restore_redis(redis_target, manifest, path, force, check, progress, memo)
     path = artifact_path(set_root, artifacts_of(manifest, "config")[0])
-    dest = config_dir or manifest["config"]["source_dir"]
-    return lambda check: config_tree.restore_tree(path, manifest["config"], dest, manifest["set_id"], check, force,
-                                                  progress)
+    # The directory the operator configured, never the one the manifest names: a manifest chooses no target.
+    return lambda check: config_tree.restore_tree(path, manifest["config"], config_dir, manifest["set_id"], check,
+                                                  force, progress)
 
 
 def _refuse_encrypted(manifest):
@@ -48,15 +48,19 @@ def _refuse_encrypted(manifest):
                             % manifest["set_id"])
 
 
-def verify_for_restore(manifest_ref, backup_dir=None, jobs=2, pg_target=None):
-    """The deep verification every restore starts with; returns (report, manifest) as ``verify_set`` does."""
+def verify_for_restore(manifest_ref, backup_dir=None, jobs=2, pg_target=None, trust=None, progress=print):
+    """The deep verification every restore starts with; returns (report, manifest) as ``verify_set`` does. An
+    unsigned set accepted by ``trust`` is said loudly in ``progress`` and in the report's ``signature``."""
     path = resolve_manifest_path(manifest_ref, backup_dir)
     _refuse_encrypted(load(path))
-    return verify_set(path, deep=True, jobs=jobs, pg_target=pg_target)
+    report, manifest = verify_set(path, deep=True, jobs=jobs, pg_target=pg_target, trust=trust)
+    if report["signature"].get("warning"):
+        progress(report["signature"]["warning"])
+    return report, manifest
 
 
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
-                jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True):
+                jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True, trust=None):
     """Nothing changes unless the whole set verifies and every chosen component passes its preflight.
 
     ``verified`` is the (report, manifest) of a ``verify_for_restore`` the caller has just run; ``keep_journal=False``
@@ -64,10 +68,13 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
     """
     if not components:
         raise RecoveryError("nothing to restore: every component is skipped")
+    if "config" in components and not config_dir:
+        raise RecoveryError("restoring config needs config_dir, the directory to replace (the set's own source_dir "
+                            "is never used as a target)")
     started = time.monotonic()
     if verified is None:
         progress("verifying backup set")
-        verified = verify_for_restore(manifest_ref, backup_dir, jobs, db)
+        verified = verify_for_restore(manifest_ref, backup_dir, jobs, db, trust, progress)
     report, manifest = verified
     missing = [c for c in components if c not in manifest["components"]]
     if missing:
@@ -87,6 +94,7 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
                           progress_of(c)) for c in chosen}
     plan = {c: runners[c](True) for c in chosen}
     result = {"manifest": report["manifest"], "set_id": manifest["set_id"], "verification": report,
+              "unsigned_allowed": report["signature"]["unsigned_allowed"],
               "components": {}, "changed": any(p["changed"] for p in plan.values())}
     if check_mode:
         result["components"] = plan
