@@ -116,7 +116,7 @@ def test_restore_dry_run_verifies_and_changes_nothing(platform, make_redis, conf
     _damage(platform, server, config_dir)
     damaged = _state(platform, server, config_dir)
 
-    report = _ok(_restore(manifest, platform, server, "--dry-run"), manifest)
+    report = _ok(_restore(manifest, platform, server, "--dry-run", "--config-dir", config_dir), manifest)
 
     assert report["verification"]["ok"] and report["verification"]["deep"]
     assert {name: part["changed"] for name, part in report["components"].items()} == {
@@ -130,7 +130,7 @@ def test_restore_with_skip_db_and_skip_redis_restores_only_the_config(platform, 
     _damage(platform, server, config_dir)
     damaged = _state(platform, server, config_dir)
 
-    report = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis"), manifest)
+    report = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis", "--config-dir", config_dir), manifest)
 
     assert list(report["components"]) == ["config"] and report["components"]["config"]["changed"]
     now = _state(platform, server, config_dir)
@@ -138,7 +138,7 @@ def test_restore_with_skip_db_and_skip_redis_restores_only_the_config(platform, 
     assert now["safety_copies"] == [report["components"]["config"]["safety_copy"]]
     assert {key: now[key] for key in ("db", "databases", "redis")} == {
         key: damaged[key] for key in ("db", "databases", "redis")}
-    again = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis"), manifest)
+    again = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis", "--config-dir", config_dir), manifest)
     assert again["components"]["config"]["changed"] is False
 
 

@@ -68,9 +68,6 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
     """
     if not components:
         raise RecoveryError("nothing to restore: every component is skipped")
-    if "config" in components and not config_dir:
-        raise RecoveryError("restoring config needs config_dir, the directory to replace (the set's own source_dir "
-                            "is never used as a target)")
     started = time.monotonic()
     if verified is None:
         progress("verifying backup set")
@@ -80,6 +77,9 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
     if missing:
         raise RecoveryError("backup set %s has no %s component (it holds %s)" % (
             manifest["set_id"], ", ".join(missing), ", ".join(manifest["components"])))
+    if "config" in components and not config_dir:
+        raise RecoveryError("restoring config needs config_dir, the directory to replace (the set's own source_dir "
+                            "is never used as a target)")
     chosen = [c for c in ORDER if c in components]
     journal = None if check_mode else RestoreJournal(report["backup_dir"], manifest["set_id"], on_disk=keep_journal)
 
