@@ -130,7 +130,8 @@ def test_restore_with_skip_db_and_skip_redis_restores_only_the_config(platform, 
     _damage(platform, server, config_dir)
     damaged = _state(platform, server, config_dir)
 
-    report = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis", "--config-dir", config_dir), manifest)
+    report = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis", "--config-dir", config_dir),
+                 manifest)
 
     assert list(report["components"]) == ["config"] and report["components"]["config"]["changed"]
     now = _state(platform, server, config_dir)
