@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError  # noqa: E402
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget  # noqa: E402
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget  # noqa: E402
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import Trust  # noqa: E402
 
 STARTED = time.monotonic()
 
@@ -50,6 +51,23 @@ def take_passwords():
             sys.exit("error: %s holds a line break or NUL, which libpq's password file cannot express; "
                      "choose a password without one" % name)
     return passwords
+
+
+def add_signing_flags(parser, verifying=True):
+    parser.add_argument("--signing-key-file", default=os.environ.get("CHRISTMAS_SIGNING_KEY_FILE"),
+                        help="the platform host's Ed25519 signing key, made by the first backup (default: "
+                             "$CHRISTMAS_SIGNING_KEY_FILE, else /etc/christmas-recovery/signing.key)")
+    if verifying:
+        parser.add_argument("--signing-public-key-file",
+                            help="public key sets must be signed with (default: the signing key file's public half)")
+        parser.add_argument("--allow-unsigned", action="store_true",
+                            default=os.environ.get("CHRISTMAS_ALLOW_UNSIGNED", "").lower() in ("1", "true", "yes"),
+                            help="use a set whose signature is missing or wrong, with a loud warning "
+                                 "(or CHRISTMAS_ALLOW_UNSIGNED=true)")
+
+
+def trust(args):
+    return Trust(args.signing_key_file, args.signing_public_key_file, args.allow_unsigned)
 
 
 def targets(args):

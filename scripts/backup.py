@@ -33,6 +33,7 @@ def parse(argv):
     parser.add_argument("--db-lock-timeout", type=int, default=60,
                         help="seconds the dump waits for a table locked ACCESS EXCLUSIVE (default: 60)")
     _cli.add_connection_flags(parser)
+    _cli.add_signing_flags(parser, verifying=False)
     args = parser.parse_args(argv)
     if not args.skip_config and not args.config_dir:
         parser.error("--config-dir is required unless --skip-config")
@@ -49,6 +50,7 @@ def main(argv=None):
         config_dir=None if args.skip_config else args.config_dir,
         jobs=args.jobs, compress_level=args.compress_level, retention_days=args.retention_days,
         lock_wait=args.lock_wait, progress=_cli.progress, db_lock_timeout=args.db_lock_timeout,
+        signing_key_file=args.signing_key_file,
     ))
 
 

@@ -32,6 +32,7 @@ def parse(argv):
                         help="keep the config tree's recorded owners (default: the config directory's owner)")
     parser.add_argument("--lock-wait", type=int, default=0, help="seconds to wait for a running backup or prune")
     _cli.add_connection_flags(parser)
+    _cli.add_signing_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -44,6 +45,7 @@ def main(argv=None):
         config_dir=args.config_dir, jobs=args.jobs, force=args.force, check_mode=args.dry_run, progress=_cli.progress,
         config_keep_special_modes=args.config_keep_special_modes, config_keep_owners=args.config_keep_owners,
         lock_wait=args.lock_wait,
+        trust=_cli.trust(args),
     ))
 
 

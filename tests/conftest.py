@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from sandbox import PG_BIN, PgCluster, RedisServer  # noqa: E402
 from timescaledb_standin import HYPERTABLE_SQL, StandinLauncher  # noqa: E402
 
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import manifest, signing  # noqa: E402
 from lab import LabPlatform, build_image  # noqa: E402
 
 STANDIN_DIR = os.path.join(ROOT, "tests", "fixtures", "timescaledb_standin")
@@ -39,6 +40,16 @@ def workdir():
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key_file(workdir):
+    """The tests' signing key (made by the first backup), never /etc/christmas-recovery's: modules and scripts find
+    it in the environment, playbooks in christmas_signing_key_file."""
+    path = os.path.join(workdir, "signing", "signing.key")
+    os.environ["CHRISTMAS_SIGNING_KEY_FILE"] = path
+    yield path
+    os.environ.pop("CHRISTMAS_SIGNING_KEY_FILE", None)
 
 
 @pytest.fixture(scope="session")
@@ -303,7 +314,7 @@ BACKUP_SCRIPT = os.path.join(ROOT, "scripts", "backup.py")
 def backup_command(backup_dir, platform=None, redis_server=None, config=None, extra=(), tmpdir=None):
     """argv and environment of scripts/backup.py; passwords only in the environment, as the runbook says."""
     argv = [sys.executable, BACKUP_SCRIPT, "--backup-dir", backup_dir, *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_") or k == "CHRISTMAS_SIGNING_KEY_FILE"}
     if tmpdir:
         env["TMPDIR"] = tmpdir
     if platform:
@@ -454,6 +465,8 @@ def run_playbook(tmp_dir):
         host.setdefault("christmas_incident_db", os.path.join(tmp_dir, "incidents", "incidents.sqlite"))
         # Metrics too, never in node_exporter's directory of this machine.
         host.setdefault("christmas_metrics_dir", os.path.join(tmp_dir, "metrics"))
+        # And the signing key of the session's sets.
+        host.setdefault("christmas_signing_key_file", os.environ["CHRISTMAS_SIGNING_KEY_FILE"])
         with open(inventory, "w", encoding="utf-8") as handle:
             json.dump({"christmas": {"hosts": {"platform": host}}}, handle)
         argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
@@ -564,3 +577,9 @@ def lab(lab_image):
         yield platform
     finally:
         platform.destroy()
+
+
+def seal_signed(data):
+    """A manifest sealed and signed with the tests' key, as a backup writes it: for tests that change a set on
+    purpose to reach the checks behind the signature."""
+    return manifest.seal(signing.Signer().sign(data))

@@ -27,12 +27,21 @@ def plain_text(value):
     return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
 
 
+# Fields where the play's own words (e.g. that an unsigned set was allowed) come before the operator's.
+JOINED = ("remaining_problems",)
+
+
 def operator_texts(record, task_vars):
     """``record`` with each text the play left empty filled from the operator's extra var, verbatim."""
     filled = dict(record)
     for field, name in OPERATOR_TEXTS.items():
-        if name in task_vars and task_vars[name] is not None and not filled.get(field):
-            filled[field] = plain_text(task_vars[name])
+        if name not in task_vars or task_vars[name] is None:
+            continue
+        text = plain_text(task_vars[name])
+        if not filled.get(field):
+            filled[field] = text
+        elif field in JOINED and text:
+            filled[field] = "%s %s" % (filled[field], text)
     return filled
 
 

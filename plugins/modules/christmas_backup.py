@@ -21,6 +21,7 @@ description:
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
+  - christmas.recovery.signing
   - christmas.recovery.connection
 options:
   backup_dir:
@@ -188,12 +189,13 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     pg_target,
     redis_target,
     require_libraries,
+    signing_argument_spec,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
 
 
 def main():
-    argument_spec = connection_argument_spec()
+    argument_spec = dict(connection_argument_spec(), **signing_argument_spec(trust=False))
     argument_spec.update(
         backup_dir={"type": "path", "required": True},
         db_node={"type": "str"},
@@ -218,6 +220,7 @@ def main():
         lock_wait=params["lock_wait"], clock_skew_seconds=params["clock_skew_seconds"], verify=params["verify"],
         check_mode=module.check_mode, progress=progress,
         db_lock_timeout=params["db_lock_timeout"],
+        signing_key_file=params["signing_key_file"],
     ))
 
 

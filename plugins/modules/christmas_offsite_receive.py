@@ -20,6 +20,8 @@ description:
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
+  - christmas.recovery.signing
+  - christmas.recovery.signing.trust
   - christmas.recovery.vault.encryption
 options:
   backup_dir:
@@ -96,12 +98,14 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     ENCRYPTION_EXCLUSIVE,
     encryption_argument_spec,
     encryption_key,
+    signing_argument_spec,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import trust_from_params
 from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import receive_sets
 
 
 def main():
-    argument_spec = encryption_argument_spec()
+    argument_spec = dict(encryption_argument_spec(), **signing_argument_spec())
     argument_spec.update(
         backup_dir={"type": "path", "required": True},
         retention_days={"type": "int"},
@@ -115,7 +119,8 @@ def main():
     params = module.params
     run(module, lambda progress: receive_sets(
         params["backup_dir"], params["retention_days"], params["decrypt"], encryption_key(params), params["deep"],
-        params["jobs"], PgTarget(bin_dir=params["pg_bin_dir"]), module.check_mode, progress))
+        params["jobs"], PgTarget(bin_dir=params["pg_bin_dir"]), module.check_mode, progress,
+        trust=trust_from_params(params)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ description:
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
+  - christmas.recovery.signing
+  - christmas.recovery.signing.trust
   - christmas.recovery.vault
   - christmas.recovery.vault.encryption
 options:
@@ -90,14 +92,16 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     ENCRYPTION_EXCLUSIVE,
     encryption_argument_spec,
     encryption_key,
+    signing_argument_spec,
     vault_argument_spec,
     vault_remote,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import Signer, trust_from_params
 from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import send_sets
 
 
 def main():
-    argument_spec = dict(vault_argument_spec(), **encryption_argument_spec())
+    argument_spec = dict(vault_argument_spec(), **encryption_argument_spec(), **signing_argument_spec())
     argument_spec.update(
         backup_dir={"type": "path", "required": True},
         present={"type": "list", "elements": "str", "default": []},
@@ -109,7 +113,8 @@ def main():
     params = module.params
     run(module, lambda progress: send_sets(
         params["backup_dir"], vault_remote(params), params["retention_days"], params["present"],
-        encryption_key(params), params["jobs"], module.check_mode, progress))
+        encryption_key(params), params["jobs"], module.check_mode, progress,
+        signer=Signer(params["signing_key_file"]), trust=trust_from_params(params)))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ description:
     verified, started or written.
 version_added: 0.1.0
 author: Christmas platform operations
+extends_documentation_fragment:
+  - christmas.recovery.signing
+  - christmas.recovery.signing.trust
 options:
   manifest:
     description:
@@ -198,8 +201,12 @@ would_remove_leftover:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
-from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import require_libraries
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
+    require_libraries,
+    signing_argument_spec,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.rehearsal import DEFAULT_SCRATCH_DIR, rehearse
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import trust_from_params
 
 
 def main():
@@ -217,6 +224,7 @@ def main():
         "redis_server": {"type": "path"},
         "jobs": {"type": "int", "default": 2},
         "start_timeout": {"type": "int", "default": 60},
+        **signing_argument_spec(),
     }, supports_check_mode=True)
     params = module.params
     require_libraries(module, True, True)
@@ -227,6 +235,7 @@ def main():
         db_user=params["db_user"], queries=params["queries"], pg_bin_dir=params["pg_bin_dir"],
         redis_server=params["redis_server"], jobs=params["jobs"], start_timeout=params["start_timeout"],
         check_mode=module.check_mode, progress=progress,
+        trust=trust_from_params(params),
     ))
 
 

@@ -37,6 +37,8 @@ description:
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
+  - christmas.recovery.signing
+  - christmas.recovery.signing.trust
   - christmas.recovery.connection
 options:
   manifest:
@@ -150,12 +152,14 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     pg_target,
     redis_target,
     require_libraries,
+    signing_argument_spec,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import trust_from_params
 
 
 def main():
-    argument_spec = connection_argument_spec()
+    argument_spec = dict(connection_argument_spec(), **signing_argument_spec())
     argument_spec.update(
         manifest={"type": "str", "default": "latest"},
         backup_dir={"type": "path"},
@@ -176,6 +180,7 @@ def main():
         force=params["force"], check_mode=module.check_mode, progress=progress,
         config_keep_special_modes=params["config_keep_special_modes"], config_keep_owners=params["config_keep_owners"],
         lock_wait=params["lock_wait"], clock_skew_seconds=params["clock_skew_seconds"],
+        trust=trust_from_params(params),
     ))
 
 

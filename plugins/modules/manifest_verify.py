@@ -22,6 +22,8 @@ description:
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
+  - christmas.recovery.signing
+  - christmas.recovery.signing.trust
   - christmas.recovery.vault.encryption
 options:
   manifest:
@@ -119,13 +121,15 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     ENCRYPTION_EXCLUSIVE,
     encryption_argument_spec,
     encryption_key,
+    signing_argument_spec,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import reading_sets
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import trust_from_params
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 
 def main():
-    argument_spec = encryption_argument_spec()
+    argument_spec = dict(encryption_argument_spec(), **signing_argument_spec())
     argument_spec.update(
         manifest={"type": "str", "default": "latest"},
         backup_dir={"type": "path"},
@@ -140,7 +144,8 @@ def main():
     def verify(_progress):
         with reading_sets(params["manifest"], params["backup_dir"]):  # no prune while the set is read
             return verify_set(params["manifest"], params["backup_dir"], params["deep"], params["jobs"],
-                              PgTarget(bin_dir=params["pg_bin_dir"]), encryption_key=encryption_key(params))[0]
+                              PgTarget(bin_dir=params["pg_bin_dir"]), encryption_key=encryption_key(params),
+                              trust=trust_from_params(params))[0]
 
     run(module, verify)
 

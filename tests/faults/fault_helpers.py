@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 
-from conftest import ROOT, group_members, kill_group
+from conftest import ROOT, group_members, kill_group, seal_signed
 from sandbox import PG_BIN
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -25,7 +25,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest i
     MANIFEST_RE,
     complete_set_ids,
     manifest_name,
-    seal,
     set_dir_name,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
@@ -251,7 +250,7 @@ def copy_set(source_dir, set_id, backup_dir, new_id):
     for artifact in manifest["artifacts"]:
         artifact["path"] = "%s/%s" % (set_dir_name(new_id), artifact["path"].split("/", 1)[1])
     with open(os.path.join(backup_dir, manifest_name(new_id)), "w", encoding="utf-8") as handle:
-        json.dump(seal(manifest), handle, indent=2)
+        json.dump(seal_signed(manifest), handle, indent=2)
 
 
 def remove_set(backup_dir, set_id):

@@ -15,7 +15,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import append_members, tree_state
+from conftest import append_members, seal_signed, tree_state
 from fault_helpers import one_line
 from manifest_samples import leaf_paths, replaced, valid_manifest
 
@@ -23,7 +23,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.config import c
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import sha256_file
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import manifest_name, seal, set_dir_name
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import manifest_name, set_dir_name
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
@@ -39,7 +39,7 @@ def _read_json(path):
 
 def _write_sealed(path, data):
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(seal(data), handle, indent=2)
+        json.dump(seal_signed(data), handle, indent=2)
 
 
 def _edit_manifest(path, edit):

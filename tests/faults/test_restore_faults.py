@@ -11,9 +11,8 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, redis_state, seed_platform, seed_redis, tree_state
+from conftest import ROOT, redis_state, seal_signed, seed_platform, seed_redis, tree_state
 
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_journal import journal_name
 
 # Progress lines of scripts/restore.py at which a kill lands, one per step of each component.
@@ -206,7 +205,7 @@ def test_backup_from_a_newer_redis_is_refused_before_anything_changes(big_set):
     manifest.pop("manifest_sha256")
     manifest["redis"]["version"] = "99.0.0"
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(seal(manifest), handle)
+        json.dump(seal_signed(manifest), handle)
     server.client(0).set("after-backup", "1")
     before = redis_state(server)
     failed = _script("restore.py", "latest", "--skip-db", "--skip-config",

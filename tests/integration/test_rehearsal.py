@@ -23,6 +23,7 @@ from conftest import (
     connection_vars,
     live_state,
     read_metrics,
+    seal_signed,
     seed_hypertable_platform,
     seed_redis,
     value,
@@ -34,7 +35,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.db.connection i
 from ansible_collections.christmas.recovery.plugins.module_utils.platform import rehearsal, scratch
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.proof import is_proven, read_proof
 
 
@@ -102,7 +102,7 @@ def _reseal(manifest_path, change):
         manifest = json.load(handle)
     change(manifest)
     with open(manifest_path, "w", encoding="utf-8") as handle:
-        json.dump(seal(manifest), handle)
+        json.dump(seal_signed(manifest), handle)
 
 
 # ---------------------------------------------------------------- module_utils

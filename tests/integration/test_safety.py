@@ -29,11 +29,10 @@ from conftest import (
     connection_vars,
     kill_group,
     live_state,
+    seal_signed,
     seed_redis,
     tree_state,
 )
-
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 
 LOCK_NAME = ".christmas-recovery.lock"
 MANIFEST_NAME_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
@@ -75,7 +74,7 @@ def _edit_manifest(backup_dir, set_id, edit):
     manifest = _read_json(path)
     manifest.pop("manifest_sha256")
     edit(manifest)
-    _write_json(path, seal(manifest))
+    _write_json(path, seal_signed(manifest))
 
 
 def _artifact(manifest, name):
@@ -95,7 +94,7 @@ def _copy_set_as(backup_dir, set_id, new_id):
     manifest["set_id"] = new_id
     for artifact in manifest["artifacts"]:
         artifact["path"] = "set_%s/%s" % (new_id, artifact["path"].split("/", 1)[1])
-    _write_json(_manifest_path(backup_dir, new_id), seal(manifest))
+    _write_json(_manifest_path(backup_dir, new_id), seal_signed(manifest))
 
 
 def _flip_byte(path):

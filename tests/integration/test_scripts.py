@@ -10,10 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, redis_state, seed_redis, tree_state
+from conftest import ROOT, redis_state, seal_signed, seed_redis, tree_state
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import LOCK_NAME
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
 PROGRESS_RE = re.compile(r"^\[ *\d+\.\ds\] \S")
@@ -117,7 +116,7 @@ def test_restore_dry_run_verifies_and_changes_nothing(platform, make_redis, conf
     _damage(platform, server, config_dir)
     damaged = _state(platform, server, config_dir)
 
-    report = _ok(_restore(manifest, platform, server, "--dry-run"), manifest)
+    report = _ok(_restore(manifest, platform, server, "--dry-run", "--config-dir", config_dir), manifest)
 
     assert report["verification"]["ok"] and report["verification"]["deep"]
     assert {name: part["changed"] for name, part in report["components"].items()} == {
@@ -131,7 +130,8 @@ def test_restore_with_skip_db_and_skip_redis_restores_only_the_config(platform, 
     _damage(platform, server, config_dir)
     damaged = _state(platform, server, config_dir)
 
-    report = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis"), manifest)
+    report = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis", "--config-dir", config_dir),
+                 manifest)
 
     assert list(report["components"]) == ["config"] and report["components"]["config"]["changed"]
     now = _state(platform, server, config_dir)
@@ -139,7 +139,7 @@ def test_restore_with_skip_db_and_skip_redis_restores_only_the_config(platform, 
     assert now["safety_copies"] == [report["components"]["config"]["safety_copy"]]
     assert {key: now[key] for key in ("db", "databases", "redis")} == {
         key: damaged[key] for key in ("db", "databases", "redis")}
-    again = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis"), manifest)
+    again = _ok(_restore(manifest, platform, server, "--skip-db", "--skip-redis", "--config-dir", config_dir), manifest)
     assert again["components"]["config"]["changed"] is False
 
 
@@ -196,6 +196,6 @@ def test_restore_of_a_manifest_whose_section_lacks_a_field_fails_in_one_line(con
     del data["config"]["source_dir"]
     del data["manifest_sha256"]
     with open(manifest, "w", encoding="utf-8") as handle:
-        json.dump(seal(data), handle)
+        json.dump(seal_signed(data), handle)
     line = _fails_in_one_line(_run("restore.py", manifest, "--skip-db", "--skip-redis", "--dry-run"))
     assert "config.source_dir is missing" in line

@@ -12,14 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from conftest import seed_redis
+from conftest import seal_signed, seed_redis
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.validation import require_ok, validate
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import seal
 
 COMPONENT_CHECKS = ["db: row counts", "db: market_data rows", "db: newest market_data", "redis: keys per db",
                     "config: checksums"]
@@ -149,7 +148,7 @@ def test_an_old_manifest_without_market_data_falls_back_to_its_row_count(env):
     data = _load(env.manifest)
     del data["db"]["market_data"]
     with open(env.manifest, "w", encoding="utf-8") as handle:
-        json.dump(seal(data), handle)
+        json.dump(seal_signed(data), handle)
     env.platform.sql("DELETE FROM market_data WHERE symbol = 'SYM3'")
     report = _validate(env)
     assert [check["name"] for check in report["checks"]] == [

@@ -11,6 +11,7 @@ import os
 import stat
 
 import pytest
+from conftest import seal_signed
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import write_json_atomic
@@ -31,7 +32,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest i
     check_artifacts,
     check_schema,
     load,
-    seal,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import remove_incomplete_leftovers
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
@@ -80,7 +80,7 @@ def make_plain_set(backup_dir, contents=None):
                    "tree_sha256": "ab" * 32},
     }
     path = os.path.join(backup_dir, "manifest_%s.json" % SET_ID)
-    write_json_atomic(path, seal(manifest))
+    write_json_atomic(path, seal_signed(manifest))
     return path
 
 
@@ -280,7 +280,7 @@ def _rewrite_manifest(path, change):
     data = json.loads(read(path))
     del data["manifest_sha256"]
     change(data)
-    write_json_atomic(path, seal(data))
+    write_json_atomic(path, seal_signed(data))
 
 
 def test_a_tampered_inner_manifest_is_refused_before_anything_is_written(sets):

@@ -198,7 +198,7 @@ def archive_tree(root, set_dir, progress=print):
     except BaseException:
         writer.abort()
         raise
-    # Absolute: a restore without config_dir goes back to source_dir, whatever its working directory.
+    # Absolute: recorded for the operator; a restore always goes into the config_dir it is given.
     metadata = {"source_dir": os.path.abspath(root), "root_mode": "%o" % stat.S_IMODE(root_info.st_mode),
                 "root_owner": [root_info.st_uid, root_info.st_gid], "entries": counts,
                 "tree_sha256": digest.hexdigest(), "skipped": sorted(skipped, key=lambda item: item["path"]),

@@ -75,6 +75,14 @@ def vault_remote(params):
                   known_hosts=params["known_hosts_file"], connect_timeout=params["connect_timeout"])
 
 
+def signing_argument_spec(trust=True):
+    """The options of the ``christmas.recovery.signing`` fragment (and of ``.trust`` where sets are checked)."""
+    spec = {"signing_key_file": {"type": "path"}}
+    if trust:
+        spec.update(signing_public_key_file={"type": "path"}, allow_unsigned={"type": "bool", "default": False})
+    return spec
+
+
 def encryption_argument_spec():
     """The options of the ``christmas.recovery.vault.encryption`` fragment."""
     return {"encryption_key": {"type": "str", "no_log": True}, "encryption_key_file": {"type": "path"}}

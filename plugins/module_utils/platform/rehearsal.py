@@ -185,7 +185,8 @@ def _scratch_user(name):
 
 def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scratch_user="postgres",
              scratch_db_port=0, scratch_redis_port=0, production_ports=(), db_user="christmas", queries=(),
-             pg_bin_dir=None, redis_server=None, jobs=2, start_timeout=60, check_mode=False, progress=print):
+             pg_bin_dir=None, redis_server=None, jobs=2, start_timeout=60, check_mode=False, progress=print,
+             trust=None):
     """Verify the set deeply, restore it into scratch servers, validate it there, record the result beside the
     manifest (``proof``), tear everything down. A failed rehearsal is recorded, then raised with the result."""
     production_ports = {int(port) for port in production_ports if port}
@@ -198,7 +199,7 @@ def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scr
     check_reachable(scratch.path, uid, gids)
     set_id = _set_id_of(path)
     result = {"manifest": path, "set_id": set_id, "scratch_dir": scratch.path, "passed": False, "timings": {},
-              "checks": [], "failed_checks": [], "error": None,
+              "checks": [], "failed_checks": [], "error": None, "unsigned_allowed": False,
               "proof": os.path.join(os.path.dirname(path), proof_name(set_id)) if set_id else None}
     if check_mode:
         result.update(changed=True, passed=None, would_remove_leftover=leftover)
@@ -208,7 +209,7 @@ def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scr
         begin = time.monotonic()
         try:
             _run(result, path, scratch, production_ports, scratch_db_port, scratch_redis_port, db_user, queries,
-                 pg_bin_dir, redis_server, jobs, start_timeout, progress)
+                 pg_bin_dir, redis_server, jobs, start_timeout, progress, trust)
         except RehearsalBusy:
             raise
         except (RecoveryError, OSError) as err:
@@ -226,6 +227,7 @@ def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scr
                 "passed": result["passed"], "started_at": started_at, "duration_seconds": result["duration_seconds"],
                 "timings": result["timings"], "checks": result["checks"], "error": result["error"],
                 "host": socket.gethostname(), "scratch_ports": result.get("scratch_ports"),
+                "unsigned_allowed": result["unsigned_allowed"],
             })
     result["changed"] = True
     if not result["passed"]:
@@ -259,11 +261,12 @@ def _start_servers(scratch, manifest, wanted, avoid, password, pg_bin_dir, redis
 
 
 def _run(result, path, scratch, production_ports, db_port, redis_port, db_user, queries, pg_bin_dir, redis_server,
-         jobs, start_timeout, progress):
+         jobs, start_timeout, progress, trust):
     """The phases, each timed; the teardown runs whatever happened once the scratch directory was made."""
     progress("verifying backup set %s" % path)
     verified = _timed(result, "verify", lambda: restore_set.verify_for_restore(
-        path, jobs=jobs, pg_target=connection.PgTarget(bin_dir=pg_bin_dir)))
+        path, jobs=jobs, pg_target=connection.PgTarget(bin_dir=pg_bin_dir), trust=trust, progress=progress))
+    result["unsigned_allowed"] = verified[0]["signature"]["unsigned_allowed"]
     manifest = verified[1]
     result["set_id"] = manifest["set_id"]
     components = manifest["components"]

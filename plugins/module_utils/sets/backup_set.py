@@ -26,6 +26,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
 from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection, db_globals, postgres
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import signing
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     CLOCK_SKEW_SECONDS,
     FORMAT,
@@ -119,10 +120,13 @@ def _check_arguments(anything, backup_dir, jobs, retention_days, db_lock_timeout
 def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, jobs=2,
                     compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
                     retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print,
-                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT, clock_skew_seconds=CLOCK_SKEW_SECONDS):
-    """Back up the enabled components as one set, read it back deeply (``verify``), and only then prune expired sets;
-    returns a report. A set that fails its read-back is removed like any failed backup."""
+                    db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT, clock_skew_seconds=CLOCK_SKEW_SECONDS,
+                    signing_key_file=None):
+    """Back up the enabled components as one set signed with the key of ``signing_key_file`` (made by the first
+    backup), read it back deeply (``verify``), and only then prune expired sets; returns a report. A set that fails
+    its read-back is removed like any failed backup."""
     _check_arguments(db or redis_target or config_dir, backup_dir, jobs, retention_days, db_lock_timeout)
+    signer = _signer(signing_key_file, check_mode)
     sources = _preflight(db, redis_target, config_dir)
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
     if check_mode:
@@ -159,11 +163,11 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
                           "platform": platform.platform()},
             }
             manifest.update(sections)
-            write_json_atomic(manifest_path, seal(manifest))
+            write_json_atomic(manifest_path, seal(signer.sign(manifest)))
             if verify:
                 progress("reading set %s back" % set_id)
                 begin = time.monotonic()
-                verification = _read_back(manifest_path, jobs, db)
+                verification = _read_back(manifest_path, jobs, db, signing.Trust(signer.path))
                 timings["verify"] = round(time.monotonic() - begin, 3)
         except OSError as err:
             _discard(manifest_path, partial, final)
@@ -179,12 +183,22 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
         "total_bytes": sum(a["size"] for a in artifacts), "timings": timings, "pruned": pruned,
         "cleaned_incomplete": cleaned, "stale_lock_taken_over": lock.stale_holder, "tightened": tightened,
         "ignored_manifests": ignored_manifests(backup_dir, skew=clock_skew_seconds),
-        "verification": verification,
+        "verification": verification, "signing": signer.report(),
         "row_counts": sections.get("db", {}).get("row_counts"),
         "redis_keys": sections.get("redis", {}).get("keys_per_db_at_start"),
         "config": {key: sections["config"][key] for key in ("skipped", "hardlinks")} if "config" in sections else None,
         "warnings": config_tree.skipped_warnings(sections.get("config")),
     }
+
+
+def _signer(signing_key_file, check_mode):
+    """The signing key, loaded or made before anything is written; the dry run only checks an existing one."""
+    signer = signing.Signer(signing_key_file)
+    if check_mode:
+        signing.load_private_key(signer.path)
+    else:
+        signer.key()
+    return signer
 
 
 def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level, timings, progress, lock_timeout):
@@ -204,10 +218,10 @@ def _dump_components(set_dir, db, redis_target, config_dir, jobs, compress_level
     return sections, hashed
 
 
-def _read_back(manifest_path, jobs, db):
+def _read_back(manifest_path, jobs, db, trust):
     """Deep verification of the set just written, as ``manifest_verify`` does it."""
     try:
-        report, _manifest = verify_set(manifest_path, deep=True, jobs=jobs, pg_target=db)
+        report, _manifest = verify_set(manifest_path, deep=True, jobs=jobs, pg_target=db, trust=trust)
     except RecoveryError as err:
         raise RecoveryError("the new set failed its read-back and was removed: %s" % err) from None
     return {key: report[key] for key in ("ok", "deep", "artifact_count", "total_bytes")}

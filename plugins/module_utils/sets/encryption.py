@@ -28,6 +28,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
     write_json_atomic,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.core.safe_paths import resolve_inside
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import signing
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     ENCRYPTION_SCHEME,
     artifact_path,
@@ -286,8 +287,22 @@ def _encrypt_artifact(backup_dir, artifact, target, key):
         raise
 
 
-def encrypt_set(backup_dir, set_id, out_dir, key, jobs=2):
-    """Write an encrypted copy of the complete plaintext set ``set_id`` of ``backup_dir`` into ``out_dir``.
+def _check_sizes(backup_dir, artifacts):
+    """The recorded sizes against the files (lstat) before any of them sizes a disk-room check."""
+    for artifact in artifacts:
+        path = artifact_path(backup_dir, artifact)
+        try:
+            size = os.lstat(path).st_size
+        except OSError as err:
+            raise RecoveryError("%s: %s" % (path, err.strerror)) from None
+        if size != artifact["size"]:
+            raise RecoveryError("%s: size %d, its manifest says %d (truncated or altered)" % (
+                path, size, artifact["size"]))
+
+
+def encrypt_set(backup_dir, set_id, out_dir, key, jobs=2, signer=None, trust=None):
+    """Write an encrypted copy of the complete plaintext set ``set_id`` of ``backup_dir`` into ``out_dir``, its
+    manifest signed by ``signer`` once ``trust`` accepted the plaintext set's own signature.
 
     Every artifact is checked against its size and SHA-256 as it is read, so a corrupt set is refused, not shipped.
     The files appear under ``.set_<id>.partial``, are renamed to ``set_<id>``, and the manifest comes last.
@@ -298,6 +313,9 @@ def encrypt_set(backup_dir, set_id, out_dir, key, jobs=2):
     plain = parse(original, source_manifest)
     if is_encrypted(plain):
         raise RecoveryError("set %s in %s is already encrypted" % (set_id, backup_dir))
+    (trust or signing.Trust()).check(plain, source_manifest)
+    signer = signer or signing.Signer()
+    signer.key()
     manifest_path = os.path.join(out_dir, manifest_name(set_id))
     if os.path.lexists(manifest_path):
         existing = load(manifest_path)
@@ -306,6 +324,10 @@ def encrypt_set(backup_dir, set_id, out_dir, key, jobs=2):
                 out_dir, set_id, "encrypted with key %s" % existing["encryption"]["key_id"]
                 if is_encrypted(existing) else "not encrypted"))
         return dict(_set_report(existing, manifest_path, out_dir, False), key_id=key_id(key))
+    try:
+        _check_sizes(backup_dir, plain["artifacts"])
+    except RecoveryError as err:
+        raise RecoveryError("set %s in %s cannot be encrypted: %s" % (set_id, backup_dir, err)) from None
     require_free_space(out_dir, sum(_sealed_size(a["size"]) for a in plain["artifacts"]),
                        "the encrypted copy of set %s" % set_id)
     try:
@@ -320,6 +342,7 @@ def encrypt_set(backup_dir, set_id, out_dir, key, jobs=2):
                               for artifact, (size, digest) in zip(plain["artifacts"], sealed, strict=True)]
         outer["encryption"] = {"scheme": SCHEME, "key_id": key_id(key), "chunk_bytes": CHUNK_BYTES,
                                "manifest": base64.b64encode(inner.getvalue()).decode("ascii")}
+        outer = signer.sign(outer)
         write_json_atomic(manifest_path, seal(outer))
     except OSError as err:
         _discard(manifest_path, out_dir, set_id)
@@ -381,6 +404,10 @@ def decrypt_set(src_dir, set_id, out_dir, key, jobs=2):
             raise RecoveryError("%s already holds a different set %s; remove it to decrypt the set there" % (
                 out_dir, set_id))
         return _set_report(plain, manifest_path, out_dir, False)
+    for sealed, artifact in zip(encrypted["artifacts"], plain["artifacts"], strict=True):
+        if artifact["size"] > sealed["size"]:  # a file never decrypts to more than its sealed size
+            raise RecoveryError("%s: its manifest says %d bytes decrypted, more than its %d encrypted bytes" % (
+                artifact["path"], artifact["size"], sealed["size"]))
     require_free_space(out_dir, sum(a["size"] for a in plain["artifacts"]), "set %s decrypted" % set_id)
     chunk_bytes = encrypted["encryption"]["chunk_bytes"]
     try:

@@ -35,6 +35,22 @@ CLOCK_SKEW_SECONDS = 300
 ENCRYPTION_SCHEME = "aes-256-gcm-stream-v1"
 KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MAX_CHUNK_BYTES = 64 * 1024 * 1024  # each chunk is held in memory once while sealed or opened
+SIGNATURE_SCHEME = "ed25519-v1"  # signing.py makes and checks it; its shape is judged here with the rest
+TOP_FIELDS = {"format", "format_version", "set_id", "started_at", "finished_at", "host", "components", "artifacts",
+              "tools", "db", "redis", "config", "encryption", "signature", "manifest_sha256"}
+ARTIFACT_FIELDS = {"path", "size", "sha256", "component", "kind"}
+ENCRYPTION_FIELDS = {"scheme", "key_id", "chunk_bytes", "manifest"}
+SIGNATURE_FIELDS = {"scheme", "key_id", "value"}
+# Every field a backup writes, per section: anything else is a hand-made manifest and is refused.
+KNOWN_SECTION_FIELDS = {
+    "db": {"name", "server_version", "server_version_num", "pg_dump_version", "pg_dump_major", "dump_format", "jobs",
+           "extensions", "row_counts", "snapshot_time", "snapshot_lsn", "timeline", "from_standby", "node",
+           "size_bytes", "owner", "roles", "roles_with_passwords", "market_data", "timescaledb"},
+    "redis": {"version", "aof_enabled", "rdb_version", "transfer", "keys_per_db_at_start"},
+    "config": {"source_dir", "root_mode", "root_owner", "entries", "tree_sha256"},
+}
+MAX_SIZE = 2**53  # bytes: beyond any real file or database, and exact in every JSON reader
+NAME_RE = re.compile(r"^[^\x00-\x1f]{1,200}$")  # role, table and extension names: no control characters
 SECTION_FIELDS = {
     "db": {"server_version": str, "server_version_num": int, "pg_dump_major": int, "size_bytes": int,
            "row_counts": dict, "extensions": dict, "roles": list},
@@ -144,9 +160,20 @@ def _require(condition, path, problem):
         raise RecoveryError("manifest %s is invalid: %s" % (path, problem))
 
 
+def _only(value, known, path, where):
+    unknown = sorted(set(value) - known)
+    _require(not unknown, path, "unknown field %.100s%s" % (where, unknown[0] if unknown else ""))
+
+
+def _is_size(value):
+    return _is_int(value) and 0 <= value <= MAX_SIZE
+
+
 def check_schema(data, path):
-    """Raise naming the first structural problem of a loaded manifest."""
+    """Raise naming the first structural problem of a loaded manifest: a missing, unknown, mistyped or out-of-range
+    field."""
     _require(isinstance(data, dict), path, "top level is not an object")
+    _only(data, TOP_FIELDS, path, "")
     _require(data.get("format") == FORMAT, path, "format is not %r" % FORMAT)
     _require(_is_int(data.get("format_version")) and data["format_version"] == FORMAT_VERSION, path,
              "format_version is not %d" % FORMAT_VERSION)
@@ -162,7 +189,8 @@ def check_schema(data, path):
     )
     for key in ("started_at", "finished_at", "host"):
         _require(isinstance(data.get(key), str), path, "%s is missing or not a string" % key)
-    _require(isinstance(data.get("tools"), dict), path, "tools is missing or not an object")
+    _require(isinstance(data.get("tools"), dict) and all(isinstance(v, str) for v in data["tools"].values()), path,
+             "tools is missing or not an object of strings")
     artifacts = data.get("artifacts")
     _require(isinstance(artifacts, list) and artifacts, path, "artifacts must be a non-empty list")
     seen = set()
@@ -170,13 +198,14 @@ def check_schema(data, path):
     for index, artifact in enumerate(artifacts):
         where = "artifacts[%d]" % index
         _require(isinstance(artifact, dict), path, "%s is not an object" % where)
+        _only(artifact, ARTIFACT_FIELDS, path, where + ".")
         name = artifact.get("path")
         _require(isinstance(name, str) and name.startswith(prefix), path,
                  "%s.path %.200r is not inside %s" % (where, name, prefix))
         _require(name not in seen, path, "%s.path %s is listed twice" % (where, name))
         seen.add(name)
         size = artifact.get("size")
-        _require(_is_int(size) and size >= 0, path, "%s.size is not a size" % where)
+        _require(_is_size(size), path, "%s.size is not a size from 0 to %d" % (where, MAX_SIZE))
         _require(isinstance(artifact.get("sha256"), str) and SHA256_RE.match(artifact["sha256"]), path,
                  "%s.sha256 is not a SHA-256 hex digest" % where)
         _require(artifact.get("component") in components, path,
@@ -191,12 +220,30 @@ def check_schema(data, path):
         _require(kinds.issuperset(ARTIFACT_KINDS[component]), path, "component %s has no artifact of kind %s" % (
             component, ", ".join(sorted(set(ARTIFACT_KINDS[component]) - kinds))))
         _check_section(data[component], component, path)
+    for section in set(COMPONENTS) - set(components):
+        _require(section not in data, path, "section %r is present but %s is not among the components" % (
+            section, section))
     if "encryption" in data:
         _check_encryption(data["encryption"], path)
+    if "signature" in data:
+        _check_signature(data["signature"], path)
+
+
+def _check_signature(signature, path):
+    _require(isinstance(signature, dict), path, "signature is not an object")
+    _only(signature, SIGNATURE_FIELDS, path, "signature.")
+    _require(signature.get("scheme") == SIGNATURE_SCHEME, path, "signature.scheme %.100r is not %s" % (
+        signature.get("scheme"), SIGNATURE_SCHEME))
+    _require(isinstance(signature.get("key_id"), str) and KEY_ID_RE.match(signature["key_id"]), path,
+             "signature.key_id is not 16 hex digits")
+    value = signature.get("value")
+    _require(isinstance(value, str) and _is_base64(value) and len(base64.b64decode(value)) == 64, path,
+             "signature.value is not a base64 Ed25519 signature")
 
 
 def _check_encryption(encryption, path):
     _require(isinstance(encryption, dict), path, "encryption is not an object")
+    _only(encryption, ENCRYPTION_FIELDS, path, "encryption.")
     _require(encryption.get("scheme") == ENCRYPTION_SCHEME, path, "encryption.scheme %.100r is not %s" % (
         encryption.get("scheme"), ENCRYPTION_SCHEME))
     _require(isinstance(encryption.get("key_id"), str) and KEY_ID_RE.match(encryption["key_id"]), path,
@@ -223,6 +270,7 @@ def _is_int(value):
 
 def _check_section(section, component, path):
     """The fields a restore of ``component`` reads: a hand-edited manifest fails verification, not half a restore."""
+    _only(section, KNOWN_SECTION_FIELDS[component], path, component + ".")
     for field, kind in SECTION_FIELDS[component].items():
         value = section.get(field)
         _require(isinstance(value, kind) and not isinstance(value, bool), path,
@@ -230,16 +278,26 @@ def _check_section(section, component, path):
         pattern = SECTION_FORMATS.get((component, field))
         _require(pattern is None or pattern.match(value), path, "%s.%s %.100r is malformed" % (component, field, value))
     if component == "db":
-        _require(all(isinstance(role, str) for role in section["roles"]), path, "db.roles must be role names")
-        _require(all(isinstance(ext, dict) and isinstance(ext.get("version"), str)
-                     and isinstance(ext.get("schema"), str) for ext in section["extensions"].values()),
+        _require(all(isinstance(role, str) and NAME_RE.match(role) for role in section["roles"]), path,
+                 "db.roles must be role names")
+        _require(all(NAME_RE.match(name) and isinstance(ext, dict) and set(ext) == {"version", "schema"}
+                     and isinstance(ext["version"], str) and isinstance(ext["schema"], str)
+                     for name, ext in section["extensions"].items()),
                  path, "db.extensions must map names to version and schema")
-        _require(all(_is_int(count) for count in section["row_counts"].values()), path,
-                 "db.row_counts must map table names to row counts")
+        _require(all(NAME_RE.match(name) and _is_size(count) for name, count in section["row_counts"].items()), path,
+                 "db.row_counts must map table names to row counts from 0")
+        _require(_is_size(section["size_bytes"]), path, "db.size_bytes is not a size from 0 to %d" % MAX_SIZE)
+        for field in ("server_version_num", "pg_dump_major"):
+            _require(0 < section[field] < 10**7, path, "db.%s %d is out of range" % (field, section[field]))
+        _require("jobs" not in section or (_is_int(section["jobs"]) and 1 <= section["jobs"] <= 1024), path,
+                 "db.jobs is not a number from 1 to 1024")
         if "market_data" in section:  # recorded since the validation module; older manifests lack it
             _check_market_data(section["market_data"], path)
         if "timescaledb" in section:  # recorded since TimescaleDB's objects are compared; older manifests lack it
             _check_timescaledb(section["timescaledb"], path)
+    if component == "redis":
+        _require(0 <= section["rdb_version"] < 1000, path, "redis.rdb_version %d is out of range" % (
+            section["rdb_version"]))
     if component == "config":
         owner = section["root_owner"]
         _require(len(owner) == 2 and all(_is_int(i) and 0 <= i <= MAX_ID for i in owner), path,
@@ -302,7 +360,7 @@ def parse(raw, path):
     """Decode, unseal and schema-check manifest bytes; ``path`` names them in errors."""
     _require(len(raw) <= MAX_MANIFEST_BYTES, path, "larger than %d bytes" % MAX_MANIFEST_BYTES)
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
         sealed = isinstance(data, dict) and data.get("manifest_sha256") == content_checksum(data)
     except (UnicodeDecodeError, ValueError) as err:
         raise RecoveryError("manifest %s is not valid JSON: %s" % (path, str(err).splitlines()[0])) from None
@@ -311,6 +369,16 @@ def parse(raw, path):
     _require(sealed, path, "its checksum does not match its content (corrupted or edited)")
     check_schema(data, path)
     return data
+
+
+def _refuse_duplicate_keys(pairs):
+    """Two readers could take different values of a key given twice: such a manifest is nobody's."""
+    seen = set()
+    for key, _value in pairs:
+        if key in seen:
+            raise ValueError("duplicate key %.100r" % key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def load(path):

@@ -39,9 +39,9 @@ def _runner(component, manifest, set_root, db, redis_target, config_dir, jobs, f
         memo = {}  # the plan's scan and comparison serve the restore
         return lambda check: redis_restore.restore_redis(redis_target, manifest, path, force, check, progress, memo)
     path = artifact_path(set_root, artifacts_of(manifest, "config")[0])
-    dest = config_dir or manifest["config"]["source_dir"]
-    return lambda check: config_restore.restore_tree(path, manifest["config"], dest, manifest["set_id"], check, force,
-                                                     progress, **config_options)
+    # The directory the operator configured, never the one the manifest names: a manifest chooses no target.
+    return lambda check: config_restore.restore_tree(path, manifest["config"], config_dir, manifest["set_id"], check,
+                                                     force, progress, **config_options)
 
 
 def _refuse_encrypted(manifest):
@@ -51,11 +51,15 @@ def _refuse_encrypted(manifest):
                             % manifest["set_id"])
 
 
-def verify_for_restore(manifest_ref, backup_dir=None, jobs=2, pg_target=None):
-    """The deep verification every restore starts with; returns (report, manifest) as ``verify_set`` does."""
+def verify_for_restore(manifest_ref, backup_dir=None, jobs=2, pg_target=None, trust=None, progress=print):
+    """The deep verification every restore starts with; returns (report, manifest) as ``verify_set`` does. An
+    unsigned set accepted by ``trust`` is said loudly in ``progress`` and in the report's ``signature``."""
     path = resolve_manifest_path(manifest_ref, backup_dir)
     _refuse_encrypted(load(path))
-    return verify_set(path, deep=True, jobs=jobs, pg_target=pg_target)
+    report, manifest = verify_set(path, deep=True, jobs=jobs, pg_target=pg_target, trust=trust)
+    if report["signature"].get("warning"):
+        progress(report["signature"]["warning"])
+    return report, manifest
 
 
 def reading_sets(manifest_ref, backup_dir=None, lock_wait=0):
@@ -71,7 +75,7 @@ def reading_sets(manifest_ref, backup_dir=None, lock_wait=0):
 def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_target=None, config_dir=None,
                 jobs=2, force=False, check_mode=False, progress=print, verified=None, keep_journal=True,
                 config_keep_special_modes=False, config_keep_owners=False, lock_wait=0,
-                clock_skew_seconds=CLOCK_SKEW_SECONDS):
+                clock_skew_seconds=CLOCK_SKEW_SECONDS, trust=None):
     """Nothing changes unless the whole set verifies and every chosen component passes its preflight.
 
     The config tree's set-ID, sticky and world-write bits are removed and its owners become the destination's unless
@@ -87,20 +91,23 @@ def restore_set(manifest_ref, backup_dir=None, components=ORDER, db=None, redis_
             manifest_ref = resolve_manifest_path(manifest_ref, backup_dir, clock_skew_seconds)
         return _restore_set(manifest_ref, backup_dir, components, db, redis_target, config_dir, jobs, force,
                             check_mode, progress, verified, keep_journal,
-                            {"keep_special_modes": config_keep_special_modes, "keep_owners": config_keep_owners})
+                            {"keep_special_modes": config_keep_special_modes, "keep_owners": config_keep_owners}, trust)
 
 
 def _restore_set(manifest_ref, backup_dir, components, db, redis_target, config_dir, jobs, force, check_mode,
-                 progress, verified, keep_journal, config_options):
+                 progress, verified, keep_journal, config_options, trust):
     started = time.monotonic()
     if verified is None:
         progress("verifying backup set")
-        verified = verify_for_restore(manifest_ref, backup_dir, jobs, db)
+        verified = verify_for_restore(manifest_ref, backup_dir, jobs, db, trust, progress)
     report, manifest = verified
     missing = [c for c in components if c not in manifest["components"]]
     if missing:
         raise RecoveryError("backup set %s has no %s component (it holds %s)" % (
             manifest["set_id"], ", ".join(missing), ", ".join(manifest["components"])))
+    if "config" in components and not config_dir:
+        raise RecoveryError("restoring config needs config_dir, the directory to replace (the set's own source_dir "
+                            "is never used as a target)")
     chosen = [c for c in ORDER if c in components]
     journal = None if check_mode else RestoreJournal(report["backup_dir"], manifest["set_id"], on_disk=keep_journal)
 
@@ -115,6 +122,7 @@ def _restore_set(manifest_ref, backup_dir, components, db, redis_target, config_
                           progress_of(c), config_options) for c in chosen}
     plan = {c: runners[c](True) for c in chosen}
     result = {"manifest": report["manifest"], "set_id": manifest["set_id"], "verification": report,
+              "unsigned_allowed": report["signature"]["unsigned_allowed"],
               "components": {}, "changed": any(p["changed"] for p in plan.values())}
     if check_mode:
         result["components"] = plan

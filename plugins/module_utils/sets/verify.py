@@ -13,7 +13,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.errors imp
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection, db_globals, postgres, restore
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
-from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption, signing
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     artifact_path,
     artifacts_of,
@@ -72,11 +72,13 @@ def _deep_checks_decrypted(set_root, manifest, key, jobs, pg_target):
         remove_quietly(plain_root)
 
 
-def verify_set(manifest_ref, backup_dir=None, deep=False, jobs=4, pg_target=None, encryption_key=None):
+def verify_set(manifest_ref, backup_dir=None, deep=False, jobs=4, pg_target=None, encryption_key=None, trust=None):
     """Return a report; raise one line naming every bad artifact when the set is not intact. An encrypted set's
-    checksums are those of its encrypted files: they need no key, its deep checks do."""
+    checksums are those of its encrypted files: they need no key, its deep checks do. The manifest's signature is
+    checked first, with ``trust`` (by default: the platform host's signing key, no unsigned set)."""
     path = resolve_manifest_path(manifest_ref, backup_dir)
     manifest = load(path)
+    signature = (trust or signing.Trust()).check(manifest, path)
     set_root = os.path.dirname(path)
     encrypted = encryption.is_encrypted(manifest)
     if deep and encrypted and encryption_key is None:
@@ -93,6 +95,7 @@ def verify_set(manifest_ref, backup_dir=None, deep=False, jobs=4, pg_target=None
         "components": manifest["components"], "artifact_count": len(manifest["artifacts"]),
         "total_bytes": sum(a["size"] for a in manifest["artifacts"]), "deep": bool(deep), "encrypted": encrypted,
         "problems": [{"artifact": name, "problem": problem} for name, problem in sorted(problems.items())],
+        "signature": signature,
     }
     if encrypted:
         report["key_id"] = manifest["encryption"]["key_id"]

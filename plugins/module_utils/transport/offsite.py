@@ -21,7 +21,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
     tree_bytes,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
-from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption, signing
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     SET_ID_RE,
     complete_set_ids,
@@ -121,10 +121,13 @@ def sets_to_send(backup_dir, retention_days, present):
             if set_id not in present and set_id not in expired]
 
 
-def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, check_mode=False, progress=print):
-    """Copy every complete local set the vault lacks into the vault's ``.incoming``, encrypted first with ``key``.
+def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, check_mode=False, progress=print,
+              signer=None, trust=None):
+    """Copy every complete local set the vault lacks into the vault's ``.incoming``, encrypted first with ``key``
+    (the encrypted copy's manifest signed by ``signer``).
 
-    Each set is checked against its manifest before it leaves; the vault checks it again when it arrives."""
+    Each set is checked against its manifest and signature (``trust``) before it leaves; the vault checks it again
+    when it arrives."""
     _check_remote(remote)
     todo = sets_to_send(backup_dir, retention_days, set(present))
     report = {"changed": bool(todo), "sent": todo, "encrypted": key is not None, "bytes": 0, "seconds": {}}
@@ -144,10 +147,11 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
             try:
                 if key is None:
                     progress("checking set %s before it leaves" % set_id)
-                    verify_set(manifest_name(set_id), backup_dir, jobs=jobs)
+                    verify_set(manifest_name(set_id), backup_dir, jobs=jobs, trust=trust)
                 else:
                     progress("encrypting set %s" % set_id)
-                    encryption.encrypt_set(backup_dir, set_id, staging, key, jobs)
+                    encryption.encrypt_set(backup_dir, set_id, staging, key, jobs, signer=signer,
+                                           trust=trust)
                     source = staging
                 progress("sending set %s to %s" % (set_id, remote.host))
                 report["bytes"] += tree_bytes(os.path.join(source, set_dir_name(set_id)))
@@ -192,15 +196,20 @@ def _publish(source, backup_dir, set_id):
     fsync_dir(backup_dir)
 
 
-def _receive_one(backup_dir, set_id, decrypt, key, deep, jobs, pg_target, progress):
-    """Check one arrived set, decrypt it if asked, read it back if asked, publish it; the arrival goes either way."""
+def _receive_one(backup_dir, set_id, decrypt, key, deep, jobs, pg_target, progress, trust):
+    """Check one arrived set and its signature, decrypt it if asked, read it back if asked, publish it; the arrival
+    goes either way."""
     incoming = os.path.join(backup_dir, INCOMING, set_id)
+    trust = trust or signing.Trust()
     try:
-        progress("checking set %s against its manifest" % set_id)
+        progress("checking set %s against its manifest and signature" % set_id)
         try:
-            _report, manifest = verify_set(manifest_name(set_id), incoming, jobs=jobs)
+            report, manifest = verify_set(manifest_name(set_id), incoming, jobs=jobs, trust=trust)
         except RecoveryError as err:
-            raise RecoveryError("set %s arrived damaged and was discarded: %s" % (set_id, err)) from None
+            raise RecoveryError("set %s arrived damaged or unsigned and was discarded: %s" % (set_id, err)) from None
+        unsigned = report["signature"]["unsigned_allowed"]
+        if unsigned:
+            progress(report["signature"]["warning"])
         encrypted = encryption.is_encrypted(manifest)
         source, decrypted = incoming, decrypt and encrypted
         if decrypted:
@@ -210,17 +219,20 @@ def _receive_one(backup_dir, set_id, decrypt, key, deep, jobs, pg_target, progre
             progress("decrypting set %s" % set_id)
             source = os.path.join(incoming, "decrypted")
             encryption.decrypt_set(incoming, set_id, source, key, jobs)
+            inner_path = os.path.join(source, manifest_name(set_id))
+            inner = trust.check(load(inner_path), inner_path)  # the set as its backup signed it
+            unsigned = unsigned or inner["unsigned_allowed"]
         if deep and (decrypted or not encrypted):  # a set kept encrypted (a vault) is read back only with its key
             progress("reading set %s back" % set_id)
-            verify_set(manifest_name(set_id), source, deep=True, jobs=jobs, pg_target=pg_target)
+            verify_set(manifest_name(set_id), source, deep=True, jobs=jobs, pg_target=pg_target, trust=trust)
         _publish(source, backup_dir, set_id)
     finally:
         remove_quietly(incoming)
-    return {"set_id": set_id, "decrypted": decrypted}
+    return {"set_id": set_id, "decrypted": decrypted, "unsigned_allowed": unsigned}
 
 
 def receive_sets(backup_dir, retention_days=None, decrypt=False, key=None, deep=False, jobs=2, pg_target=None,
-                 check_mode=False, progress=print):
+                 check_mode=False, progress=print, trust=None):
     """Publish every set waiting in ``.incoming`` once it matches its manifest, then apply retention.
 
     A vault keeps sets as they came; a host that restores (``decrypt``) gets encrypted ones decrypted with ``key``.
@@ -239,11 +251,12 @@ def receive_sets(backup_dir, retention_days=None, decrypt=False, key=None, deep=
             if set_id in complete_set_ids(backup_dir):  # published by an earlier run that died before cleaning up
                 remove_quietly(os.path.join(incoming_root, set_id))
                 continue
-            received.append(_receive_one(backup_dir, set_id, decrypt, key, deep, jobs, pg_target, progress))
+            received.append(_receive_one(backup_dir, set_id, decrypt, key, deep, jobs, pg_target, progress, trust))
         if retention_days is not None:
             pruned = prune_expired_sets(backup_dir, retention_days)
         if waiting and not os.listdir(incoming_root):
             os.rmdir(incoming_root)  # made by rsync --mkpath with the umask's mode; nothing waits any more
     return {"changed": bool(received or pruned), "received": [r["set_id"] for r in received],
             "decrypted": [r["set_id"] for r in received if r["decrypted"]], "pruned": pruned,
+            "unsigned_allowed": [r["set_id"] for r in received if r["unsigned_allowed"]],
             "sets": list_sets(backup_dir)}
