@@ -11,6 +11,7 @@ import secrets
 import stat
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from conftest import BACKUP_SCRIPT, ROOT
@@ -62,8 +63,11 @@ def _chown_tree(root, uid, gid):
 
 def _run_backup_as(user, backup_dir, config):
     """scripts/backup.py as ``user`` under umask 000: only the code's own modes stand between the set and others."""
+    key = os.path.join(tempfile.mkdtemp(prefix="key-", dir=os.path.dirname(config)), "signing.key")  # the user's own
+    os.chown(os.path.dirname(key), user.pw_uid, user.pw_gid)
     argv = ["runuser", "-u", user.pw_name, "--", "/bin/sh", "-c", 'umask 000 && exec "$@"', "sh", _python_for(user),
-            BACKUP_SCRIPT, "--backup-dir", backup_dir, "--skip-db", "--skip-redis", "--config-dir", config]
+            BACKUP_SCRIPT, "--backup-dir", backup_dir, "--skip-db", "--skip-redis", "--config-dir", config,
+            "--signing-key-file", key]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -47,7 +47,7 @@ KNOWN_SECTION_FIELDS = {
            "extensions", "row_counts", "snapshot_time", "snapshot_lsn", "timeline", "from_standby", "node",
            "size_bytes", "owner", "roles", "roles_with_passwords", "market_data", "timescaledb"},
     "redis": {"version", "aof_enabled", "rdb_version", "transfer", "keys_per_db_at_start"},
-    "config": {"source_dir", "root_mode", "root_owner", "entries", "tree_sha256"},
+    "config": {"source_dir", "root_mode", "root_owner", "entries", "tree_sha256", "skipped", "hardlinks"},
 }
 MAX_SIZE = 2**53  # bytes: beyond any real file or database, and exact in every JSON reader
 NAME_RE = re.compile(r"^[^\x00-\x1f]{1,200}$")  # role, table and extension names: no control characters

@@ -109,6 +109,14 @@ def load_or_create_private_key(path):
     key = load_private_key(path)
     if key is not None:
         return key, False
+    try:
+        return _create_private_key(path)
+    except OSError as err:
+        raise RecoveryError("cannot create the signing key %s: %s; give a key file this user may create "
+                            "(christmas_signing_key_file, --signing-key-file)" % (path, err.strerror)) from None
+
+
+def _create_private_key(path):
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     key = Ed25519PrivateKey.generate()
