@@ -11,7 +11,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
-from conftest import seed_platform
+from conftest import seal_signed, seed_platform
 from sandbox import PG_BIN
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -19,7 +19,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
 from ansible_collections.christmas.recovery.plugins.module_utils.db import restore
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import load, seal, set_dir_name
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import load, set_dir_name
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 
@@ -78,7 +78,8 @@ def globals_set(make_cluster, tmp_dir):
 
 def _tamper(env, edit):
     """Rewrite db_globals.json with ``edit`` (a dict edited in place, or a function returning the new text) and
-    re-seal the manifest to match, as someone who controls the backup directory would."""
+    re-seal and re-sign the manifest to match, as someone who controls the backup directory and the signing key
+    would: only the globals' schema stands in the way."""
     with open(env.globals, encoding="utf-8") as handle:
         data = json.load(handle)
     text = edit(data)
@@ -91,7 +92,7 @@ def _tamper(env, edit):
     artifact = next(a for a in manifest["artifacts"] if a["kind"] == "pg_globals")
     artifact.update(size=size, sha256=digest)
     with open(env.manifest, "w", encoding="utf-8") as handle:
-        json.dump(seal(manifest), handle, indent=2)
+        json.dump(seal_signed(manifest), handle, indent=2)
 
 
 def _role(data, name):
