@@ -1,8 +1,8 @@
 """A set whose db_globals.json carries SQL: privileges, settings, role attributes and duplicate keys crafted by
-someone who controls the backup directory, the manifest re-sealed and re-signed so that only the globals' schema stands in the
-way. Each is refused in one line naming the field, by verification and by the restore, and nothing changes on the
-server. The legitimate globals (role and database settings, list settings with quoted names, a quoted grantee) still
-come back identically on a new cluster."""
+someone who controls the backup directory, the manifest re-sealed and re-signed so that only the globals' schema
+stands in the way. Each is refused in one line naming the field, by verification and by the restore, and nothing
+changes on the server. The legitimate globals (role and database settings, list settings with quoted names, a quoted
+grantee) still come back identically on a new cluster."""
 
 from __future__ import annotations
 
