@@ -247,6 +247,8 @@ def copy_set(source_dir, set_id, backup_dir, new_id):
         manifest = json.load(handle)
     manifest.pop("manifest_sha256")
     manifest["set_id"] = new_id
+    manifest["started_at"] = manifest["finished_at"] = time.strftime(  # made at the time its id says
+        "%Y-%m-%dT%H:%M:%SZ", time.strptime(new_id, "%Y%m%d_%H%M%S"))
     for artifact in manifest["artifacts"]:
         artifact["path"] = "%s/%s" % (set_dir_name(new_id), artifact["path"].split("/", 1)[1])
     with open(os.path.join(backup_dir, manifest_name(new_id)), "w", encoding="utf-8") as handle:

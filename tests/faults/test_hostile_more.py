@@ -311,6 +311,8 @@ def _copy_set_as(env, new_id):
     data = _read_json(env.manifest)
     data.pop("manifest_sha256")
     data["set_id"] = new_id
+    data["started_at"] = data["finished_at"] = time.strftime(  # made at the time its id says
+        "%Y-%m-%dT%H:%M:%SZ", time.strptime(new_id, "%Y%m%d_%H%M%S"))
     for artifact in data["artifacts"]:
         artifact["path"] = "%s/%s" % (set_dir_name(new_id), artifact["path"].split("/", 1)[1])
     _write_sealed(os.path.join(env.backup_dir, manifest_name(new_id)), data)

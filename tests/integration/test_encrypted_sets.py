@@ -14,6 +14,7 @@ from conftest import redis_state, seed_redis, tree_state
 from sandbox import PG_BIN
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import LOCK_NAME
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
@@ -27,6 +28,11 @@ WRONG_KEY = secrets.token_bytes(32)
 ROW_MARKER = "row-marker-4c1e9a"
 REDIS_MARKER = "redis-marker-77d2"  # under 20 bytes: Redis stores it uncompressed in the snapshot
 CONFIG_MARKER = "config-marker-b05f"
+
+
+def _entries(directory):
+    """What a directory holds besides the lock file readers and backups share (it stays, as a backup's does)."""
+    return sorted(name for name in os.listdir(directory) if name != LOCK_NAME)
 
 
 def _quiet(_message):
@@ -92,7 +98,7 @@ def test_an_encrypted_set_holds_no_row_key_value_or_config_line_in_any_byte(env)
 
 
 def test_an_encrypted_set_verifies_by_checksum_without_the_key_and_deeply_only_with_it(env):
-    vault_before = sorted(os.listdir(env.vault_dir))
+    vault_before = _entries(env.vault_dir)
     plain, _manifest = verify_set(env.manifest)
     assert plain["encrypted"] is False and "key_id" not in plain
     checked, _manifest = verify_set(env.encrypted)
@@ -107,7 +113,7 @@ def test_an_encrypted_set_verifies_by_checksum_without_the_key_and_deeply_only_w
         verify_set(env.encrypted, deep=True, pg_target=env.db, encryption_key=WRONG_KEY)
     assert _one_line(err) == "encryption key %s does not match set %s (encrypted with key %s)" % (
         key_id(WRONG_KEY), env.set_id, key_id(KEY))
-    assert sorted(os.listdir(env.vault_dir)) == vault_before  # no decrypted copy left behind
+    assert _entries(env.vault_dir) == vault_before  # no decrypted copy left behind
 
 
 def test_a_decrypted_set_is_the_original_and_restores_the_platform(env):
@@ -126,7 +132,7 @@ def test_a_decrypted_set_is_the_original_and_restores_the_platform(env):
 def test_restore_refuses_an_encrypted_set_before_anything_happens(env):
     _damage(env)
     damaged = _state(env)
-    vault_before = sorted(os.listdir(env.vault_dir))
+    vault_before = _entries(env.vault_dir)
     for check_mode in (True, False):
         with pytest.raises(RecoveryError) as err:
             restore_set(env.encrypted, db=env.db, redis_target=env.redis_target, config_dir=env.config,
@@ -134,7 +140,7 @@ def test_restore_refuses_an_encrypted_set_before_anything_happens(env):
         assert _one_line(err) == "set %s is encrypted: bring it back with fetch_backup.yml and its key, which " \
             "decrypts it" % env.set_id
     assert _state(env) == damaged
-    assert sorted(os.listdir(env.vault_dir)) == vault_before  # not even a restore journal
+    assert _entries(env.vault_dir) == vault_before  # not even a restore journal
 
 
 def test_a_corrupted_encrypted_artifact_fails_checksums_and_decryption_and_nothing_is_left(env):
@@ -192,4 +198,4 @@ def test_manifest_verify_reads_an_encrypted_set_deeply_with_its_key_and_never_sh
     assert results["both_keys"]["msg"] == "parameters are mutually exclusive: encryption_key|encryption_key_file"
     assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in run.output  # -vvv showed the option, masked
     assert KEY_TEXT not in run.output and KEY_TEXT not in json.dumps(results)
-    assert sorted(os.listdir(env.vault_dir)) == ["manifest_%s.json" % env.set_id, "set_%s" % env.set_id]
+    assert _entries(env.vault_dir) == ["manifest_%s.json" % env.set_id, "set_%s" % env.set_id]

@@ -92,6 +92,8 @@ def _copy_set_as(backup_dir, set_id, new_id):
     manifest = _read_json(_manifest_path(backup_dir, set_id))
     manifest.pop("manifest_sha256")
     manifest["set_id"] = new_id
+    manifest["started_at"] = manifest["finished_at"] = time.strftime(  # made at the time its id says
+        "%Y-%m-%dT%H:%M:%SZ", time.strptime(new_id, "%Y%m%d_%H%M%S"))
     for artifact in manifest["artifacts"]:
         artifact["path"] = "set_%s/%s" % (new_id, artifact["path"].split("/", 1)[1])
     _write_json(_manifest_path(backup_dir, new_id), seal_signed(manifest))
