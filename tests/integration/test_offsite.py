@@ -176,7 +176,8 @@ def test_a_damaged_arrival_is_discarded_and_never_published(local_set, remote):
         handle.seek(100)
         handle.write(bytes([byte[0] ^ 1]))
 
-    with pytest.raises(RecoveryError, match="set %s arrived damaged and was discarded: .*SHA-256 mismatch" % set_id):
+    with pytest.raises(RecoveryError,
+                       match="set %s arrived damaged or unsigned and was discarded: .*SHA-256 mismatch" % set_id):
         offsite.receive_sets(vault_dir, retention_days=30, progress=_quiet)
 
     assert complete_set_ids(vault_dir) == []
