@@ -28,6 +28,12 @@ options:
       - The public key (PEM) sets must be signed with, for hosts that must not hold the private key (a vault, a new
         host). When not given, the public half of I(signing_key_file).
     type: path
+  signing_public_key:
+    description:
+      - The public key (PEM text) sets must be signed with, given as a value; it comes before
+        I(signing_public_key_file). The offsite copy gives a vault the key the sending host checked its sets with
+        (C(signing_public_key) of M(christmas.recovery.christmas_offsite_send)).
+    type: str
   allow_unsigned:
     description:
       - Use a set whose signature is missing or does not match the key (a set from before signing, or one

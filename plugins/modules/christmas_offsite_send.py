@@ -83,6 +83,12 @@ seconds:
   description: Seconds each set took, by set id.
   returned: always
   type: dict
+signing_public_key:
+  description:
+    - The public key (PEM) the sets were checked with before they left, for the vault's own check
+      (I(signing_public_key) of M(christmas.recovery.christmas_offsite_receive)).
+  returned: when sets are checked against a key
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

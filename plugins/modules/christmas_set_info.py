@@ -15,11 +15,16 @@ description:
   - Also reports the size and free space of the file system holding the directory (RV(filesystem)).
   - Given an encryption key, also returns its public fingerprint, to compare with the C(key_id) of encrypted sets
     before anything is copied.
+  - Given an existing I(signing_key_file), also returns its public half (RV(signing_public_key)), for the hosts that
+    check this host's sets without its private key (vaults, new hosts).
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
   - christmas.recovery.vault.encryption
 options:
+  signing_key_file:
+    description: The platform host's signing key; never created here. Its public half is returned when it exists.
+    type: path
   backup_dir:
     description: The directory holding the sets. A missing directory gives an empty list.
     type: path
@@ -68,6 +73,10 @@ key_id:
   description: Fingerprint of the given encryption key.
   returned: when a key is given
   type: str
+signing_public_key:
+  description: The public key (PEM) of I(signing_key_file).
+  returned: when I(signing_key_file) is given and exists
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -79,12 +88,13 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     encryption_argument_spec,
     encryption_key,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption, signing
 from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import list_sets
 
 
 def main():
-    argument_spec = dict(encryption_argument_spec(), backup_dir={"type": "path", "required": True})
+    argument_spec = dict(encryption_argument_spec(), backup_dir={"type": "path", "required": True},
+                         signing_key_file={"type": "path"})
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=ENCRYPTION_EXCLUSIVE)
 
@@ -96,6 +106,10 @@ def main():
         key = encryption_key(module.params)
         if key is not None:
             result["key_id"] = encryption.key_id(key)
+        if module.params["signing_key_file"]:
+            private = signing.load_private_key(module.params["signing_key_file"])
+            if private is not None:
+                result["signing_public_key"] = signing.public_key_pem(private.public_key())
         return result
 
     run(module, work)

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from conftest import ROOT, tree_state
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
@@ -145,6 +146,20 @@ def test_a_host_with_the_public_key_only_verifies_but_cannot_sign(config_dir, tm
         encryption.encrypt_set(os.path.join(tmp_dir, "b"), report["set_id"], os.path.join(tmp_dir, "enc"),
                                b"k" * 32, signer=signing.Signer(public_file), trust=trust)
     assert not os.path.exists(os.path.join(tmp_dir, "enc", manifest.manifest_name(report["set_id"])))
+
+
+def test_a_vault_given_the_public_key_as_a_value_checks_with_it_and_refuses_another(config_dir, tmp_dir,
+                                                                                 signing_key_file):
+    """What the offsite copy does: the sending host hands the vault the key it checked the set with."""
+    report = make_backup_set(os.path.join(tmp_dir, "b"), config_dir=config_dir, progress=lambda _m: None)
+    mine = signing.public_key_pem(signing.load_private_key(signing_key_file).public_key())
+    other = signing.public_key_pem(Ed25519PrivateKey.generate().public_key())
+    no_key = os.path.join(tmp_dir, "no-such.key")
+    assert verify_set(report["manifest"], trust=signing.Trust(no_key, public_key=mine))[0]["signature"]["signed"]
+    with pytest.raises(RecoveryError, match="is signed by another key"):
+        verify_set(report["manifest"], trust=signing.Trust(no_key, public_key=other))
+    with pytest.raises(RecoveryError, match="signing_public_key does not hold an Ed25519 public key"):
+        verify_set(report["manifest"], trust=signing.Trust(no_key, public_key="not a key"))
 
 
 def test_restore_never_uses_the_manifests_source_dir(config_dir, tmp_dir):

@@ -79,7 +79,8 @@ def signing_argument_spec(trust=True):
     """The options of the ``christmas.recovery.signing`` fragment (and of ``.trust`` where sets are checked)."""
     spec = {"signing_key_file": {"type": "path"}}
     if trust:
-        spec.update(signing_public_key_file={"type": "path"}, allow_unsigned={"type": "bool", "default": False})
+        spec.update(signing_public_key_file={"type": "path"}, signing_public_key={"type": "str"},
+                    allow_unsigned={"type": "bool", "default": False})
     return spec
 
 

@@ -145,6 +145,12 @@ def load_public_key(path):
     raw = _read_key_file(path, "signing public key file", private=False)
     if raw is None:
         raise RecoveryError("signing public key file %s does not exist" % path)
+    return parse_public_key(raw, path)
+
+
+def parse_public_key(raw, path):
+    """The Ed25519 public key of PEM text ``raw`` (``path`` names where it came from in errors)."""
+    _require_library()
     try:
         key = serialization.load_pem_public_key(raw)
     except (ValueError, TypeError):
@@ -194,15 +200,18 @@ class Trust:
     """Which sets a consumer accepts: those signed by the public key (of ``public_key_file``, else of the private
     key file), or, with ``allow_unsigned``, any set, said loudly."""
 
-    def __init__(self, key_file=None, public_key_file=None, allow_unsigned=False):
+    def __init__(self, key_file=None, public_key_file=None, allow_unsigned=False, public_key=None):
         self.key_file = key_file_path(key_file)
         self.public_key_file = public_key_file
+        self.public_key_text = public_key  # PEM given as a value: the key the sending host checked its sets with
         self.allow_unsigned = bool(allow_unsigned)
         self._public = False
 
     def public_key(self):
         if self._public is False:
-            if self.public_key_file:
+            if self.public_key_text:
+                self._public = parse_public_key(self.public_key_text.encode("ascii", "replace"), "signing_public_key")
+            elif self.public_key_file:
                 self._public = load_public_key(self.public_key_file)
             else:
                 private = load_private_key(self.key_file)
@@ -241,4 +250,4 @@ class Trust:
 
 def trust_from_params(params):
     return Trust(params.get("signing_key_file"), params.get("signing_public_key_file"),
-                 params.get("allow_unsigned"))
+                 params.get("allow_unsigned"), params.get("signing_public_key"))

@@ -133,6 +133,9 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
     report = {"changed": bool(todo), "sent": todo, "encrypted": key is not None, "bytes": 0, "seconds": {}}
     if key is not None:
         report["key_id"] = encryption.key_id(key)
+    public = trust.public_key() if trust is not None and not trust.allow_unsigned else None
+    if public is not None:  # what the vault checks the arrivals with: the key this host checked them with
+        report["signing_public_key"] = signing.public_key_pem(public)
     if check_mode:
         return report
     with DirectoryLock(backup_dir, shared=True):  # retention waits until every set has left
