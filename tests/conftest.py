@@ -47,9 +47,14 @@ def signing_key_file(workdir):
     """The tests' signing key (made by the first backup), never /etc/christmas-recovery's: modules and scripts find
     it in the environment, playbooks in christmas_signing_key_file."""
     path = os.path.join(workdir, "signing", "signing.key")
+    host_key_before = os.path.exists(signing.DEFAULT_KEY_FILE)
     os.environ["CHRISTMAS_SIGNING_KEY_FILE"] = path
     yield path
     os.environ.pop("CHRISTMAS_SIGNING_KEY_FILE", None)
+    # A run that made this machine's own key (a child started without the tests' key) fails, and leaves no key.
+    if not host_key_before and os.path.exists(signing.DEFAULT_KEY_FILE):
+        shutil.rmtree(os.path.dirname(signing.DEFAULT_KEY_FILE), ignore_errors=True)
+        pytest.fail("a test made %s instead of using the tests' key" % signing.DEFAULT_KEY_FILE)
 
 
 @pytest.fixture(scope="session")
