@@ -316,10 +316,16 @@ def timescaledb_cluster(timescaledb_standin, make_cluster, workdir):
 BACKUP_SCRIPT = os.path.join(ROOT, "scripts", "backup.py")
 
 
+def script_environ(**extra):
+    """This process's environment for a script, without any CHRISTMAS_ setting but the tests' signing key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_") or k == "CHRISTMAS_SIGNING_KEY_FILE"}
+    return dict(env, **extra)
+
+
 def backup_command(backup_dir, platform=None, redis_server=None, config=None, extra=(), tmpdir=None):
     """argv and environment of scripts/backup.py; passwords only in the environment, as the runbook says."""
     argv = [sys.executable, BACKUP_SCRIPT, "--backup-dir", backup_dir, *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_") or k == "CHRISTMAS_SIGNING_KEY_FILE"}
+    env = script_environ()
     if tmpdir:
         env["TMPDIR"] = tmpdir
     if platform:

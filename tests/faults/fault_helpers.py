@@ -239,20 +239,23 @@ def set_id_days_ago(days, seconds=0):
     return time.strftime("%Y%m%d_%H%M%S", time.gmtime(time.time() - days * 86400 - seconds))
 
 
-def copy_set(source_dir, set_id, backup_dir, new_id):
-    """A real set copied under another id: its dir copied, the manifest's id and paths rewritten and re-sealed."""
+def copy_set(source_dir, set_id, backup_dir, new_id, started_at=None):
+    """A real set copied under another id: its dir copied, the manifest's id and paths rewritten and re-sealed. Its
+    manifest records that it was made at ``started_at``, by default at the time its id says."""
     shutil.copytree(os.path.join(source_dir, set_dir_name(set_id)), os.path.join(backup_dir, set_dir_name(new_id)),
                     symlinks=True)
     with open(os.path.join(source_dir, manifest_name(set_id)), encoding="utf-8") as handle:
         manifest = json.load(handle)
     manifest.pop("manifest_sha256")
     manifest["set_id"] = new_id
-    manifest["started_at"] = manifest["finished_at"] = time.strftime(  # made at the time its id says
+    manifest["started_at"] = manifest["finished_at"] = started_at or time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.strptime(new_id, "%Y%m%d_%H%M%S"))
     for artifact in manifest["artifacts"]:
         artifact["path"] = "%s/%s" % (set_dir_name(new_id), artifact["path"].split("/", 1)[1])
-    with open(os.path.join(backup_dir, manifest_name(new_id)), "w", encoding="utf-8") as handle:
+    path = os.path.join(backup_dir, manifest_name(new_id))
+    with open(path, "w", encoding="utf-8") as handle:
         json.dump(seal_signed(manifest), handle, indent=2)
+    return path
 
 
 def remove_set(backup_dir, set_id):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import backup_command, seed_redis, tree_state
+from conftest import backup_command, script_environ, seed_redis, tree_state
 from fault_helpers import (
     RESTORE_SCRIPT,
     add_market_rows,
@@ -156,8 +156,7 @@ def test_disk_filling_up_at_every_write_of_a_backup_always_fails_cleanly(
 def _restore_config(backup_dir, dest):
     argv = [sys.executable, RESTORE_SCRIPT, "latest", "--backup-dir", backup_dir, "--skip-db", "--skip-redis",
             "--config-dir", dest]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHRISTMAS_") or k == "CHRISTMAS_SIGNING_KEY_FILE"}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(argv, env=script_environ(), capture_output=True, text=True, timeout=120, check=False)
 
 
 def _destination(small_tmpfs, source):

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import append_members, seal_signed, tree_state
-from fault_helpers import one_line
+from fault_helpers import copy_set, one_line
 from manifest_samples import leaf_paths, replaced, valid_manifest
 
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_tree
@@ -305,24 +305,11 @@ def test_manifest_nested_too_deeply_or_naming_an_unencodable_file_is_refused_in_
 # ---------------------------------------------------------------- symlinks in and as the set directory
 
 
-def _copy_set_as(env, new_id):
-    """A real copy of the set under another id, with its own manifest."""
-    shutil.copytree(env.set_dir, os.path.join(env.backup_dir, set_dir_name(new_id)), symlinks=True)
-    data = _read_json(env.manifest)
-    data.pop("manifest_sha256")
-    data["set_id"] = new_id
-    data["started_at"] = data["finished_at"] = time.strftime(  # made at the time its id says
-        "%Y-%m-%dT%H:%M:%SZ", time.strptime(new_id, "%Y%m%d_%H%M%S"))
-    for artifact in data["artifacts"]:
-        artifact["path"] = "%s/%s" % (set_dir_name(new_id), artifact["path"].split("/", 1)[1])
-    _write_sealed(os.path.join(env.backup_dir, manifest_name(new_id)), data)
-
-
 @pytest.mark.parametrize("target", ["relative", "absolute"])
 def test_set_dir_that_is_a_symlink_to_another_set_is_refused(config_set, target):
     env = config_set
     other = time.strftime("%Y%m%d_%H%M%S", time.gmtime(time.time() - 86400))
-    _copy_set_as(env, other)
+    copy_set(env.backup_dir, env.set_id, env.backup_dir, other)
     shutil.rmtree(env.set_dir)
     other_dir = set_dir_name(other) if target == "relative" else os.path.join(env.backup_dir, set_dir_name(other))
     os.symlink(other_dir, env.set_dir)

@@ -10,7 +10,7 @@ import sys
 import threading
 
 import pytest
-from conftest import ROOT, seed_redis
+from conftest import ROOT, script_environ, seed_redis
 
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids
 
@@ -76,10 +76,8 @@ def test_cli_children_inherit_no_password_and_a_colon_backslash_password_works(p
     server = make_redis(password="redis:pa\\ss-%s" % os.urandom(4).hex())
     seed_redis(server)
     backup_dir = os.path.join(tmp_dir, "backups")
-    env = dict({k: v for k, v in os.environ.items()
-                if not k.startswith("CHRISTMAS_") or k == "CHRISTMAS_SIGNING_KEY_FILE"},
-               CHRISTMAS_DB_PASSWORD=platform.password, CHRISTMAS_DB_ADMIN_PASSWORD=admin_password,
-               CHRISTMAS_REDIS_PASSWORD=server.password)
+    env = script_environ(CHRISTMAS_DB_PASSWORD=platform.password, CHRISTMAS_DB_ADMIN_PASSWORD=admin_password,
+                         CHRISTMAS_REDIS_PASSWORD=server.password)
     secrets = [platform.password, admin_password, server.password]
     connection = ["--db-host", "127.0.0.1", "--db-port", str(cluster.port), "--db-admin-user", "postgres",
                   "--redis-host", "127.0.0.1", "--redis-port", str(server.port), "--skip-config",
@@ -101,9 +99,7 @@ def test_cli_children_inherit_no_password_and_a_colon_backslash_password_works(p
 def test_a_password_with_a_line_break_is_refused_by_name_before_anything_starts(platform, tmp_dir):
     backup_dir = os.path.join(tmp_dir, "backups")
     secret = "first\nsecond-%s" % os.urandom(4).hex()
-    env = dict({k: v for k, v in os.environ.items()
-                if not k.startswith("CHRISTMAS_") or k == "CHRISTMAS_SIGNING_KEY_FILE"},
-               CHRISTMAS_DB_ADMIN_PASSWORD=secret)
+    env = script_environ(CHRISTMAS_DB_ADMIN_PASSWORD=secret)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "backup.py"), "--db-host", "127.0.0.1",
                            "--db-port", str(platform.cluster.port), "--db-admin-user", "postgres", "--skip-redis",
                            "--skip-config", "--backup-dir", backup_dir], env=env, capture_output=True, text=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -12,6 +11,7 @@ import time
 import psycopg2
 import pytest
 from conftest import connection_vars, seed_platform
+from faults.fault_helpers import copy_set
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
@@ -20,7 +20,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     manifest_name,
     resolve_manifest_path,
-    seal,
     set_dir_name,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
@@ -156,29 +155,14 @@ def test_manifest_names_with_impossible_dates_are_reported_and_ignored_after_a_b
     assert resolve_manifest_path("latest", backup_dir) == os.path.join(backup_dir, manifest_name(report["set_id"]))
 
 
-def _plant_future_copy(backup_dir, set_id, future_id, started_at):
-    """A copy of set ``set_id`` as set ``future_id`` whose sealed manifest records ``started_at``: a set from a host
-    with its clock ahead, or a planted one."""
-    shutil.copytree(os.path.join(backup_dir, set_dir_name(set_id)), os.path.join(backup_dir, set_dir_name(future_id)))
-    with open(os.path.join(backup_dir, manifest_name(set_id)), encoding="utf-8") as handle:
-        data = json.load(handle)
-    data.pop("manifest_sha256")
-    data.update(set_id=future_id, started_at=started_at, finished_at=started_at)
-    for artifact in data["artifacts"]:
-        artifact["path"] = artifact["path"].replace(set_dir_name(set_id), set_dir_name(future_id), 1)
-    path = os.path.join(backup_dir, manifest_name(future_id))
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(seal(data), handle)
-    return path
-
-
 def test_sets_dated_in_the_future_are_reported_and_never_latest_nor_pruned(platform, tmp_dir):
     backup_dir = os.path.join(tmp_dir, "backups")
     real = make_backup_set(backup_dir, db=_target(platform), progress=_quiet)["set_id"]
-    future = _plant_future_copy(backup_dir, real, "20991231_235959", "2099-12-31T23:59:59Z")
+    # A set from a host with its clock ahead, or a planted one.
+    future = copy_set(backup_dir, real, backup_dir, "20991231_235959")
     # A name of today, but a recorded start a day ahead: the recorded (sealed) time is what counts.
     ahead = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))
-    skewed = _plant_future_copy(backup_dir, real, "20000101_000000", ahead)
+    skewed = copy_set(backup_dir, real, backup_dir, "20000101_000000", started_at=ahead)
 
     assert resolve_manifest_path("latest", backup_dir) == os.path.join(backup_dir, manifest_name(real))
     restored = restore_set("latest", backup_dir, ["db"], db=_target(platform), force=True, progress=_quiet)

@@ -33,6 +33,7 @@ from conftest import (
     seed_redis,
     tree_state,
 )
+from faults.fault_helpers import copy_set
 
 LOCK_NAME = ".christmas-recovery.lock"
 MANIFEST_NAME_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
@@ -84,19 +85,6 @@ def _artifact(manifest, name):
 def _sha256(path):
     with open(path, "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()
-
-
-def _copy_set_as(backup_dir, set_id, new_id):
-    """A real set copied under another id: its dir renamed, the manifest's set_id and artifact paths rewritten."""
-    shutil.copytree(_set_dir(backup_dir, set_id), _set_dir(backup_dir, new_id), symlinks=True)
-    manifest = _read_json(_manifest_path(backup_dir, set_id))
-    manifest.pop("manifest_sha256")
-    manifest["set_id"] = new_id
-    manifest["started_at"] = manifest["finished_at"] = time.strftime(  # made at the time its id says
-        "%Y-%m-%dT%H:%M:%SZ", time.strptime(new_id, "%Y%m%d_%H%M%S"))
-    for artifact in manifest["artifacts"]:
-        artifact["path"] = "set_%s/%s" % (new_id, artifact["path"].split("/", 1)[1])
-    _write_json(_manifest_path(backup_dir, new_id), seal_signed(manifest))
 
 
 def _flip_byte(path):
@@ -255,8 +243,8 @@ def _entry_state(path):
 def test_retention_deletes_only_expired_complete_sets_and_nothing_else(run_playbook, config_set):
     backup_dir = config_set.backup_dir
     expired, recent = _set_id_days_ago(40), _set_id_days_ago(10)
-    _copy_set_as(backup_dir, config_set.set_id, expired)
-    _copy_set_as(backup_dir, config_set.set_id, recent)
+    copy_set(backup_dir, config_set.set_id, backup_dir, expired)
+    copy_set(backup_dir, config_set.set_id, backup_dir, recent)
     run_playbook("verify_backup", config_set.host_vars, {"manifest": _manifest_path(backup_dir, expired)})
     foreign = _not_ours(backup_dir)
 
@@ -273,7 +261,7 @@ def test_retention_deletes_only_expired_complete_sets_and_nothing_else(run_playb
 def test_retention_zero_keeps_the_newest_complete_set_and_ignores_incomplete_ones(config_set):
     backup_dir = config_set.backup_dir
     old = _set_id_days_ago(5)
-    _copy_set_as(backup_dir, config_set.set_id, old)
+    copy_set(backup_dir, config_set.set_id, backup_dir, old)
     foreign = _not_ours(backup_dir)
     # A failed backup is an incomplete set: it must neither count as the newest nor let retention run.
     os.symlink("/etc/passwd", os.path.join(config_set.config, "escape.yml"))
@@ -295,7 +283,7 @@ def test_a_set_that_fails_its_read_back_is_removed_and_prunes_nothing(platform, 
     backup_dir = os.path.join(tmp_dir, "backups")
     first = _script_backup(backup_dir, platform=platform)["set_id"]
     old = _set_id_days_ago(5)
-    _copy_set_as(backup_dir, first, old)
+    copy_set(backup_dir, first, backup_dir, old)
     before = {name: _entry_state(os.path.join(backup_dir, name)) for name in os.listdir(backup_dir)}
     # The dump is written by the real pg_dump; the read-back's pg_restore --list finds it unreadable.
     bin_dir = os.path.join(tmp_dir, "bin")
@@ -319,7 +307,7 @@ def test_a_set_that_fails_its_read_back_is_removed_and_prunes_nothing(platform, 
 def test_backup_never_prunes_the_set_it_just_made_even_behind_a_future_dated_set(config_set):
     backup_dir = config_set.backup_dir
     future = _set_id_days_ago(-2)  # written while the clock was wrong
-    _copy_set_as(backup_dir, config_set.set_id, future)
+    copy_set(backup_dir, config_set.set_id, backup_dir, future)
 
     report = _script_backup(backup_dir, config_set.config, extra=["--retention-days", "0"])
 
@@ -415,7 +403,7 @@ def _escape_symlink(env):
 
 def _escape_other_set(env):
     other = _set_id_days_ago(1)
-    _copy_set_as(env.backup_dir, env.set_id, other)
+    copy_set(env.backup_dir, env.set_id, env.backup_dir, other)
     os.unlink(os.path.join(env.set_dir, "db_globals.json"))
     return "db_globals.json", "set_%s/db_globals.json" % other
 
@@ -639,7 +627,7 @@ def test_backup_check_mode_writes_nothing(run_playbook, platform, make_redis, co
     assert not os.path.lexists(backup_dir)
 
     set_id = _script_backup(backup_dir, config_dir, platform, server)["set_id"]
-    _copy_set_as(backup_dir, set_id, _set_id_days_ago(40))
+    copy_set(backup_dir, set_id, backup_dir, _set_id_days_ago(40))
     os.makedirs(os.path.join(backup_dir, ".set_%s.partial" % _set_id_days_ago(1)))
     os.unlink(os.path.join(backup_dir, LOCK_NAME))
     before = tree_state(backup_dir)
