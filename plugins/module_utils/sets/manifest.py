@@ -123,11 +123,16 @@ def _dated_ids(backup_dir, now, skew):
     return sorted(dated, reverse=True)
 
 
+def dated_sets(backup_dir, now=None, skew=CLOCK_SKEW_SECONDS):
+    """(created, set id) of the sets whose manifest exists, newest first by the time each manifest records; a set
+    without a manifest is incomplete, and a name with an impossible date or a set dated more than ``skew`` seconds in
+    the future is no set (``ignored_manifests`` reports them)."""
+    return [(created, set_id) for created, set_id, ahead in _dated_ids(backup_dir, now, skew) if not ahead]
+
+
 def complete_set_ids(backup_dir, now=None, skew=CLOCK_SKEW_SECONDS):
-    """Ids of the sets whose manifest exists, newest first by the time each manifest records; a set without a
-    manifest is incomplete, and a name with an impossible date or a set dated more than ``skew`` seconds in the
-    future is no set (``ignored_manifests`` reports them)."""
-    return [set_id for _created, set_id, ahead in _dated_ids(backup_dir, now, skew) if not ahead]
+    """The ids of ``dated_sets``, newest first."""
+    return [set_id for _created, set_id in dated_sets(backup_dir, now, skew)]
 
 
 def ignored_manifests(backup_dir, now=None, skew=CLOCK_SKEW_SECONDS):

@@ -15,8 +15,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
     CLOCK_SKEW_SECONDS,
     MANIFEST_RE,
-    complete_set_ids,
-    created_time,
+    dated_sets,
     manifest_name,
     set_dir_name,
 )
@@ -40,9 +39,9 @@ def expired_set_ids(backup_dir, retention_days, now=None, keep=None, skew=CLOCK_
     if retention_days < 0:
         raise RecoveryError("retention_days must be 0 or more, got %s" % retention_days)
     cutoff = (now if now is not None else time.time()) - retention_days * 86400
-    ids = complete_set_ids(backup_dir, now, skew)
+    dated = dated_sets(backup_dir, now, skew)
     kept = {keep, newest_proven_set_id(backup_dir)}
-    return [set_id for set_id in ids[1:] if created_time(backup_dir, set_id) < cutoff and set_id not in kept]
+    return [set_id for created, set_id in dated[1:] if created < cutoff and set_id not in kept]
 
 
 def prune_expired_sets(backup_dir, retention_days, now=None, keep=None, skew=CLOCK_SKEW_SECONDS):
