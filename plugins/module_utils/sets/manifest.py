@@ -234,25 +234,25 @@ def check_schema(data, path):
         _check_signature(data["signature"], path)
 
 
+def _check_keyed(section, name, fields, scheme, path):
+    """What a signature and an encryption record share: an object of known fields, the scheme, a key id."""
+    _require(isinstance(section, dict), path, "%s is not an object" % name)
+    _only(section, fields, path, name + ".")
+    _require(section.get("scheme") == scheme, path, "%s.scheme %.100r is not %s" % (
+        name, section.get("scheme"), scheme))
+    _require(isinstance(section.get("key_id"), str) and KEY_ID_RE.match(section["key_id"]), path,
+             "%s.key_id is not 16 hex digits" % name)
+
+
 def _check_signature(signature, path):
-    _require(isinstance(signature, dict), path, "signature is not an object")
-    _only(signature, SIGNATURE_FIELDS, path, "signature.")
-    _require(signature.get("scheme") == SIGNATURE_SCHEME, path, "signature.scheme %.100r is not %s" % (
-        signature.get("scheme"), SIGNATURE_SCHEME))
-    _require(isinstance(signature.get("key_id"), str) and KEY_ID_RE.match(signature["key_id"]), path,
-             "signature.key_id is not 16 hex digits")
+    _check_keyed(signature, "signature", SIGNATURE_FIELDS, SIGNATURE_SCHEME, path)
     value = signature.get("value")
     _require(isinstance(value, str) and _is_base64(value) and len(base64.b64decode(value)) == 64, path,
              "signature.value is not a base64 Ed25519 signature")
 
 
 def _check_encryption(encryption, path):
-    _require(isinstance(encryption, dict), path, "encryption is not an object")
-    _only(encryption, ENCRYPTION_FIELDS, path, "encryption.")
-    _require(encryption.get("scheme") == ENCRYPTION_SCHEME, path, "encryption.scheme %.100r is not %s" % (
-        encryption.get("scheme"), ENCRYPTION_SCHEME))
-    _require(isinstance(encryption.get("key_id"), str) and KEY_ID_RE.match(encryption["key_id"]), path,
-             "encryption.key_id is not 16 hex digits")
+    _check_keyed(encryption, "encryption", ENCRYPTION_FIELDS, ENCRYPTION_SCHEME, path)
     chunk_bytes = encryption.get("chunk_bytes")
     _require(_is_int(chunk_bytes) and 1 <= chunk_bytes <= MAX_CHUNK_BYTES, path,
              "encryption.chunk_bytes is not a size from 1 to %d" % MAX_CHUNK_BYTES)
