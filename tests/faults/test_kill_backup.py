@@ -36,8 +36,12 @@ from fault_helpers import (
     verify_problems,
 )
 
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import MANIFEST_RE, resolve_manifest_path
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import complete_set_ids, expired_set_ids
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
+    MANIFEST_RE,
+    complete_set_ids,
+    resolve_manifest_path,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import expired_set_ids
 
 ROWS, KEYS, CONFIG_FILES, CONFIG_FILE_BYTES = 200_000, 20_000, 200, 8192
 EXPIRED_SETS = 100  # tiny config-only sets, 40 days old: enough that pruning them takes a moment
