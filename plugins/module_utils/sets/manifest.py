@@ -99,13 +99,23 @@ def _manifest_ids(backup_dir):
     return ids
 
 
+# A manifest is written once (temporary name, rename) and never changed: its recorded time is read once per file
+# version, not on every listing (retention, latest, offsite and metrics each list a directory's sets).
+_CREATED = {}
+
+
 def created_time(backup_dir, set_id):
     """When the set was made, as its manifest records it (``started_at``, covered by the manifest's checksum and
     signature); the time its name says when the manifest cannot be read (verification then names the problem)."""
+    path = os.path.join(backup_dir, manifest_name(set_id))
     try:
-        with open(os.path.join(backup_dir, manifest_name(set_id)), "rb") as handle:
-            started = json.loads(handle.read(MAX_MANIFEST_BYTES)).get("started_at")
-        return calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ"))
+        info = os.stat(path)
+        version = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if version not in _CREATED:
+            with open(path, "rb") as handle:
+                started = json.loads(handle.read(MAX_MANIFEST_BYTES)).get("started_at")
+            _CREATED[version] = calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ"))
+        return _CREATED[version]
     except (OSError, ValueError, TypeError, AttributeError):
         return set_id_time(set_id)
 
