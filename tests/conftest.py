@@ -42,19 +42,26 @@ def workdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+# This machine's own places the collection writes by default: a test that writes one ran without the test's
+# values (a child started without the tests' key, an inventory built by hand without isolated_vars).
+MACHINE_PLACES = (os.path.dirname(signing.DEFAULT_KEY_FILE), "/var/lib/christmas", "/var/lib/prometheus/node-exporter")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def signing_key_file(workdir):
     """The tests' signing key (made by the first backup), never /etc/christmas-recovery's: modules and scripts find
-    it in the environment, playbooks in christmas_signing_key_file."""
+    it in the environment, playbooks in christmas_signing_key_file. A run that wrote into one of the machine's own
+    places fails, and what it made there is removed."""
     path = os.path.join(workdir, "signing", "signing.key")
-    host_key_before = os.path.exists(signing.DEFAULT_KEY_FILE)
+    before = {place for place in MACHINE_PLACES if os.path.exists(place)}
     os.environ["CHRISTMAS_SIGNING_KEY_FILE"] = path
     yield path
     os.environ.pop("CHRISTMAS_SIGNING_KEY_FILE", None)
-    # A run that made this machine's own key (a child started without the tests' key) fails, and leaves no key.
-    if not host_key_before and os.path.exists(signing.DEFAULT_KEY_FILE):
-        shutil.rmtree(os.path.dirname(signing.DEFAULT_KEY_FILE), ignore_errors=True)
-        pytest.fail("a test made %s instead of using the tests' key" % signing.DEFAULT_KEY_FILE)
+    made = [place for place in MACHINE_PLACES if place not in before and os.path.exists(place)]
+    for place in made:
+        shutil.rmtree(place, ignore_errors=True)
+    if made:
+        pytest.fail("tests wrote into this machine's own %s instead of the tests' directories" % ", ".join(made))
 
 
 @pytest.fixture(scope="session")
@@ -464,6 +471,15 @@ def connection_vars(platform=None, redis_server=None, config=None, backup_dir=No
     return variables
 
 
+def isolated_vars(tmp_dir):
+    """What a test's inventory sets so that nothing lands in this machine's own places: recovery records in the
+    test's directory (not /var/lib/christmas), metrics too (not node_exporter's directory), and the session's
+    signing key (not /etc/christmas-recovery)."""
+    return {"christmas_incident_db": os.path.join(tmp_dir, "incidents", "incidents.sqlite"),
+            "christmas_metrics_dir": os.path.join(tmp_dir, "metrics"),
+            "christmas_signing_key_file": os.environ["CHRISTMAS_SIGNING_KEY_FILE"]}
+
+
 @pytest.fixture
 def run_playbook(tmp_dir):
     """Run playbooks/NAME.yml against a one-host inventory (local connection) holding ``host_vars``; any warning but
@@ -471,13 +487,8 @@ def run_playbook(tmp_dir):
 
     def run(name, host_vars, extra_vars=None, check=False, verbosity=0, expect_ok=True, env=None, allow_warnings=()):
         inventory = os.path.join(tmp_dir, "inventory.json")
-        host = dict(host_vars, ansible_connection="local", ansible_python_interpreter=sys.executable)
-        # Recovery records of the test's restores stay in the test's directory, never in /var/lib/christmas.
-        host.setdefault("christmas_incident_db", os.path.join(tmp_dir, "incidents", "incidents.sqlite"))
-        # Metrics too, never in node_exporter's directory of this machine.
-        host.setdefault("christmas_metrics_dir", os.path.join(tmp_dir, "metrics"))
-        # And the signing key of the session's sets.
-        host.setdefault("christmas_signing_key_file", os.environ["CHRISTMAS_SIGNING_KEY_FILE"])
+        host = dict(isolated_vars(tmp_dir), **host_vars)
+        host.update(ansible_connection="local", ansible_python_interpreter=sys.executable)
         with open(inventory, "w", encoding="utf-8") as handle:
             json.dump({"christmas": {"hosts": {"platform": host}}}, handle)
         argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,

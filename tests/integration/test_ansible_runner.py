@@ -16,7 +16,7 @@ import sys
 import ansible_runner
 import jinja2
 import pytest
-from conftest import ROOT, assert_no_warnings, redis_state, seed_redis, tree_state
+from conftest import ROOT, assert_no_warnings, isolated_vars, redis_state, seed_redis, tree_state
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # What a checkout brings: the tracked files (and, in a working tree, the new ones not ignored yet).
@@ -135,9 +135,8 @@ def awx_platform(platform, make_redis, config_dir, tmp_dir):
     server = make_redis(password="redis-on-awx-1")
     seed_redis(server)
     backup_dir = os.path.join(tmp_dir, "backups")
-    host_vars = {"christmas_config_dir": config_dir, "christmas_backup_dir": backup_dir,
-                 "christmas_redis_host": "127.0.0.1", "christmas_redis_port": server.port,
-                 "christmas_incident_db": os.path.join(tmp_dir, "incidents", "incidents.sqlite")}
+    host_vars = dict(isolated_vars(tmp_dir), christmas_config_dir=config_dir, christmas_backup_dir=backup_dir,
+                     christmas_redis_host="127.0.0.1", christmas_redis_port=server.port)
     job = AwxJob(os.path.join(tmp_dir, "awx-job"), host_vars, credential_vars(platform, server))
     return job, server, backup_dir, host_vars
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import ROOT, PlaybookRun, assert_no_warnings, connection_vars, seed_redis
+from conftest import ROOT, PlaybookRun, assert_no_warnings, connection_vars, isolated_vars, seed_redis
 from sandbox import free_port
 
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids
@@ -279,9 +279,8 @@ def test_the_scheduled_backup_line_backs_up_and_logs_and_waits_for_the_lock(cron
     backup_dir = os.path.join(tmp_dir, "backups")
     variables = _cron_vars(shared_dir, christmas_schedule_lock_timeout=2, christmas_schedule_rehearse_enabled=False,
                            christmas_schedule_drill_enabled=False)
-    host = dict(connection_vars(platform, redis_server, config_dir, backup_dir), ansible_connection="local",
-                ansible_python_interpreter=sys.executable,
-                christmas_incident_db=os.path.join(tmp_dir, "incidents.sqlite"))
+    host = dict(connection_vars(platform, redis_server, config_dir, backup_dir), **isolated_vars(tmp_dir),
+                ansible_connection="local", ansible_python_interpreter=sys.executable)
     with open(variables["christmas_schedule_inventory"], "w", encoding="utf-8") as handle:
         json.dump({"christmas": {"hosts": {"platform": host}}}, handle)
     os.chmod(variables["christmas_schedule_inventory"], 0o600)
