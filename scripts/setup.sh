@@ -7,6 +7,8 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# Continuous protection: physical backups and WAL archiving of the database (pgBackRest).
+command -v pgbackrest >/dev/null || missing+=(pgbackrest)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
 command -v psql >/dev/null || missing+=(postgresql-client-15)
 command -v runuser >/dev/null || missing+=(util-linux)
