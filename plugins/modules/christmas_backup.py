@@ -67,6 +67,12 @@ options:
         sets are pruned. A set that fails is removed and the task fails.
     type: bool
     default: true
+  physical_backup:
+    description:
+      - The physical backup continuous protection took just before (C(physical) of M(christmas.recovery.christmas_pitr)
+        C(action=backup)): its pgBackRest label, type, WAL range and times are recorded in the manifest
+        (C(db.physical)), so one manifest describes the whole set. Checked like the rest of the manifest.
+    type: dict
   db_node:
     description:
       - Name of the database node backed up, e.g. the inventory name of the current primary (or standby) of an HA
@@ -199,6 +205,7 @@ def main():
     argument_spec.update(
         backup_dir={"type": "path", "required": True},
         db_node={"type": "str"},
+        physical_backup={"type": "dict"},
         retention_days={"type": "int", "default": 30},
         compress_level={"type": "int", "default": DEFAULT_COMPRESS_LEVEL, "choices": list(range(-1, 10))},
         lock_wait={"type": "int", "default": 0},
@@ -220,7 +227,7 @@ def main():
         lock_wait=params["lock_wait"], clock_skew_seconds=params["clock_skew_seconds"], verify=params["verify"],
         check_mode=module.check_mode, progress=progress,
         db_lock_timeout=params["db_lock_timeout"],
-        signing_key_file=params["signing_key_file"],
+        signing_key_file=params["signing_key_file"], physical=params["physical_backup"],
     ))
 
 

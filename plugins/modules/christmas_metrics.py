@@ -32,6 +32,9 @@ description:
   - "With I(replication), C(christmas_recovery_replication.prom): C(replication_standbys), and per C(standby) (its
     application name) C(replication_streaming), C(replication_lag_bytes) and C(replication_lag_seconds), and
     C(replication_timestamp_seconds)."
+  - "With I(pitr_window), C(christmas_recovery_window.prom): C(pitr_enabled) (1, or 0 with a C(reason) label),
+    C(window_start_seconds) and C(window_end_seconds) per C(component) (db, redis, config: the oldest and newest
+    point it can be restored to) and C(window_timestamp_seconds)."
   - docs/monitoring.md lists every metric and the alert rules of C(files/prometheus/christmas-recovery.rules.yml).
   - Check mode writes nothing and returns what would be written.
 version_added: 0.1.0
@@ -49,7 +52,7 @@ options:
     description: What ran; decides the run's file.
     type: str
     required: true
-    choices: [backup, verify, rehearsal, drill]
+    choices: [backup, archive, verify, rehearsal, drill]
   scenario:
     description: The drill's scenario (letters, digits, C(_) and C(-), at most 64); required for, and only for, a drill.
     type: str
@@ -73,6 +76,7 @@ options:
         infinite). Each becomes a family; the names a kind accepts:"
       - "Every kind: C(set_bytes) (C(run_set_bytes): bytes of the set the run made or checked)."
       - "C(backup): C(pruned_sets) (C(backup_pruned_sets))."
+      - "C(archive): C(shipped_bytes) (C(archive_shipped_bytes)); it takes no C(set_bytes)."
       - "C(verify): C(deep) (C(verify_deep), 1 or 0), C(artifacts) (C(verify_artifacts))."
       - "C(rehearsal): C(passed), C(restore_seconds), C(failed_checks) (C(rehearsal_NAME))."
       - "C(drill): C(passed), C(detection_seconds), C(rto_seconds), C(rpo_seconds), C(detection_target_seconds),
@@ -90,6 +94,11 @@ options:
         alone; an empty list records that no standby is connected.
     type: list
     elements: dict
+  pitr_window:
+    description:
+      - The C(window) of M(christmas.recovery.christmas_pitr) (C(enabled), C(reason), C(components)); omitted, the
+        window file is left alone.
+    type: dict
   fail_on_error:
     description:
       - When false, a file that cannot be written (or bad input) is a warning and the result's C(error), not a
@@ -167,6 +176,7 @@ def main():
         "values": {"type": "dict", "default": {}},
         "set_id": {"type": "str"},
         "replication": {"type": "list", "elements": "dict"},
+        "pitr_window": {"type": "dict"},
         "fail_on_error": {"type": "bool", "default": True},
     }
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -177,7 +187,7 @@ def main():
             params["textfile_dir"], params["kind"], params["success"], scenario=params["scenario"],
             duration=params["duration_seconds"], reason=params["reason"], values=params["values"],
             set_id=params["set_id"], backup_dir=params["backup_dir"], replication=params["replication"],
-            check_mode=module.check_mode)
+            pitr_window=params["pitr_window"], check_mode=module.check_mode)
         result["reason_label"] = "" if params["success"] else safe_reason(params["reason"])
         return result
 

@@ -220,7 +220,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_dir):
     ({"kind": "drill"}, "a drill needs a scenario of letters, digits, _ and - (at most 64), got None"),
     ({"kind": "drill", "scenario": "../etc"}, "a drill needs a scenario of letters, digits, _ and - (at most 64)"),
     ({"scenario": "db_lost"}, "scenario is only for kind drill, not backup"),
-    ({"kind": "restore"}, "kind must be one of backup, verify, rehearsal, drill, got 'restore'"),
+    ({"kind": "restore"}, "kind must be one of backup, archive, verify, rehearsal, drill, got 'restore'"),
     ({"set_id": "latest"}, "set_id must look like YYYYMMDD_HHMMSS, got 'latest'"),
     ({"duration": -1}, "duration_seconds must be 0 or more, got -1"),
     ({"duration": float("inf")}, "duration_seconds must be a finite number, got inf"),

@@ -84,6 +84,22 @@ def signing_argument_spec(trust=True):
     return spec
 
 
+def pitr_argument_spec():
+    """The options of the ``christmas.recovery.pitr`` fragment: where continuous protection keeps its repositories
+    and how the database server is controlled."""
+    return {
+        "pitr_repo": {"type": "path", "required": True},
+        "pitr_stanza": {"type": "str", "default": "christmas"},
+        "pitr_dir": {"type": "path", "required": True},
+        "pg_data_dir": {"type": "path"},
+        "pg_os_user": {"type": "str", "default": "postgres"},
+        "service_manager": {"type": "str", "choices": ["none", "systemd", "compose"], "default": "none"},
+        "db_service": {"type": "str", "default": "timescaledb"},
+        "service_timeout": {"type": "int", "default": 120},
+        "redis_data_dir": {"type": "path"},
+    }
+
+
 def encryption_argument_spec():
     """The options of the ``christmas.recovery.vault.encryption`` fragment."""
     return {"encryption_key": {"type": "str", "no_log": True}, "encryption_key_file": {"type": "path"}}

@@ -27,7 +27,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention 
 PREFIX = "christmas_recovery_"
 FILE_MODE = 0o644  # metrics are not secret, and node_exporter does not run as root
 DIR_MODE = 0o755
-KINDS = ("backup", "verify", "rehearsal", "drill")
+KINDS = ("backup", "archive", "verify", "rehearsal", "drill")
 SCENARIO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # A reason becomes a label value only when it is short, printable ASCII without backslashes, and names no URL (which
 # may carry a token).
@@ -57,6 +57,11 @@ FAMILIES = {
     "drill_detection_target_seconds": "The detection time the scenario must meet.",
     "drill_rto_target_seconds": "The recovery time objective the scenario must meet.",
     "drill_rpo_target_seconds": "The recovery point objective the scenario must meet.",
+    "archive_shipped_bytes": "Bytes the last archive run shipped (Redis's AOF and the config tree's new version).",
+    "pitr_enabled": "1 when continuous protection is on, 0 when it is off (reason says why).",
+    "window_start_seconds": "The oldest point the component can be restored to (Unix time).",
+    "window_end_seconds": "The newest point the component can be restored to (Unix time).",
+    "window_timestamp_seconds": "When the recovery window was last looked at (Unix time).",
     "complete_sets": "Complete backup sets (with a manifest) in the backup directory.",
     "unreadable_sets": "Complete sets whose manifest cannot be read or fails its checksum.",
     "newest_set_timestamp_seconds": "The newest complete set (its id as Unix time).",
@@ -79,6 +84,7 @@ FAMILIES = {
 RUN_VALUES = {"set_bytes": "run_set_bytes"}
 VALUES = {
     "backup": dict(RUN_VALUES, pruned_sets="backup_pruned_sets"),
+    "archive": {"shipped_bytes": "archive_shipped_bytes"},
     "verify": dict(RUN_VALUES, deep="verify_deep", artifacts="verify_artifacts"),
     "rehearsal": dict(RUN_VALUES, passed="rehearsal_passed", restore_seconds="rehearsal_restore_seconds",
                       failed_checks="rehearsal_failed_checks"),
@@ -265,6 +271,26 @@ def sets_samples(backup_dir, now):
     return samples
 
 
+def check_window(window):
+    """christmas_pitr's ``window`` ({"enabled", "reason", "components": {name: {"start", "end"}}}) as samples."""
+    if not isinstance(window, dict) or not isinstance(window.get("enabled"), bool):
+        raise RecoveryError("pitr_window must be christmas_pitr's window (a dict with enabled true or false)")
+    components = window.get("components") or {}
+    if not isinstance(components, dict):
+        raise RecoveryError("pitr_window.components must be a dict of component: {start, end}")
+    samples = [("pitr_enabled", {"reason": safe_reason(window.get("reason"))} if not window["enabled"] else {},
+                1 if window["enabled"] else 0)]
+    for name in sorted(components):
+        bounds = components[name]
+        if not isinstance(bounds, dict):
+            raise RecoveryError("pitr_window.components.%s must be a dict with start and end" % name)
+        for edge in ("start", "end"):
+            if bounds.get(edge) is not None:
+                samples.append(("window_%s_seconds" % edge, {"component": name},
+                                number(bounds[edge], "pitr_window.components.%s.%s" % (name, edge))))
+    return samples
+
+
 def replication_samples(rows, now):
     samples = [("replication_standbys", {}, len(rows))]
     for name, streaming, lag_bytes, lag_seconds in rows:
@@ -330,8 +356,9 @@ def read_text(path):
 
 
 def write_metrics(textfile_dir, kind, success, scenario=None, duration=None, reason=None, values=None, set_id=None,
-                  backup_dir=None, replication=None, check_mode=False, now=None):
-    """Write the run's file, the sets file (with ``backup_dir``) and the replication file (with ``replication``).
+                  backup_dir=None, replication=None, check_mode=False, now=None, pitr_window=None):
+    """Write the run's file, the sets file (with ``backup_dir``), the replication file (with ``replication``) and the
+    recovery window's file (with ``pitr_window``).
 
     Returns {"files": [{"path", "changed", "content"}], "created_dir": bool}; in check mode nothing is written.
     """
@@ -341,6 +368,7 @@ def write_metrics(textfile_dir, kind, success, scenario=None, duration=None, rea
         if duration < 0:
             raise RecoveryError("duration_seconds must be 0 or more, got %s" % duration)
     rows = check_replication(replication) if replication is not None else None
+    window = check_window(pitr_window) if pitr_window is not None else None
     if not textfile_dir or not os.path.isabs(textfile_dir):
         raise RecoveryError("textfile_dir must be an absolute path, got %r" % (textfile_dir,))
     if os.path.exists(textfile_dir) and not os.path.isdir(textfile_dir):
@@ -355,6 +383,10 @@ def write_metrics(textfile_dir, kind, success, scenario=None, duration=None, rea
     if rows is not None:
         contents.append((os.path.join(textfile_dir, PREFIX + "replication.prom"),
                          render(replication_samples(rows, now))))
+
+    if window is not None:
+        contents.append((os.path.join(textfile_dir, PREFIX + "window.prom"),
+                         render(window + [("window_timestamp_seconds", {}, now)])))
 
     created = not os.path.isdir(textfile_dir)
     files = [{"path": path, "changed": read_text(path) != text, "content": text} for path, text in contents]

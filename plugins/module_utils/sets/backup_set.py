@@ -31,6 +31,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest i
     CLOCK_SKEW_SECONDS,
     FORMAT,
     FORMAT_VERSION,
+    check_physical,
     ignored_manifests,
     manifest_name,
     partial_dir_name,
@@ -121,11 +122,14 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
                     compress_level=postgres.DEFAULT_COMPRESS_LEVEL,
                     retention_days=30, lock_wait=0, verify=True, check_mode=False, progress=print,
                     db_lock_timeout=postgres.DEFAULT_LOCK_TIMEOUT, clock_skew_seconds=CLOCK_SKEW_SECONDS,
-                    signing_key_file=None):
+                    signing_key_file=None, physical=None):
     """Back up the enabled components as one set signed with the key of ``signing_key_file`` (made by the first
     backup), read it back deeply (``verify``), and only then prune expired sets; returns a report. A set that fails
-    its read-back is removed like any failed backup."""
+    its read-back is removed like any failed backup. ``physical`` is the physical backup continuous protection took
+    just before, recorded as the manifest's ``db.physical``."""
     _check_arguments(db or redis_target or config_dir, backup_dir, jobs, retention_days, db_lock_timeout)
+    if physical:  # refused before any dump, as the finished manifest's check would refuse it
+        check_physical(physical, "physical_backup")
     signer = _signer(signing_key_file, check_mode)
     sources = _preflight(db, redis_target, config_dir)
     components = [name for name, on in (("db", db), ("redis", redis_target), ("config", config_dir)) if on]
@@ -163,6 +167,8 @@ def make_backup_set(backup_dir, db=None, redis_target=None, config_dir=None, job
                           "platform": platform.platform()},
             }
             manifest.update(sections)
+            if physical and "db" in manifest:
+                manifest["db"]["physical"] = physical
             write_json_atomic(manifest_path, seal(signer.sign(manifest)))
             if verify:
                 progress("reading set %s back" % set_id)

@@ -45,7 +45,7 @@ SIGNATURE_FIELDS = {"scheme", "key_id", "value"}
 KNOWN_SECTION_FIELDS = {
     "db": {"name", "server_version", "server_version_num", "pg_dump_version", "pg_dump_major", "dump_format", "jobs",
            "extensions", "row_counts", "snapshot_time", "snapshot_lsn", "timeline", "from_standby", "node",
-           "size_bytes", "owner", "roles", "roles_with_passwords", "market_data", "timescaledb"},
+           "size_bytes", "owner", "roles", "roles_with_passwords", "market_data", "timescaledb", "physical"},
     "redis": {"version", "aof_enabled", "rdb_version", "transfer", "keys_per_db_at_start"},
     "config": {"source_dir", "root_mode", "root_owner", "entries", "tree_sha256", "skipped", "hardlinks"},
 }
@@ -310,6 +310,8 @@ def _check_section(section, component, path):
             _check_market_data(section["market_data"], path)
         if "timescaledb" in section:  # recorded since TimescaleDB's objects are compared; older manifests lack it
             _check_timescaledb(section["timescaledb"], path)
+        if "physical" in section:  # the physical backup taken with the set when continuous protection is on
+            check_physical(section["physical"], path)
     if component == "redis":
         _require(0 <= section["rdb_version"] < 1000, path, "redis.rdb_version %d is out of range" % (
             section["rdb_version"]))
@@ -330,6 +332,25 @@ def _check_timescaledb(facts, path):
     each("continuous_aggregates", lambda item: isinstance(item.get("hypertable"), str))
     each("jobs", lambda item: isinstance(item.get("proc"), str) and isinstance(item.get("scheduled"), bool)
          and (item.get("hypertable") is None or isinstance(item["hypertable"], str)))
+
+
+PHYSICAL_FORMATS = {
+    "tool": re.compile(r"^pgbackrest$"), "version": re.compile(r"^\d+\.\d+"),
+    "stanza": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+    "label": re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$"), "type": re.compile(r"^(full|diff|incr)$"),
+    "wal_start": re.compile(r"^[0-9A-F]{24}$"), "wal_stop": re.compile(r"^[0-9A-F]{24}$"),
+    "started_at": re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"),
+    "stopped_at": re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"), "repo": re.compile(r"^/.*[^/]$"),
+}
+
+
+def check_physical(physical, path):
+    _require(isinstance(physical, dict), path, "db.physical is not an object")
+    _only(physical, set(PHYSICAL_FORMATS), path, "db.physical.")
+    for field, pattern in PHYSICAL_FORMATS.items():
+        value = physical.get(field)
+        _require(isinstance(value, str) and pattern.match(value), path,
+                 "db.physical.%s %.100r is missing or malformed" % (field, value))
 
 
 def _check_market_data(market, path):

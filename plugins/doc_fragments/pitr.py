@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  pitr_repo:
+    description:
+      - The pgBackRest repository (posix) of the database's physical backups and archived WAL. It is owned by
+        I(pg_os_user), mode 0700; the backup directory above it is made traversable for that user's group (0710).
+    type: path
+    required: true
+  pitr_stanza:
+    description: The pgBackRest stanza of the platform's database.
+    type: str
+    default: christmas
+  pitr_dir:
+    description:
+      - Where Redis's shipped AOF files (C(PITR_DIR/redis)) and the config tree's versions (C(PITR_DIR/config)) are
+        kept.
+    type: path
+    required: true
+  pg_data_dir:
+    description:
+      - The database server's data directory (with I(service_manager=compose), the host path of its data volume).
+        With I(service_manager=none) the server is the cluster run from this directory, stopped and started with
+        C(pg_ctl -D) as I(pg_os_user), its port, sockets and listen address taken from its own C(postgresql.conf).
+      - Without it (and without a systemd unit to control), continuous protection of the database is off.
+    type: path
+  pg_os_user:
+    description: The operating system user the database server and pgBackRest run as.
+    type: str
+    default: postgres
+  service_manager:
+    description: How the database server is stopped and started for archiving's restart and a physical restore.
+    type: str
+    choices: [none, systemd, compose]
+    default: none
+  db_service:
+    description: The database's systemd unit (or compose service).
+    type: str
+    default: timescaledb
+  service_timeout:
+    description: Seconds to wait for the database server to stop, start, and end its recovery.
+    type: int
+    default: 120
+  redis_data_dir:
+    description:
+      - Host path of Redis's data directory (its C(dir)); by default what the server says, right for a Redis on this
+        host.
+    type: path
+"""
