@@ -34,9 +34,19 @@ description:
   - A component already identical to the set is left alone (C(changed=false)) unless I(force=true). For the
     database "identical" means it was restored from this set and its row counts still match.
   - Check mode is the runbook's dry run; verification and preflight, nothing changed.
+  - With I(target_time), the platform is restored to that second from continuous protection's repositories instead
+    of a set (see M(christmas.recovery.christmas_pitr)); the target is checked against every chosen component's
+    window, and every file the restore needs (pgBackRest's backup and WAL, the AOF files, the config version) is
+    verified first. The database is stopped, restored with C(pgbackrest restore --type=time --delta
+    --target-action=promote), started and waited for until it has left recovery, and checked to have stopped at the
+    target; Redis's AOF is cut at the target (C(redis-check-aof --truncate-to-timestamp); Redis counts whole
+    seconds), loaded into a scratch C(redis-server), and the target's keyspace replaced from it as from a set; the
+    config tree becomes the newest version at or before the target. Check mode names the physical backup, the AOF
+    generation and the config version it would use.
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
+  - christmas.recovery.pitr
   - christmas.recovery.signing
   - christmas.recovery.signing.trust
   - christmas.recovery.connection
@@ -46,6 +56,22 @@ options:
       - Path of a C(manifest_YYYYMMDD_HHMMSS.json), or C(latest) for the newest complete set in I(backup_dir).
     type: str
     default: latest
+  target_time:
+    description:
+      - Restore to this second instead of a set; ISO 8601 (C(2026-12-06T16:00:05+09:00)), or C(latest) for the
+        newest archived point. A time without an offset is read at I(target_offset).
+    type: str
+  target_offset:
+    description: The UTC offset (C(+0900)) of a I(target_time) given without one; the role passes the control node's.
+    type: str
+    default: "+0000"
+  pitr_repo:
+    description: The pgBackRest repository of continuous protection; required with I(target_time).
+    type: path
+  pitr_dir:
+    description: Where Redis's AOF files and the config versions of continuous protection are; required with
+      I(target_time).
+    type: path
   backup_dir:
     description: Directory holding the backup sets; needed for C(latest).
     type: path
@@ -150,12 +176,34 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     connection_argument_spec,
     enabled_components,
     pg_target,
+    pitr_argument_spec,
+    protection,
     redis_target,
     require_libraries,
     signing_argument_spec,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection_restore import restore_to
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.restore_set import restore_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import trust_from_params
+
+
+def _restore_set(params, components, check_mode, progress):
+    return restore_set(
+        params["manifest"], params["backup_dir"], components, db=pg_target(params),
+        redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
+        force=params["force"], check_mode=check_mode, progress=progress,
+        config_keep_special_modes=params["config_keep_special_modes"], config_keep_owners=params["config_keep_owners"],
+        lock_wait=params["lock_wait"], clock_skew_seconds=params["clock_skew_seconds"],
+        trust=trust_from_params(params),
+    )
+
+
+def _restore_to_time(params, components, check_mode, progress):
+    return restore_to(
+        protection(params), params["target_time"], params["target_offset"], components, db=pg_target(params),
+        redis_target=redis_target(params), config_dir=params["config_dir"], check_mode=check_mode,
+        progress=progress, config_options={"keep_special_modes": params["config_keep_special_modes"],
+                                           "keep_owners": params["config_keep_owners"]})
 
 
 def main():
@@ -170,18 +218,15 @@ def main():
         lock_wait={"type": "int", "default": 0},
         clock_skew_seconds={"type": "int", "default": 300},
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    argument_spec.update(pitr_argument_spec(required=False), target_time={"type": "str"},
+                         target_offset={"type": "str", "default": "+0000"})
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_by={"target_time": ("pitr_repo", "pitr_dir", "backup_dir")})
     params = module.params
     components = enabled_components(params)
     require_libraries(module, "db" in components, "redis" in components)
-    run(module, lambda progress: restore_set(
-        params["manifest"], params["backup_dir"], components, db=pg_target(params),
-        redis_target=redis_target(params), config_dir=params["config_dir"], jobs=params["jobs"],
-        force=params["force"], check_mode=module.check_mode, progress=progress,
-        config_keep_special_modes=params["config_keep_special_modes"], config_keep_owners=params["config_keep_owners"],
-        lock_wait=params["lock_wait"], clock_skew_seconds=params["clock_skew_seconds"],
-        trust=trust_from_params(params),
-    ))
+    work = _restore_to_time if params["target_time"] else _restore_set
+    run(module, lambda progress: work(params, components, module.check_mode, progress))
 
 
 if __name__ == "__main__":

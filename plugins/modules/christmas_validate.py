@@ -31,6 +31,8 @@ options:
   manifest:
     description:
       - Path of a C(manifest_YYYYMMDD_HHMMSS.json), or C(latest) for the newest complete set in I(backup_dir).
+      - Empty after a restore to a point in time (which checked its components itself); then only the services,
+        health URLs and queries are checked.
     type: str
     default: latest
   backup_dir:
@@ -166,7 +168,7 @@ def main():
     components = enabled_components(params)
     require_libraries(module, "db" in components or bool(params["queries"]), "redis" in components)
     run(module, lambda progress: require_ok(validate(
-        params["manifest"], params["backup_dir"], components, db=pg_target(params),
+        params["manifest"] or None, params["backup_dir"], components, db=pg_target(params),
         redis_target=redis_target(params), config_dir=params["config_dir"], queries=params["queries"],
         health_urls=health_urls, health_timeout=params["health_timeout"], services=params["services"],
         mode=params["mode"], progress=progress,

@@ -40,10 +40,11 @@ def make_private_dir(path):
 
 def tighten_private_dir(path):
     """An existing directory that others may read or write: tightened to 0700 when it is ours (returns what was
-    done, for the output), refused when it belongs to someone else; None when it was private already."""
+    done, for the output), refused when it belongs to someone else; None when it was private already. Its group
+    may traverse it (0710: continuous protection lets the database server's archive_command through)."""
     info = os.lstat(path)
     mode = info.st_mode & 0o7777
-    if not mode & 0o077:
+    if not mode & 0o067:
         return None
     if info.st_uid != os.geteuid():
         raise RecoveryError("directory %s is mode %04o and owned by uid %d, not by us (uid %d): make it private "

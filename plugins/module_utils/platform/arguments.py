@@ -13,7 +13,9 @@ from ansible_collections.christmas.recovery.plugins.module_utils.db.connection i
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import Protection
 from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import Remote
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, PgCtlServer
 
 
 def connection_argument_spec():
@@ -84,13 +86,13 @@ def signing_argument_spec(trust=True):
     return spec
 
 
-def pitr_argument_spec():
+def pitr_argument_spec(required=True):
     """The options of the ``christmas.recovery.pitr`` fragment: where continuous protection keeps its repositories
-    and how the database server is controlled."""
+    and how the database server is controlled (``required=False`` where they serve only a point-in-time restore)."""
     return {
-        "pitr_repo": {"type": "path", "required": True},
+        "pitr_repo": {"type": "path", "required": required},
         "pitr_stanza": {"type": "str", "default": "christmas"},
-        "pitr_dir": {"type": "path", "required": True},
+        "pitr_dir": {"type": "path", "required": required},
         "pg_data_dir": {"type": "path"},
         "pg_os_user": {"type": "str", "default": "postgres"},
         "service_manager": {"type": "str", "choices": ["none", "systemd", "compose"], "default": "none"},
@@ -98,6 +100,19 @@ def pitr_argument_spec():
         "service_timeout": {"type": "int", "default": 120},
         "redis_data_dir": {"type": "path"},
     }
+
+
+def protection(params):
+    """Where continuous protection keeps its repositories, and the database server it stops and starts: the cluster
+    run from ``pg_data_dir`` with pg_ctl (service manager none); None when the collection cannot manage it."""
+    server = None
+    if params["service_manager"] == "none" and params["pg_data_dir"]:
+        server = PgCtlServer(params["pg_data_dir"], os_user=params["pg_os_user"],
+                             bin_dir=params["pg_bin_dir"] or PG_BIN, timeout=params["service_timeout"])
+    return Protection(params["backup_dir"], params["pitr_repo"], params["pitr_stanza"], params["pitr_dir"],
+                      pg_data_dir=params["pg_data_dir"], os_user=params["pg_os_user"], pg_bin_dir=params["pg_bin_dir"],
+                      server=server, redis_data_dir=params["redis_data_dir"],
+                      retention_days=params.get("retention_days") or 30)
 
 
 def encryption_argument_spec():

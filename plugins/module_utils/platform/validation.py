@@ -49,7 +49,9 @@ def validate(manifest_ref, backup_dir=None, components=COMPONENTS, db=None, redi
     """Run every check that applies, in a fixed order, and return them all; raise only for bad input (a bad
     manifest, a damaged Redis artifact, malformed queries, services or URLs). Servers that cannot be reached are
     failed checks, not errors. ``mode`` "restored" expects the database exactly as in the set; "running" (a database
-    that went on working since the backup) expects every table of the set readable and market_data not behind it."""
+    that went on working since the backup) expects every table of the set readable and market_data not behind it.
+    Without ``manifest_ref`` (after a restore to a point in time, which checked its components) only the services,
+    health URLs and queries are checked."""
     if mode not in MODES:
         raise RecoveryError("unknown validation mode %s (known: %s)" % (mode, ", ".join(MODES)))
     unknown = sorted(set(components) - set(COMPONENTS))
@@ -60,9 +62,7 @@ def validate(manifest_ref, backup_dir=None, components=COMPONENTS, db=None, redi
     health_urls = check_health_urls(health_urls)
     if not isinstance(health_timeout, int) or isinstance(health_timeout, bool) or health_timeout < 0:
         raise RecoveryError("health_timeout must be 0 or more seconds, got %r" % (health_timeout,))
-    path = resolve_manifest_path(manifest_ref, backup_dir)
-    manifest = load(path)
-    set_root = os.path.dirname(path)
+    path, manifest, set_root = _the_set(manifest_ref, backup_dir)
     chosen = [c for c in COMPONENTS if c in components and c in manifest["components"]]
     if ("db" in chosen or queries) and db is None:
         raise RecoveryError("validating the database needs its connection (db)")
@@ -95,6 +95,15 @@ def validate(manifest_ref, backup_dir=None, components=COMPONENTS, db=None, redi
         checks += _query_checks(db, queries)
     failed = [check["name"] for check in checks if not check["ok"]]
     return {"ok": not failed, "checks": checks, "failed": failed, "set_id": manifest["set_id"], "manifest": path}
+
+
+def _the_set(manifest_ref, backup_dir):
+    """(manifest path, manifest, set directory); none after a restore to a point in time, which checked its
+    components itself (the services, health URLs and queries are still checked)."""
+    if manifest_ref is None:
+        return None, {"set_id": None, "components": []}, None
+    path = resolve_manifest_path(manifest_ref, backup_dir)
+    return path, load(path), os.path.dirname(path)
 
 
 def require_ok(report):

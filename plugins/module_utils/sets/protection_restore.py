@@ -1,0 +1,178 @@
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A restore of the platform to one second: the target checked against every chosen component's window and every
+file it needs verified before anything changes; then the database (pgBackRest, promoted at the target), Redis (its
+AOF cut at the target, loaded into a scratch server, the target replaced from it online) and the config tree (the
+newest version at or before the target), in the runbook's order."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+import time
+
+from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_versions
+from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import (
+    redis_aof_index,
+    redis_aof_restore,
+    redis_restore,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import _stamp, component_windows
+from ansible_collections.christmas.recovery.plugins.module_utils.wal import pgbackrest, pitr
+
+ORDER = ("db", "redis", "config")
+FUTURE_SLACK = 1  # seconds: a target of "now" typed by an operator is not refused as future
+
+
+def parse_target_time(text, default_offset, now=None):
+    """(Unix seconds, note) of ``text``: ISO 8601 with an offset, one without read at ``default_offset`` (the
+    control node's, "+0900"), or ``latest`` (None). Unparsable text is refused in one line."""
+    text = (text or "").strip()
+    if text == "latest":
+        return None, "the newest archived point"
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise RecoveryError("target_time %r is not an ISO 8601 time such as 2026-12-06T16:00:05+09:00, nor latest"
+                            % text) from None
+    note = ""
+    if when.tzinfo is None:
+        try:
+            zone = datetime.datetime.strptime(default_offset or "+0000", "%z").tzinfo
+        except ValueError:
+            raise RecoveryError("the control node's UTC offset %r is malformed" % default_offset) from None
+        when = when.replace(tzinfo=zone)
+        note = "target_time %s has no offset: read in the control node's zone (UTC%s)" % (text, default_offset)
+    return when.timestamp(), note
+
+
+def check_target(target, found, components, now):
+    """The one second every chosen component restores, or a one-line refusal naming the recoverable window."""
+    missing = [name for name in components if name not in found]
+    if missing:
+        raise RecoveryError("no recovery window for %s: nothing archived yet (run backup.yml, then archive.yml)"
+                            % ", ".join(missing))
+    start = max(found[name]["start"] for name in components)
+    end = min(found[name]["end"] for name in components)
+    window = "the recoverable window is %s to %s" % (_stamp(start), _stamp(end)) if start <= end else \
+        "the components' windows do not overlap (%s)" % "; ".join(
+            "%s %s to %s" % (name, _stamp(found[name]["start"]), _stamp(found[name]["end"])) for name in components)
+    if start > end:
+        raise RecoveryError("cannot restore to one point: %s" % window)
+    if target is None:
+        return end
+    if target > now + FUTURE_SLACK:
+        raise RecoveryError("target_time %s is in the future (now %s); %s" % (_stamp(target), _stamp(now), window))
+    if target < start:
+        raise RecoveryError("target_time %s is before the oldest recoverable point; %s" % (_stamp(target), window))
+    if target > end:
+        raise RecoveryError("target_time %s is past the newest archived point; %s (archive.yml ships now)"
+                            % (_stamp(target), window))
+    return target
+
+
+def _verify(protection, components, target):
+    """Every file the restore to ``target`` needs, checked before anything changes; returns what each will use."""
+    plan = {}
+    if "db" in components:
+        repository = protection.repository()
+        repository.verify()
+        backup = _backup_for(repository, target)
+        plan["db"] = {"backup": backup["label"], "wal_from": backup["archive_start"], "stanza": repository.stanza,
+                      "repo": repository.path,
+                      "uses": "backup %s and the WAL from %s on" % (backup["label"], backup["archive_start"])}
+    if "redis" in components:
+        redis_aof_index.verify_repository(protection.redis_repo, start=int(target), end=int(target))
+        index = redis_aof_index.load_index(protection.redis_repo)
+        generation = redis_aof_index.generation_for(index, int(target), protection.redis_repo)
+        files = redis_aof_index.generation_files(generation)
+        plan["redis"] = {"generation": generation["id"], "files": files,
+                         "uses": "AOF generation %s (%d files)" % (generation["id"], len(files))}
+    if "config" in components:
+        version_id, taken = config_versions.version_at(protection.config_repo, target)
+        config_versions.verify_version(protection.config_repo, version_id)
+        plan["config"] = {"version": version_id, "taken_at": _stamp(taken),
+                          "uses": "config version %s of %s" % (version_id, _stamp(taken))}
+    return plan
+
+
+def _backup_for(repository, target):
+    """The newest physical backup that ended at or before ``target``: the one pgBackRest restores from."""
+    usable = [b for b in repository.info()["backups"] if not b["error"] and pgbackrest.epoch(b["stop_time"]) <= target]
+    if not usable:
+        raise RecoveryError("no physical backup of stanza %s ended at or before %s" % (repository.stanza,
+                                                                                       _stamp(target)))
+    return usable[-1]
+
+
+def restore_to(protection, target_text, default_offset, components, db=None, redis_target=None, config_dir=None,
+               check_mode=False, progress=print, config_options=None, scratch_dir=None, now=None):
+    """Restore ``components`` to the second ``target_text`` names; check mode says which physical backup, WAL
+    range, AOF files and config version it would use and changes nothing."""
+    started = time.monotonic()
+    chosen = [name for name in ORDER if name in components]
+    if not chosen:
+        raise RecoveryError("nothing to restore: every component is skipped")
+    if "config" in chosen and not config_dir:
+        raise RecoveryError("restoring config needs config_dir, the directory to replace")
+    now = time.time() if now is None else now
+    target, note = parse_target_time(target_text, default_offset, now)
+    if note:
+        progress(note)
+    found = component_windows(protection, chosen)
+    target = check_target(target, found, chosen, now)
+    progress("restoring %s to %s" % (", ".join(chosen), _stamp(target)))
+    plan = _verify(protection, chosen, target)
+    label = "pitr-" + time.strftime("%Y%m%d_%H%M%S", time.gmtime(target))
+    result = {"set_id": label, "manifest": "", "target_time": _stamp(target), "target_epoch": target,
+              "plan": plan, "changed": True, "components": {}, "window": {
+                  name: {"start": _stamp(w["start"]), "end": _stamp(w["end"])} for name, w in found.items()}}
+    if check_mode:
+        result["components"] = {name: dict(plan[name], changed=True, state="would restore to %s from %s" % (
+            _stamp(target), plan[name]["uses"])) for name in chosen}
+        return result
+    scratch = tempfile.mkdtemp(prefix="christmas-pitr-", dir=scratch_dir)
+    try:
+        for name in chosen:
+            begin = time.monotonic()
+            try:
+                outcome = _restore_component(name, protection, target, db, redis_target, config_dir, scratch, label,
+                                             progress, config_options or {})
+            except RecoveryError as err:
+                states = ["%s: %s" % (c, result["components"][c]["state"]) for c in result["components"]]
+                states += ["%s: not started" % c for c in chosen[chosen.index(name) + 1:]]
+                raise RecoveryError("restore of %s to %s failed: %s%s" % (
+                    name, _stamp(target), err, (" | " + "; ".join(states)) if states else ""), report=result) from None
+            outcome.update(plan[name], seconds=round(time.monotonic() - begin, 3))
+            result["components"][name] = outcome
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def _restore_component(name, protection, target, db, redis_target, config_dir, scratch, label, progress, options):
+    if name == "db":
+        done = pitr.restore(protection.repository(), protection.server, _utc(target),
+                            timeout=protection.server.timeout)
+        return dict(done, changed=True, state="restored to %s (timeline %s)" % (_stamp(target), done["timeline"]))
+    if name == "redis":
+        facts = redis_aof_restore.rdb_at(protection.redis_repo, int(target), scratch, progress)
+        done = redis_restore.restore_redis(redis_target, {"redis": facts["redis"]}, facts["path"], force=True,
+                                           progress=progress)
+        done["state"] = "restored to %s" % _stamp(target)
+        return done
+    version_id, _taken = config_versions.version_at(protection.config_repo, target)
+    archive, metadata = config_versions.materialize(protection.config_repo, version_id,
+                                                    os.path.join(scratch, "config"))
+    done = config_restore.restore_tree(archive, metadata, config_dir, label, False, True, progress, **options)
+    done["state"] = "restored to %s (version %s)" % (_stamp(target), version_id)
+    return done
+
+
+def _utc(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC)

@@ -1,0 +1,169 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: Christmas platform operations
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: christmas_pitr
+short_description: Continuous protection of the Christmas platform, restorable to any second of its window
+description:
+  - I(action=backup) (what M(christmas.recovery.christmas_backup) is preceded by in backup.yml) sets WAL archiving
+    up with ALTER SYSTEM (C(wal_level), C(archive_mode), C(archive_command) into pgBackRest, C(archive_timeout)),
+    restarting the database server once when C(archive_mode) or C(wal_level) change; refuses an C(archive_command)
+    of another tool unless I(take_over); creates the pgBackRest stanza, runs C(pgbackrest check) and takes a
+    physical backup (full when the newest full one is I(full_days) old, else I(between)), returned as C(physical)
+    for the set's manifest. It turns Redis's AOF with timestamps on (C(CONFIG SET), persisted with C(CONFIG
+    REWRITE)) and ships it, and stores a version of the config tree. A database server the collection cannot stop
+    and start is no failure: C(off_reason) says why its continuous protection is off.
+  - I(action=ship) (archive.yml) makes everything so far restorable; a commit of its own (C(pg_logical_emit_message),
+    no table touched, so an idle database too has a commit after every second), a WAL switch and the wait until that
+    segment is archived; Redis's new AOF in whole commands; a new version of the config tree when it changed.
+  - I(action=info) reports the recovery window of each component, and verifies the repositories with I(verify)
+    (pgBackRest's C(verify) report is read: it exits 0 on corrupt files).
+  - Expired AOF files and config versions are pruned after I(retention_days), never leaving a hole; pgBackRest
+    expires its backups and WAL by the same number of days.
+version_added: 0.2.0
+author: Christmas platform operations
+extends_documentation_fragment:
+  - christmas.recovery.connection
+  - christmas.recovery.pitr
+options:
+  action:
+    description: What to do; see the description.
+    type: str
+    choices: [backup, ship, info]
+    required: true
+  backup_dir:
+    description: The backup directory; it is made traversable (mode 0710) for I(pg_os_user)'s group.
+    type: path
+    required: true
+  full_days:
+    description: A full physical backup when the newest full one is this many days old (or there is none).
+    type: int
+    default: 7
+  between:
+    description: The physical backup taken otherwise.
+    type: str
+    choices: [diff, incr]
+    default: diff
+  archive_timeout:
+    description: The server's C(archive_timeout) (seconds); also how long I(action=ship) waits for its segment.
+    type: int
+    default: 60
+  take_over:
+    description: Replace an C(archive_command) that archives elsewhere (that tool then no longer gets the WAL).
+    type: bool
+    default: false
+  retention_days:
+    description: Days of history kept.
+    type: int
+    default: 30
+  verify:
+    description: With I(action=info), verify every repository (pgBackRest's files, the AOF files, the config objects).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    details: Says what archiving would change; writes, restarts and ships nothing.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Archive now
+  christmas.recovery.christmas_pitr:
+    action: ship
+    backup_dir: /var/backups/christmas
+    pitr_repo: /var/backups/christmas/pgbackrest
+    pitr_dir: /var/backups/christmas/pitr
+    pg_data_dir: /var/lib/postgresql/15/main
+    config_dir: /srv/christmas/config
+    db_admin_user: postgres
+    db_admin_password: "{{ christmas_db_admin_password }}"
+"""
+
+RETURN = r"""
+physical:
+  description: The physical backup I(action=backup) took (pgBackRest label, type, WAL range, times, repository).
+  returned: action=backup with the database protected
+  type: dict
+off_reason:
+  description: Why continuous protection of the database is off here (empty when it is on).
+  returned: action=backup
+  type: str
+window:
+  description:
+    - The recovery window; C(enabled), C(reason), C(components) (C(start) and C(end) in Unix seconds per component),
+      C(start) and C(end) (the span every component covers) and C(text).
+  returned: always
+  type: dict
+summary:
+  description: One line for the output.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
+    connection_argument_spec,
+    enabled_components,
+    pg_target,
+    pitr_argument_spec,
+    protection,
+    redis_target,
+    require_libraries,
+)
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import protection as continuous
+
+
+def _work(params, check_mode, progress):
+    components = enabled_components(params)
+    guard = protection(params)
+    db = pg_target(params) if "db" in components else None
+    redis = redis_target(params) if "redis" in components else None
+    config = params["config_dir"] if "config" in components else None
+    if params["action"] == "backup":
+        result = continuous.protect(guard, db, redis, config, params["full_days"], params["between"],
+                                    params["archive_timeout"], params["take_over"], check_mode, progress)
+        result["summary"] = "continuous protection: %s" % result["window"]["text"]
+    elif params["action"] == "ship":
+        if check_mode:
+            return {"changed": True, "window": continuous.windows(guard, db, redis, config),
+                    "summary": "would ship %s" % ", ".join(components)}
+        result = continuous.ship(guard, db, redis, config, params["archive_timeout"], progress)
+        result["summary"] = "shipped %s; window: %s" % (", ".join(sorted(result["components"])),
+                                                        result["window"]["text"])
+    else:
+        result = {"changed": False, "window": continuous.windows(guard, db, redis, config)}
+        if params["verify"]:
+            result["verified"] = continuous.verify(guard, db, redis, config)
+        result["summary"] = "recovery window: %s" % result["window"]["text"]
+    return result
+
+
+def main():
+    argument_spec = dict(connection_argument_spec(), **pitr_argument_spec())
+    argument_spec.update(
+        action={"type": "str", "choices": ["backup", "ship", "info"], "required": True},
+        backup_dir={"type": "path", "required": True},
+        full_days={"type": "int", "default": 7},
+        between={"type": "str", "choices": ["diff", "incr"], "default": "diff"},
+        archive_timeout={"type": "int", "default": 60},
+        take_over={"type": "bool", "default": False},
+        retention_days={"type": "int", "default": 30},
+        verify={"type": "bool", "default": False},
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_if=[("skip_config", False, ("config_dir",))])
+    components = enabled_components(module.params)
+    require_libraries(module, "db" in components, "redis" in components)
+    run(module, lambda progress: _work(module.params, module.check_mode, progress))
+
+
+if __name__ == "__main__":
+    main()

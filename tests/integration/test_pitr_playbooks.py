@@ -1,0 +1,156 @@
+"""Continuous protection from the runbook's playbooks, on real servers and a real pgBackRest: backup.yml sets
+archiving up and takes the physical backup, archive.yml ships, restore_full.yml -e target_time=T puts the database,
+Redis and the config tree back as they stood at T."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from types import SimpleNamespace
+
+import pytest
+from conftest import connection_vars, redis_state, seed_redis, settings_into_conf, tree_state
+
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids, load
+
+TOKYO = datetime.timezone(datetime.timedelta(hours=9))
+
+
+def _wait_past(moment):
+    """Poll the clock until it has passed ``moment`` (Unix seconds)."""
+    deadline = time.monotonic() + (moment - time.time()) + 5
+    while time.time() <= moment:
+        assert time.monotonic() < deadline, "the clock never passed %s" % moment
+        time.sleep(0.02)
+
+
+def _second_boundary():
+    """A whole second T with nothing written in it yet: every change made before the call is before T, every change
+    made after it is in a later second (Redis's AOF counts whole seconds)."""
+    target = int(time.time()) + 1
+    _wait_past(target + 1)
+    return target
+
+
+def _iso(epoch, zone=TOKYO):
+    return datetime.datetime.fromtimestamp(epoch, zone).isoformat()
+
+
+def _pgbackrest_info(env):
+    config = os.path.join(env.backup_dir, "pgbackrest.conf.d", "pgbackrest.conf")
+    proc = subprocess.run(["runuser", "-u", "postgres", "--", "pgbackrest", "--config=" + config,
+                           "--stanza=christmas", "info", "--output=json"], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)[0]
+
+
+def _state(env):
+    return {"db": env.platform.snapshot(), "redis": redis_state(env.redis), "config": tree_state(env.config_dir)}
+
+
+@pytest.fixture
+def protected(platform, make_redis, config_dir, tmp_dir, run_playbook):
+    """The platform (a cluster run from its data directory, Redis with its config file, the config tree) after
+    backup.yml with continuous protection."""
+    os.chmod(tmp_dir, 0o711)  # the server's archive_command must reach the repository below it
+    settings_into_conf(platform.cluster)
+    server = make_redis(password=secrets.token_urlsafe(12))
+    seed_redis(server)
+    backup_dir = os.path.join(tmp_dir, "backups")
+    host_vars = dict(connection_vars(platform, server, config_dir, backup_dir),
+                     christmas_pg_data_dir=platform.cluster.data)
+    first = run_playbook("backup", host_vars)
+    return SimpleNamespace(platform=platform, redis=server, config_dir=config_dir, backup_dir=backup_dir,
+                           host_vars=host_vars, first=first)
+
+
+def _changes_before(env):
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before T')")
+    env.platform.sql("UPDATE positions SET qty = qty + 1 WHERE symbol = 'SYM3'")
+    env.redis.client(0).set("fill:before", "100@101.5")
+    env.redis.client(3).delete("cache:7")
+    with open(os.path.join(env.config_dir, "limits.yml"), "w", encoding="utf-8") as handle:
+        handle.write("max_position: 100\n")
+
+
+def _changes_after(env):
+    env.platform.sql("DELETE FROM orders WHERE note = 'before T'")
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM2', 'sell', 9, 'after T')")
+    env.platform.sql("DELETE FROM positions")
+    env.redis.client(0).delete("fill:before")
+    env.redis.client(0).set("fill:after", "5@99")
+    os.unlink(os.path.join(env.config_dir, "limits.yml"))
+    with open(os.path.join(env.config_dir, "app.yml"), "a", encoding="utf-8") as handle:
+        handle.write("bad_deploy: true\n")
+
+
+def test_restore_full_to_a_second_brings_the_database_redis_and_config_back_as_they_stood(protected, run_playbook):
+    env = protected
+    # backup.yml turned archiving on (one restart), took a physical backup and recorded it in the set's manifest.
+    assert env.platform.cluster.sql("SHOW archive_mode")[0][0] == "on"
+    assert "pgbackrest" in env.platform.cluster.sql("SHOW archive_command")[0][0]
+    manifest = load(os.path.join(env.backup_dir, "manifest_%s.json" % complete_set_ids(env.backup_dir)[0]))
+    labels = [backup["label"] for backup in _pgbackrest_info(env)["backup"]]
+    assert manifest["db"]["physical"]["label"] in labels and manifest["db"]["physical"]["type"] == "full"
+    assert env.redis.client().config_get("aof-timestamp-enabled")["aof-timestamp-enabled"] == "yes"
+    with open(os.path.join(env.redis.root, "redis.conf"), encoding="utf-8") as handle:
+        assert "aof-timestamp-enabled yes" in handle.read()  # persisted: a restart keeps it
+
+    _changes_before(env)
+    run_playbook("archive", env.host_vars)
+    expected = _state(env)
+    target = _second_boundary()
+    _changes_after(env)
+    run_playbook("archive", env.host_vars)
+    assert _state(env) != expected
+
+    restored = run_playbook("restore_full", env.host_vars, {"target_time": _iso(target)})
+    assert _state(env) == expected
+    assert "restored to %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target)) in restored.output
+    assert not env.platform.cluster.sql("SELECT pg_is_in_recovery()")[0][0]
+
+    # Archiving goes on, on the new timeline: the next archive and backup succeed, and a second restore works.
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM4', 'buy', 3, 'second timeline')")
+    run_playbook("archive", env.host_vars)
+    run_playbook("backup", env.host_vars)
+    again = _state(env)
+    second = _second_boundary()
+    env.platform.sql("DELETE FROM orders")
+    run_playbook("archive", env.host_vars)
+    run_playbook("restore_full", env.host_vars, {"target_time": _iso(second, datetime.UTC)})
+    assert _state(env) == again
+
+
+def test_a_target_outside_the_window_is_refused_before_anything_changes(protected, run_playbook):
+    env = protected
+    run_playbook("archive", env.host_vars)
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM5', 'buy', 1, 'not archived')")
+    before = _state(env)
+    now = time.time()
+    for target, problem in (
+        (_iso(now + 3600), "is in the future"),
+        (_iso(now - 30 * 86400), "is before the oldest recoverable point"),
+        ("yesterday at noon", "is not an ISO 8601 time"),
+    ):
+        failed = run_playbook("restore_full", env.host_vars, {"target_time": target}, expect_ok=False)
+        assert problem in failed.failure_message, failed.output[-3000:]
+        assert "the recoverable window is" in failed.failure_message or "ISO" in problem
+        assert _state(env) == before
+
+
+def test_the_dry_run_names_the_backup_aof_generation_and_config_version_it_would_use(protected, run_playbook):
+    env = protected
+    run_playbook("archive", env.host_vars)
+    before = _state(env)
+    planned = run_playbook("restore_full", env.host_vars, {"target_time": "latest"}, check=True)
+    physical = load(os.path.join(env.backup_dir, "manifest_%s.json" % complete_set_ids(env.backup_dir)[0]))
+    assert physical["db"]["physical"]["label"] in planned.output
+    assert "generation" in planned.output and "version" in planned.output
+    assert _state(env) == before
+    shutil.rmtree(os.path.join(env.backup_dir, "pitr", "config"))
+    refused = run_playbook("restore_full", env.host_vars, {"target_time": "latest"}, check=True, expect_ok=False)
+    assert "no recovery window for config" in refused.output
