@@ -23,6 +23,13 @@ INDEX = "index.json"
 FORMAT = 1
 
 
+def reading(repo_dir):
+    """The repository's lock, shared: no shipment or prune removes a file while it is read."""
+    if not os.path.isdir(repo_dir):
+        raise RecoveryError("no AOF repository at %s" % repo_dir)
+    return DirectoryLock(repo_dir, shared=True)
+
+
 def load_index(repo_dir):
     path = os.path.join(repo_dir, INDEX)
     try:
@@ -121,7 +128,7 @@ def check_files(repo_dir, generations):
 def verify_repository(repo_dir, start=None, end=None):
     """Every file needed to restore the seconds from ``start`` to ``end`` (default: the whole window) is there with
     its checksum. Returns {"files", "bytes", "window"}."""
-    with DirectoryLock(repo_dir, shared=True):
+    with reading(repo_dir):
         index = load_index(repo_dir)
         needed = []
         for position, generation in enumerate(index["generations"]):

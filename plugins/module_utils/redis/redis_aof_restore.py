@@ -27,12 +27,12 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
     remove_quietly,
     write_bytes_atomic,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.core.locking import DirectoryLock
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_aof_index import (
     check_files,
     generation_for,
     load_index,
+    reading,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import (
     DUMP_FILE,
@@ -60,7 +60,7 @@ def rdb_at(repo_dir, target_time, scratch_dir, progress=print, redis_server=None
     make_private_dir(scratch_dir)
     work = tempfile.mkdtemp(prefix="redis-at-%d-" % when, dir=scratch_dir)
     try:
-        with DirectoryLock(repo_dir, shared=True):
+        with reading(repo_dir):
             index = load_index(repo_dir)
             generation = generation_for(index, when, repo_dir)
             check_files(repo_dir, [generation])
