@@ -151,7 +151,7 @@ def test_shipping_under_writes_never_ships_a_torn_command(make_redis, tmp_dir):
         while not stop.is_set():
             n = counts["n"]
             pipe = client.pipeline(transaction=n % 3 == 0)  # every third batch is a MULTI/EXEC block
-            pipe.set("big:%d" % (n % 50), os.urandom(20000).hex())
+            pipe.set("big:%d" % (n % 50), os.urandom(4000).hex())
             pipe.incr("counter")
             pipe.execute()
             counts["n"] = n + 1
@@ -159,7 +159,7 @@ def test_shipping_under_writes_never_ships_a_torn_command(make_redis, tmp_dir):
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 1.5
         ships = 0
         while time.monotonic() < deadline:
             redis_aof.ship_aof(_target(source), None, repo)
@@ -175,6 +175,35 @@ def test_shipping_under_writes_never_ships_a_torn_command(make_redis, tmp_dir):
         check = subprocess.run(["redis-check-aof", piece], capture_output=True, text=True, check=False)
         assert check.returncode == 0, (piece, check.stdout)
     assert _rebuilt_state(repo, second, scratch) == state
+
+
+def test_an_aof_cut_inside_a_command_or_transaction_ships_only_whole_ones(make_redis, tmp_dir):
+    source = _source(make_redis)
+    repo, scratch = os.path.join(tmp_dir, "repo"), os.path.join(tmp_dir, "scratch")
+    _write_a(source.client())
+    pipe = source.client().pipeline(transaction=True)
+    pipe.set("in-multi", "1").incr("counter")
+    pipe.execute()
+    state, second = redis_state(source), _second_done()
+    live = os.path.join(source.root, "appendonlydir")
+    incr = glob.glob(os.path.join(live, "*.incr.aof"))[0]
+    with open(incr, "rb") as handle:
+        data = handle.read()
+    multi = data.index(b"*1\r\n$5\r\nMULTI")
+    cuts = {data.index(b"user:1") + 2: data.rindex(b"*", 0, data.index(b"user:1")),  # inside the HSET
+            data.index(b"EXEC") - 6: multi}  # inside the MULTI/EXEC block, after its last command
+    for cut, whole in cuts.items():
+        copy_dir = os.path.join(tmp_dir, "cut-%d" % cut, "appendonlydir")
+        shutil.copytree(live, copy_dir)  # copy2: the base keeps its time, so it is the same generation
+        os.truncate(os.path.join(copy_dir, os.path.basename(incr)), cut)
+        shutil.rmtree(repo, ignore_errors=True)
+        report = redis_aof.ship_aof(_target(source), os.path.dirname(copy_dir), repo)
+        piece = [item for item in report["files"] if ".incr.aof." in item["path"]][0]
+        with open(os.path.join(repo, piece["path"]), "rb") as handle:
+            assert handle.read() == data[:whole]
+        report = redis_aof.ship_aof(_target(source), None, repo)  # the rest, from the server's own files
+        assert [item["path"].rsplit(".", 1)[1] for item in report["files"]] == [str(whole)]
+        assert _rebuilt_state(repo, second, scratch) == state
 
 
 def test_damaged_or_missing_file_is_refused_naming_it(make_redis, tmp_dir):

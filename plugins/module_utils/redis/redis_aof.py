@@ -44,7 +44,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_aof
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import _info, _ok, _text
 
 MANIFEST_LINE = re.compile(r"^file (\S+) seq (\d+) type ([bhi])$")
-SETTINGS = {"appendonly": "yes", "aof-timestamp-enabled": "yes"}
+SETTINGS = {"aof-timestamp-enabled": "yes", "appendonly": "yes"}  # stamps on before the first base is made
 
 
 def _persistence(conn):
@@ -81,16 +81,20 @@ def enable_timestamps(target, timeout=120):
 
     Returns {"changed", "persisted", "settings": {name: {"before", "after"}}}; ``persisted`` is False when the server
     runs without a config file (the settings then last until its next restart). The config file is rewritten whenever
-    there is one, so that settings made by hand before are persisted too."""
+    there is one, so that settings made by hand before are persisted too. Timestamps switched on while the AOF was
+    on start a rewrite: the writes before it have no time, and only generations after it are shipped."""
     conn = target.connect()
     try:
-        settings, changed = {}, False
+        settings = {}
         for name, wanted in SETTINGS.items():
             before = _config(conn, name)
             if before != wanted:
                 _ok(conn, "CONFIG", "SET", name, wanted)
-                changed = True
             settings[name] = {"before": before, "after": wanted}
+        changed = any(setting["before"] != setting["after"] for setting in settings.values())
+        if settings["appendonly"]["before"] == "yes" and settings["aof-timestamp-enabled"]["before"] != "yes":
+            # a new generation, so that every write of every generation shipped has a time
+            _ok(conn, "BGREWRITEAOF")
         _wait_aof_on(conn, time.monotonic() + timeout)  # turning appendonly on writes the first base first
         config_file = _info(conn, "server").get("config_file", "")
         if config_file:
@@ -130,7 +134,6 @@ class CommandScanner:
     def __init__(self, name):
         self.name, self.pending, self.consumed = name, b"", 0
         self.first_ts = self.last_ts = None
-        self.head_annotated = None  # whether the first thing of the data was an annotation
 
     def feed(self, data):
         """Returns the bytes up to the last boundary found so far (to be written); the rest waits for more."""
@@ -156,8 +159,6 @@ class CommandScanner:
                 elif verb == b"exec":
                     in_multi = False
             if not in_multi:
-                if self.head_annotated is None:
-                    self.head_annotated = bool(stamps)
                 boundary = pos
                 if stamps:
                     self.first_ts = stamps[0] if self.first_ts is None else self.first_ts
@@ -287,8 +288,7 @@ def _copy_new(index, aof_path, entries, repo_dir, shipped_at, written):
             continue  # history files (type h) belong to a generation already replaced
         incr = next((incr for incr in generation["incr"] if incr["name"] == name), None)
         if incr is None:
-            incr = {"name": name, "seq": seq, "size": 0, "pieces": [], "first_ts": None, "last_ts": None,
-                    "head_annotated": None}
+            incr = {"name": name, "seq": seq, "size": 0, "pieces": [], "first_ts": None, "last_ts": None}
             generation["incr"].append(incr)
         _copy_increment(generation, incr, os.path.join(aof_path, name), repo_dir, written)
     generation["shipped_at"] = shipped_at
@@ -348,8 +348,6 @@ def _copy_increment(generation, incr, source, repo_dir, written):
         raise
     written.append((path, piece_size, digest))
     incr["pieces"].append({"path": path, "offset": incr["size"], "size": piece_size, "sha256": digest})
-    if incr["size"] == 0:
-        incr["head_annotated"] = scanner.head_annotated
     incr["size"] += piece_size
     if incr["first_ts"] is None:
         incr["first_ts"] = scanner.first_ts

@@ -47,12 +47,7 @@ def load_index(repo_dir):
 
 def generation_range(generation):
     """(first, last) second the generation restores; last < first while it restores none yet."""
-    first = generation["base_time"]
-    head = next((incr for incr in generation["incr"] if incr["head_annotated"] is not None), None)
-    if head is not None and not head["head_annotated"]:  # writes made before timestamps were on: times unknown
-        stamped = [incr["first_ts"] for incr in generation["incr"] if incr["first_ts"] is not None]
-        first = max(first, stamped[0]) if stamped else math.inf
-    return first, math.floor(generation["shipped_at"]) - 1
+    return generation["base_time"], math.floor(generation["shipped_at"]) - 1
 
 
 def window(repo_dir):
