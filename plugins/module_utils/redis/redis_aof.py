@@ -82,7 +82,7 @@ def enable_timestamps(target, timeout=120):
     Returns {"changed", "persisted", "settings": {name: {"before", "after"}}}; ``persisted`` is False when the server
     runs without a config file (the settings then last until its next restart). The config file is rewritten whenever
     there is one, so that settings made by hand before are persisted too. Timestamps switched on while the AOF was
-    on start a rewrite: the writes before it have no time, and only generations after it are shipped."""
+    on start a rewrite: the writes before it have no time; the generation it starts is the first to ship."""
     conn = target.connect()
     try:
         settings = {}
