@@ -36,20 +36,25 @@ class EnvironSampler(threading.Thread):
                 if pid == me or int(pid) in self.skip:
                     continue
                 try:
-                    with open("/proc/%s/environ" % pid, "rb") as handle:
-                        environ = handle.read()
-                    with open("/proc/%s/comm" % pid, encoding="utf-8") as handle:
-                        comm = handle.read().strip()
-                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                        argv = handle.read().split(b"\0")
+                    argv = _read("/proc/%s/cmdline" % pid).split(b"\0")
+                    environ = _read("/proc/%s/environ" % pid)
+                    comm = _read("/proc/%s/comm" % pid).decode("utf-8", "replace").strip()
+                    exec_meanwhile = _read("/proc/%s/cmdline" % pid).split(b"\0") != argv
                 except OSError:
                     continue
+                if exec_meanwhile:
+                    continue  # a child of the command between fork and exec: its environment was the command's
                 if len(argv) > 1 and argv[1] in CLI_SCRIPTS:
                     continue  # the command itself was given them: its initial environment stays in /proc
                 if comm in PG_TOOLS:
                     self.tools_seen += 1
                 if any(secret in environ for secret in self.secrets):
                     self.leaks.append(comm)
+
+
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _run_sampled(argv, env, secrets):
