@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 export CONTAINERS_CONF="$PWD/containers.conf"
 
 # debootstrap does not resolve virtual packages: python3-cryptography needs python3-cffi-backend named.
-PACKAGES=python3,python3-psycopg2,python3-cryptography,python3-cffi-backend,python3-crcmod,python3-yaml,postgresql-15,redis-server,openssh-server,sudo,iproute2,procps,keepalived,rsync,git
+PACKAGES=python3,python3-psycopg2,python3-cryptography,python3-cffi-backend,python3-crcmod,python3-yaml,postgresql-15,pgbackrest,redis-server,openssh-server,sudo,iproute2,procps,keepalived,rsync,git
 MIRROR=${CHRISTMAS_LAB_MIRROR:-http://deb.debian.org/debian}
 image="localhost/christmas-lab:$(sha256sum image.sh | cut -c1-12)"
 

@@ -36,7 +36,7 @@ def source_state():
 
 def test_the_engine_and_what_the_modules_need_are_installed(host):
     for package in ("podman", "podman-compose", "netavark", "aardvark-dns", "python3-crcmod", "python3-cryptography",
-                    "postgresql-client-15", "rsync", "git"):
+                    "postgresql-client-15", "pgbackrest", "rsync", "git"):
         assert host.package(package).is_installed, package
 
 
