@@ -62,7 +62,9 @@ def special_kind(mode):
     return next((kind for test, kind in SPECIAL_KINDS if test(mode)), None)
 
 
-class _HashingReader:
+class HashingReader:
+    """A file object hashed (SHA-256) as it is read."""
+
     def __init__(self, handle):
         self._handle, self.digest = handle, hashlib.sha256()
 
@@ -174,7 +176,7 @@ def archive_tree(root, set_dir, progress=print):
                     if info.st_nlink > 1:
                         hardlinked.append(name)
                     with open(path, "rb") as handle:
-                        reader = _HashingReader(handle)
+                        reader = HashingReader(handle)
                         archive.addfile(member, reader)
                     digest.add("file", name, info.st_mode, reader.digest.hexdigest())
                     counts["file"] += 1
