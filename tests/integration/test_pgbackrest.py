@@ -130,6 +130,10 @@ def test_restore_to_times_and_to_the_end_on_every_timeline(protected):
     assert rows(cluster) == [(1, "A"), (2, "A")]
     assert at_target["stop"] and at_target["timeline"] > latest["timeline"]
     assert not cluster.sql("SELECT pg_is_in_recovery()")[0][0]
+    # the new timeline holds no commit after the target yet: the same target again cannot be reached on it
+    assert repo.window()["newest"] <= target
+    with pytest.raises(RecoveryError, match="not before the newest archived commit"):
+        pitr.restore(repo, server, target)
 
     # archiving goes on on the new timeline, and a second point in time on it is reachable
     cluster.sql("INSERT INTO t VALUES (4, 'C')")

@@ -23,7 +23,9 @@ from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server i
 BACKUP_KINDS = ("full", "diff", "incr")
 RETENTION_TYPES = ("count", "time")
 SEGMENT_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{24})-[0-9a-f]{40}(?:\.\w+)?$")
-COMMIT_RE = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+HISTORY_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{8})\.history$")
+COMMIT_RE = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)(?:_PREPARED)? "
+                       r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 VERIFY_FILE_RE = re.compile(r"P\d+\s+INFO: ((?:invalid|file missing|missing)[^'\n]*?)'?([\w./-]+\.\w+|[\w./-]+)'?"
                             r"(?::|$)", re.M)
 VERIFY_STATUS_RE = re.compile(r"^\s*status: (\w+)", re.M)
@@ -76,12 +78,35 @@ def parse_info(text, stanza):
     }
 
 
-def newest_commit_time(waldump_text):
-    """The time of the last commit or abort record pg_waldump printed (run with TZ=UTC), or None."""
-    times = COMMIT_RE.findall(waldump_text)
+def lsn_value(text):
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def newest_commit_time(waldump_text, before_lsn=None):
+    """The time of the last commit or abort record pg_waldump printed (run with TZ=UTC), only those before
+    ``before_lsn`` when given; None when there is none."""
+    times = [stamp for lsn, stamp in COMMIT_RE.findall(waldump_text)
+             if before_lsn is None or lsn_value(lsn) < before_lsn]
     if not times:
         return None
     return datetime.datetime.fromisoformat(times[-1]).replace(tzinfo=datetime.UTC)
+
+
+def parse_history(text, timeline):
+    """(parent timeline, LSN where ``timeline`` branched off it) from the last line of a timeline history file."""
+    lines = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        return int(lines[-1][0]), lsn_value(lines[-1][1])
+    except (IndexError, ValueError):
+        raise RecoveryError("history file of timeline %d is not a timeline history" % timeline) from None
+
+
+def segment_name(timeline, lsn, segment_size):
+    """The WAL segment holding ``lsn`` on ``timeline``."""
+    per_id = 0x100000000 // segment_size
+    number = lsn // segment_size
+    return "%08X%08X%08X" % (timeline, number // per_id, number % per_id)
 
 
 def verify_problems(text):
@@ -269,9 +294,11 @@ class Repository:
     def window(self):
         """The times a point-in-time restore can reach, as aware UTC datetimes.
 
-        ``oldest``: the stop time of the oldest backup whose WAL from its start on is in the archive. Recovery must
-        replay a backup up to its end before it is consistent; a target before that fails ("requested recovery stop
-        point is before consistent recovery point"), so a backup's start is not reachable, its stop is.
+        ``oldest``: the second after the stop time of the oldest backup whose WAL from its start on is in the
+        archive. Recovery must replay a backup up to its end before it is consistent; a target before that fails
+        ("requested recovery stop point is before consistent recovery point"), so a backup's start is not
+        reachable, its end is. pgBackRest records that end in whole seconds and picks a backup whose stop time is
+        before the target, so the first whole second after it is the oldest target it accepts.
 
         ``newest``: the time of the last commit (or abort) record in the newest archived WAL segment, read from the
         repository itself (archive-get, pg_waldump). Recovery to a time stops at the first commit after that time,
@@ -291,28 +318,54 @@ class Repository:
         if not covered:
             raise RecoveryError("stanza %s has no backup whose WAL is archived" % self.stanza)
         segment, newest = self._newest_commit(archive)
-        return {"oldest": datetime.datetime.fromisoformat(covered[0]["stop_time"]), "oldest_backup":
-                covered[0]["label"], "newest": newest, "newest_segment": segment, "archive_id": archive["id"]}
+        oldest = datetime.datetime.fromisoformat(covered[0]["stop_time"]) + datetime.timedelta(seconds=1)
+        return {"oldest": oldest, "oldest_backup": covered[0]["label"], "newest": newest, "newest_segment": segment,
+                "archive_id": archive["id"]}
 
     def _newest_commit(self, archive):
-        """(segment, time) of the newest commit record in the archive, looking back a few segments from the last."""
-        listed = self.run("repo-ls", "--output=json", "--recurse",
-                          args=["archive/%s/%s" % (self.stanza, archive["id"])])
-        names = sorted({match.group(1) for match in map(SEGMENT_FILE_RE.search, json.loads(listed)) if match})
-        scratch = os.path.join(self.config_dir, "tmp")
-        for segment in reversed(names[-NEWEST_SEGMENTS_TRIED:]):
-            target = os.path.join(scratch, segment)
-            try:
-                self.run("archive-get", "--no-archive-async", args=[segment, target])
-                dump = commands.run(as_os_user(self.os_user, [os.path.join(self.pg_bin_dir, "pg_waldump"),
-                                                              "--rmgr=Transaction", target]),
-                                    "pg_waldump of archived WAL %s" % segment, env={"TZ": "UTC"})
-            finally:
-                remove_quietly(target)
-            found = newest_commit_time(dump)
-            if found:
-                return segment, found
-        raise RecoveryError("no commit in the newest %d archived WAL segments of stanza %s (up to %s): archive a "
-                            "commit first (archive_now)" % (NEWEST_SEGMENTS_TRIED, self.stanza,
-                                                           names[-1] if names else "none"))
+        """(segment, time) of the newest commit a restore following the latest timeline can reach: the last
+        commit in the newest segments of that timeline or, when none is archived there yet, the last one before
+        the timeline branched off its parent (and so on up the history)."""
+        listed = json.loads(self.run("repo-ls", "--output=json", "--recurse",
+                                     args=["archive/%s/%s" % (self.stanza, archive["id"])]))
+        segments = sorted({match.group(1) for match in map(SEGMENT_FILE_RE.search, listed) if match})
+        histories = {int(match.group(1), 16) for match in map(HISTORY_FILE_RE.search, listed) if match}
+        timeline = max([int(name[:8], 16) for name in segments] + list(histories) or [0])
+        before, segment_size = None, None
+        while timeline:
+            names = [name for name in reversed(segments) if int(name[:8], 16) == timeline]
+            if before is not None and names:
+                segment_size = segment_size or self._fetch(names[0], os.path.getsize)
+                names = [name for name in names if name <= segment_name(timeline, before, segment_size)]
+            for name in names[:NEWEST_SEGMENTS_TRIED]:
+                dump = self._fetch(name, self._waldump)
+                found = newest_commit_time(dump, before)
+                if found:
+                    return name, found
+            if timeline not in histories:
+                break
+            history_name = "%08X.history" % timeline
+            timeline, branched = parse_history(self._fetch(history_name, _read_text), timeline)
+            before = branched if before is None else min(before, branched)  # a nearer branch point limits more
+        raise RecoveryError("no commit found in the archived WAL of stanza %s that a restore can reach (newest "
+                            "segment %s): archive a commit first (archive_now)" % (
+                                self.stanza, segments[-1] if segments else "none"))
 
+    def _fetch(self, name, read):
+        """``read(path)`` of archived WAL file ``name`` fetched into our private tmp directory, removed after."""
+        target = os.path.join(self.config_dir, "tmp", name)
+        try:
+            self.run("archive-get", "--no-archive-async", args=[name, target])
+            return read(target)
+        finally:
+            remove_quietly(target)
+
+    def _waldump(self, path):
+        return commands.run(as_os_user(self.os_user, [os.path.join(self.pg_bin_dir, "pg_waldump"),
+                                                      "--rmgr=Transaction", path]),
+                            "pg_waldump of archived WAL %s" % os.path.basename(path), env={"TZ": "UTC"})
+
+
+def _read_text(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
