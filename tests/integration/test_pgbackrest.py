@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import datetime
 import grp
+import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from types import SimpleNamespace
@@ -228,3 +232,48 @@ def test_repository_refuses_a_parent_the_os_user_cannot_enter(tmp_dir):
     assert repo.prepare() is True
     assert os.lstat(repo.path).st_uid == POSTGRES.pw_uid
     assert repo.prepare() is False
+
+
+RESTORE_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.christmas.recovery.plugins.module_utils.wal import pitr
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PgCtlServer
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pgbackrest import Repository
+args = json.load(sys.stdin)
+pitr.restore(Repository(**args["repository"]), PgCtlServer(**args["server"]), None)
+"""
+
+
+def test_a_restore_killed_half_way_is_finished_by_the_next_one(protected):
+    cluster, repo, server = protected.cluster, protected.repo, protected.server
+    before = rows(cluster)
+    server.stop()
+    for name in os.listdir(cluster.data):  # a lost data directory: the restore copies everything
+        path = os.path.join(cluster.data, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+    args = {"repository": {"path": repo.path, "stanza": repo.stanza, "pg_data_dir": repo.pg_data_dir,
+                           "pg_port": repo.pg_port, "pg_socket_dir": repo.pg_socket_dir,
+                           "cipher_pass": protected.cipher_pass},
+            "server": {"data_dir": server.data_dir, "log_file": server.log_file}}
+    collections = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               ".collections")
+    child = subprocess.Popen([sys.executable, "-c", RESTORE_CHILD, collections], stdin=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        child.stdin.write(json.dumps(args).encode("utf-8"))  # the cipher pass on stdin, not in argv
+        child.stdin.close()
+        deadline = time.monotonic() + 30
+        while not os.path.isdir(os.path.join(cluster.data, "base")) or len(os.listdir(cluster.data)) < 5:
+            assert child.poll() is None, "the restore ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the module and its pgbackrest, as a killed Ansible task
+        child.wait()
+    # pgBackRest writes pg_control last: the torn copy cannot be started by mistake
+    assert not os.path.exists(os.path.join(cluster.data, "global", "pg_control"))
+    assert os.path.exists(os.path.join(repo.config_dir, pitr.RESTORING))
+    pitr.restore(repo, server, None)
+    assert rows(cluster) == before
+    assert not os.path.exists(os.path.join(repo.config_dir, pitr.RESTORING))

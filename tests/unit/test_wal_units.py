@@ -156,3 +156,18 @@ def test_archiving_settings_wanted():
 def test_pgbackrest_error_line_is_passed_on():
     text = "WARN: something\nERROR: [055]: unable to load info file\n       HINT: is the stanza created?\n"
     assert pgbackrest.pgbackrest_error(text) == "ERROR: [055]: unable to load info file"
+
+
+def test_a_torn_data_directory_is_emptied_only_after_a_restore_of_ours_began(tmp_path):
+    data, marker = tmp_path / "data", tmp_path / pitr.RESTORING
+    (data / "base").mkdir(parents=True)
+    (data / "base" / "1").write_bytes(b"x")
+    with pytest.raises(RecoveryError, match="no restore into it was begun here"):
+        pitr._clear_torn_restore(str(data), str(marker))
+    assert (data / "base" / "1").exists()
+    marker.write_text(str(data))
+    pitr._clear_torn_restore(str(data), str(marker))
+    assert list(data.iterdir()) == []
+    (data / "PG_VERSION").write_text("15\n")  # a cluster pgBackRest restores over by delta: left alone
+    pitr._clear_torn_restore(str(data), str(marker))
+    assert (data / "PG_VERSION").exists()

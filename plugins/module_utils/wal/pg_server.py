@@ -61,10 +61,9 @@ class PgCtlServer:
         return as_os_user(self.os_user, [os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data_dir, *args])
 
     def is_running(self):
-        """pg_ctl status: 0 running, 3 not running, 4 no data directory (refused)."""
+        """pg_ctl status: 0 running, 3 not running, 4 no usable data directory (a lost or half-restored one, which
+        runs no server either)."""
         proc = subprocess.run(self._pg_ctl("status"), stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        if proc.returncode == 4:
-            raise RecoveryError("%s is not a PostgreSQL data directory (pg_ctl status exit 4)" % self.data_dir)
         return proc.returncode == 0
 
     def log_size(self):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime
 import grp
+import gzip
 import json
 import os
 import pwd
 import re
 import shlex
+import shutil
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core import commands
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -227,7 +229,8 @@ class Repository:
     def render_config(self):
         settings = [("repo1-path", self.path), ("repo1-retention-full", str(self.retention_full)),
                     ("repo1-retention-full-type", self.retention_full_type),
-                    ("process-max", str(self.process_max)), ("start-fast", "y"), ("archive-async", "y"),
+                    ("process-max", str(self.process_max)), ("compress-type", "gz"), ("start-fast", "y"),
+                    ("archive-async", "y"),
                     ("spool-path", os.path.join(self.config_dir, "spool")),
                     ("lock-path", os.path.join(self.config_dir, "lock")),
                     ("log-path", os.path.join(self.config_dir, "log"))]
@@ -253,10 +256,13 @@ class Repository:
         line is the error."""
         if not os.path.exists(self.config_file):
             raise RecoveryError("pgBackRest config %s does not exist: prepare the repository first" % self.config_file)
-        # PGBACKREST_* variables would override the config file: the file alone decides.
-        scrub = {name: None for name in os.environ if name.startswith("PGBACKREST_")}
-        return commands.run(self.argv(command, *options, args=args), "pgbackrest %s" % command, env=scrub,
+        return commands.run(self.argv(command, *options, args=args), "pgbackrest %s" % command, env=self._env(),
                             cause=pgbackrest_error)
+
+    @staticmethod
+    def _env():
+        """PGBACKREST_* variables would override the config file: the file alone decides."""
+        return {name: None for name in os.environ if name.startswith("PGBACKREST_")}
 
     def stanza_create(self):
         self.run("stanza-create")
@@ -325,40 +331,62 @@ class Repository:
     def _newest_commit(self, archive):
         """(segment, time) of the newest commit a restore following the latest timeline can reach: the last
         commit in the newest segments of that timeline or, when none is archived there yet, the last one before
-        the timeline branched off its parent (and so on up the history)."""
-        listed = json.loads(self.run("repo-ls", "--output=json", "--recurse",
-                                     args=["archive/%s/%s" % (self.stanza, archive["id"])]))
-        segments = sorted({match.group(1) for match in map(SEGMENT_FILE_RE.search, listed) if match})
-        histories = {int(match.group(1), 16) for match in map(HISTORY_FILE_RE.search, listed) if match}
+        the timeline branched off its parent (and so on up the history). Read with repo-get, which needs no data
+        directory (archive-get reads pg_control): the window is known also when the cluster is lost."""
+        archive_dir = "archive/%s/%s" % (self.stanza, archive["id"])
+        listed = json.loads(self.run("repo-ls", "--output=json", "--recurse", args=[archive_dir]))
+        segments = {match.group(1): path for path, match in ((path, SEGMENT_FILE_RE.search(path)) for path in listed)
+                    if match}
+        histories = {int(match.group(1), 16): path for path, match in
+                     ((path, HISTORY_FILE_RE.search(path)) for path in listed) if match}
         timeline = max([int(name[:8], 16) for name in segments] + list(histories) or [0])
         before, segment_size = None, None
         while timeline:
-            names = [name for name in reversed(segments) if int(name[:8], 16) == timeline]
+            names = sorted((name for name in segments if int(name[:8], 16) == timeline), reverse=True)
             if before is not None and names:
-                segment_size = segment_size or self._fetch(names[0], os.path.getsize)
+                segment_size = segment_size or self._fetch(archive_dir, segments[names[0]], os.path.getsize,
+                                                           names[0])
                 names = [name for name in names if name <= segment_name(timeline, before, segment_size)]
             for name in names[:NEWEST_SEGMENTS_TRIED]:
-                dump = self._fetch(name, self._waldump)
-                found = newest_commit_time(dump, before)
+                found = newest_commit_time(self._fetch(archive_dir, segments[name], self._waldump, name), before)
                 if found:
                     return name, found
             if timeline not in histories:
                 break
-            history_name = "%08X.history" % timeline
-            timeline, branched = parse_history(self._fetch(history_name, _read_text), timeline)
+            text = self._fetch(archive_dir, histories[timeline], _read_text)
+            timeline, branched = parse_history(text, timeline)
             before = branched if before is None else min(before, branched)  # a nearer branch point limits more
         raise RecoveryError("no commit found in the archived WAL of stanza %s that a restore can reach (newest "
                             "segment %s): archive a commit first (archive_now)" % (
-                                self.stanza, segments[-1] if segments else "none"))
+                                self.stanza, max(segments) if segments else "none"))
 
-    def _fetch(self, name, read):
-        """``read(path)`` of archived WAL file ``name`` fetched into our private tmp directory, removed after."""
-        target = os.path.join(self.config_dir, "tmp", name)
+    def _fetch(self, archive_dir, path, read, name=None):
+        """``read(file)`` of the archived file ``path`` (decrypted by repo-get, decompressed here) as ``name`` (a
+        WAL segment's own name: pg_waldump reads the timeline and position from it) in our private tmp directory,
+        owned by the OS user (pg_waldump runs as that user); removed after."""
+        name = name or os.path.basename(path)
+        raw, plain = (os.path.join(self.config_dir, "tmp", name + suffix) for suffix in (".repo", ""))
         try:
-            self.run("archive-get", "--no-archive-async", args=[name, target])
-            return read(target)
+            with os.fdopen(os.open(raw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as out:
+                commands.finish(commands.start(self.argv("repo-get", args=[archive_dir + "/" + path]),
+                                               env=self._env(), stdout=out), "pgbackrest repo-get of %s" % name)
+            if path.endswith(".gz"):
+                with gzip.open(raw, "rb") as source, open(plain, "wb") as target:
+                    shutil.copyfileobj(source, target, 1024 * 1024)
+            elif path.endswith(".history"):
+                os.rename(raw, plain)
+            else:
+                raise RecoveryError("archived WAL %s is not gz-compressed (compress-type=gz is what this repository's "
+                                    "config sets)" % path)
+            if os.geteuid() == 0:
+                entry = pwd.getpwnam(self.os_user)
+                os.chown(plain, entry.pw_uid, entry.pw_gid)
+            return read(plain)
+        except (OSError, EOFError) as err:
+            raise RecoveryError("cannot read archived WAL %s: %s" % (name, err)) from None
         finally:
-            remove_quietly(target)
+            remove_quietly(raw)
+            remove_quietly(plain)
 
     def _waldump(self, path):
         return commands.run(as_os_user(self.os_user, [os.path.join(self.pg_bin_dir, "pg_waldump"),

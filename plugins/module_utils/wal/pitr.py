@@ -8,13 +8,16 @@ the server started and waited for until it has left recovery, and the stop point
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly, write_bytes_atomic
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import fatal_line
 
 STOP_RE = re.compile(r"recovery stopping before (?:commit|abort) of transaction \d+, time [^\n]+")
+RESTORING = "restore-in-progress"
 REDIRECTED = "redirecting log output to logging collector"
 POLL = 0.2
 UTC_TEXT = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
@@ -65,17 +68,26 @@ def restore(repository, server, target_time=None, delta=True, timeout=600):
     replayed commit must not be after the target. Returns {"target", "backup_set", "stop", "last_replayed",
     "timeline", "window", "seconds"}. Archiving goes on, on the new timeline."""
     started = time.monotonic()
+    if os.path.abspath(server.data_dir) != repository.pg_data_dir:
+        raise RecoveryError("the server runs from %s but the repository restores into %s (pg1-path)" % (
+            server.data_dir, repository.pg_data_dir))
     target = parse_target(target_time) if target_time is not None else None
     window = repository.window()
     if target is not None:
         check_target(window, target)
     server.stop()
-    options = ["--log-level-console=info"] + (["--delta"] if delta else [])
+    marker = os.path.join(repository.config_dir, RESTORING)
+    _clear_torn_restore(repository.pg_data_dir, marker)
+    write_bytes_atomic(marker, (repository.pg_data_dir + "\n").encode("utf-8"))
+    # --force with --delta: a data directory left half-restored (no PG_VERSION or backup.manifest yet) is still
+    # restored by delta; without it pgBackRest refuses such a directory as "contains files"
+    options = ["--log-level-console=info"] + (["--delta", "--force"] if delta else [])
     if target is not None:
         options += ["--type=time", "--target=" + target_text(target), "--target-action=promote"]
     else:
         options += ["--type=default"]
     out = repository.run("restore", *options)
+    remove_quietly(marker)
     backup_set = re.search(r"restore backup set (\S+)", out)
     offset = server.log_size()
     server.start()
@@ -100,6 +112,23 @@ def restore(repository, server, target_time=None, delta=True, timeout=600):
             "window": {key: value.isoformat() if isinstance(value, datetime.datetime) else value
                        for key, value in window.items()},
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def _clear_torn_restore(data_dir, marker):
+    """A data directory a killed restore left behind (our marker says a restore into it began, and pgBackRest
+    has not yet written PG_VERSION or backup.manifest, without which it refuses a delta) is emptied, so the restore
+    starts over. Files without either and without the marker are not a cluster of ours: refused, untouched."""
+    if not os.path.isdir(data_dir) or any(os.path.exists(os.path.join(data_dir, name))
+                                          for name in ("PG_VERSION", "backup.manifest")):
+        return
+    entries = os.listdir(data_dir)
+    if not entries:
+        return
+    if not os.path.exists(marker):
+        raise RecoveryError("data directory %s holds files but no PG_VERSION or backup.manifest and no restore "
+                            "into it was begun here: check pg1-path, or empty it to restore" % data_dir)
+    for name in entries:
+        remove_quietly(os.path.join(data_dir, name))
 
 
 def _wait_promoted(server, deadline, log_offset):
