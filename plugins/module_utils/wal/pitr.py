@@ -62,11 +62,12 @@ def restore(repository, server, target_time=None, delta=True, timeout=600):
     ``target_time`` (aware datetime or ISO text), or to the end of the archived WAL when None, and promote it.
 
     The target is checked against ``repository.window()`` first: a refused target leaves the server untouched.
-    Then the server is stopped, ``pgbackrest restore --type=time --target=T --target-action=promote`` (or
-    ``--type=default``) runs, the server starts and is waited for until ``pg_is_in_recovery()`` is false. For a
-    time target the server log must say where recovery stopped ("recovery stopping before ..."), and the last
-    replayed commit must not be after the target. Returns {"target", "backup_set", "stop", "last_replayed",
-    "timeline", "window", "seconds"}. Archiving goes on, on the new timeline."""
+    Then the server is stopped, a data directory a killed restore left torn is emptied, ``pgbackrest restore
+    --type=time --target=T --target-action=promote`` (or ``--type=default``) runs, the server starts and is waited
+    for until ``pg_is_in_recovery()`` is false. For a time target the server log must say where recovery stopped
+    ("recovery stopping before ..."), and the last replayed commit must not be after the target. Returns
+    {"target", "backup_set", "stop", "last_replayed", "timeline", "window", "seconds"}. Archiving goes on, on the
+    new timeline."""
     started = time.monotonic()
     if os.path.abspath(server.data_dir) != repository.pg_data_dir:
         raise RecoveryError("the server runs from %s but the repository restores into %s (pg1-path)" % (
@@ -79,9 +80,7 @@ def restore(repository, server, target_time=None, delta=True, timeout=600):
     marker = os.path.join(repository.config_dir, RESTORING)
     _clear_torn_restore(repository.pg_data_dir, marker)
     write_bytes_atomic(marker, (repository.pg_data_dir + "\n").encode("utf-8"))
-    # --force with --delta: a data directory left half-restored (no PG_VERSION or backup.manifest yet) is still
-    # restored by delta; without it pgBackRest refuses such a directory as "contains files"
-    options = ["--log-level-console=info"] + (["--delta", "--force"] if delta else [])
+    options = ["--log-level-console=info"] + (["--delta"] if delta else [])  # --delta compares checksums
     if target is not None:
         options += ["--type=time", "--target=" + target_text(target), "--target-action=promote"]
     else:
