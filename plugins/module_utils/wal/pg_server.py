@@ -18,13 +18,16 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 POLL = 0.2
 
 
-def as_os_user(os_user, argv):
-    """``argv`` run as ``os_user``: directly when we already are that user, else through runuser (we are root)."""
+def os_user_entry(os_user):
     try:
-        uid = pwd.getpwnam(os_user).pw_uid
+        return pwd.getpwnam(os_user)
     except KeyError:
         raise RecoveryError("OS user %s does not exist on this host" % os_user) from None
-    if os.geteuid() == uid:
+
+
+def as_os_user(os_user, argv):
+    """``argv`` run as ``os_user``: directly when we already are that user, else through runuser (we are root)."""
+    if os.geteuid() == os_user_entry(os_user).pw_uid:
         return list(argv)
     if os.geteuid() != 0:
         raise RecoveryError("%s must run as %s: run this as root or as that user" % (os.path.basename(argv[0]),

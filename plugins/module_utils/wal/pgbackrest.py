@@ -20,7 +20,7 @@ import shutil
 from ansible_collections.christmas.recovery.plugins.module_utils.core import commands
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly, write_bytes_atomic
-from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, as_os_user
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, as_os_user, os_user_entry
 
 BACKUP_KINDS = ("full", "diff", "incr")
 RETENTION_TYPES = ("count", "time")
@@ -116,7 +116,7 @@ def verify_problems(text):
     of the summary that are not ``ok``). It exits 0 whatever it found, so this is the verdict."""
     files = ["%s (%s)" % (path, reason.strip().rstrip(":")) for reason, path in VERIFY_FILE_RE.findall(text)]
     statuses = VERIFY_STATUS_RE.findall(text)
-    bad = [status for status in statuses if status != "ok"]
+    bad = sorted({status for status in statuses if status != "ok"})  # the log and the text summary both say it
     if not statuses:
         bad = ["no status reported"]
     return files, bad
@@ -125,7 +125,7 @@ def verify_problems(text):
 def check_traversable(path, os_user):
     """Every directory above ``path`` must let ``os_user`` pass (search permission as owner, group member or
     other: a backup directory of mode 0710 whose group is the user's is enough)."""
-    entry = pwd.getpwnam(os_user)
+    entry = os_user_entry(os_user)
     groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
     probe = os.path.dirname(os.path.abspath(path))
     while True:
@@ -191,7 +191,7 @@ class Repository:
     def prepare(self):
         """Create the repository and config directories (0700, owned by the OS user) and write the config file;
         returns True when the config file changed."""
-        entry = pwd.getpwnam(self.os_user)
+        entry = os_user_entry(self.os_user)
         for directory in (self.path, self.config_dir):
             check_traversable(directory, self.os_user)
             self._own_private_dir(directory, entry)
@@ -379,7 +379,7 @@ class Repository:
                 raise RecoveryError("archived WAL %s is not gz-compressed (compress-type=gz is what this repository's "
                                     "config sets)" % path)
             if os.geteuid() == 0:
-                entry = pwd.getpwnam(self.os_user)
+                entry = os_user_entry(self.os_user)
                 os.chown(plain, entry.pw_uid, entry.pw_gid)
             return read(plain)
         except (OSError, EOFError) as err:
