@@ -19,6 +19,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from conftest import settings_into_conf
 from sandbox import PgCluster
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -27,14 +28,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server i
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pgbackrest import Repository
 
 POSTGRES = pwd.getpwnam("postgres")
-
-
-def settings_into_conf(cluster):
-    """What the sandbox passes on pg_ctl's command line, written into postgresql.conf, so that pg_ctl start without
-    options brings the same server back."""
-    with open(os.path.join(cluster.data, "postgresql.conf"), "a", encoding="utf-8") as handle:
-        handle.write("port = %d\nunix_socket_directories = '%s'\nlisten_addresses = '127.0.0.1'\nfsync = off\n"
-                     % (cluster.port, cluster.run_dir))
 
 
 def backup_dir(parent):

@@ -68,7 +68,7 @@ def validate(manifest_ref, backup_dir=None, components=COMPONENTS, db=None, redi
         raise RecoveryError("validating the database needs its connection (db)")
     if "redis" in chosen and redis_target is None:
         raise RecoveryError("validating Redis needs its connection (redis_target)")
-    if not (chosen or services is not None or health_urls or queries):
+    if manifest_ref is not None and not (chosen or services is not None or health_urls or queries):
         raise RecoveryError("nothing to validate: set %s holds %s and every other check is off" % (
             manifest["set_id"], ", ".join(manifest["components"])))
     snapshot = _snapshot_keys(set_root, manifest) if "redis" in chosen else None

@@ -17,7 +17,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.commands i
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import make_private_dir
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
-from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_aof, redis_aof_index, redis_keys
+from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_aof, redis_aof_index
 from ansible_collections.christmas.recovery.plugins.module_utils.wal import archiving, pgbackrest
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, read_postmaster_pid
 
@@ -96,7 +96,7 @@ def _admin_session(db):
 def _backup_kind(repository, full_days, between, now):
     """full when the newest full backup is older than ``full_days`` (or there is none), else ``between``."""
     fulls = [b for b in repository.info()["backups"] if b["type"] == "full" and not b["error"]]
-    if not fulls or now - pgbackrest.epoch(fulls[-1]["stop_time"]) >= full_days * DAY:
+    if not fulls or now - fulls[-1]["stop_epoch"] >= full_days * DAY:
         return "full"
     return between
 
@@ -126,8 +126,8 @@ def protect_db(protection, db, full_days=7, between="diff", archive_timeout=60, 
     backup = repository.backup(kind)
     physical = {"tool": "pgbackrest", "version": repository.version(), "stanza": repository.stanza,
                 "label": backup["label"], "type": backup["type"], "wal_start": backup["archive_start"],
-                "wal_stop": backup["archive_stop"], "started_at": _stamp(pgbackrest.epoch(backup["start_time"])),
-                "stopped_at": _stamp(pgbackrest.epoch(backup["stop_time"])), "repo": repository.path}
+                "wal_stop": backup["archive_stop"], "started_at": _stamp(backup["start_epoch"]),
+                "stopped_at": _stamp(backup["stop_epoch"]), "repo": repository.path}
     return {"changed": True, "archiving": plan, "physical": physical}
 
 
@@ -141,17 +141,13 @@ def ship_db(protection, db, timeout=60):
 # ---------------------------------------------------------------- all components
 
 
-def redis_aof_dir(protection, target):
-    return protection.redis_data_dir or redis_keys.server_info(target)["dir"]
-
-
 def protect(protection, db=None, redis_target=None, config_dir=None, full_days=7, between="diff",
             archive_timeout=60, take_over=False, check_mode=False, progress=print):
     """backup.yml's part: the database's archiving and physical backup, Redis's AOF with timestamps and its first
     shipment, a version of the config tree. Without a database server the collection can manage here, continuous
     protection is off (``off_reason``), which is no failure: the set is taken anyway."""
     reason = protection.db_off_reason()
-    result = {"changed": False, "components": {}, "off_reason": reason, "physical": None}
+    result = {"changed": False, "components": {}, "off_reason": reason or "", "physical": None}
     if reason:
         result["window"] = windows(protection, off_reason=reason)
         return result
@@ -165,7 +161,7 @@ def protect(protection, db=None, redis_target=None, config_dir=None, full_days=7
             result["components"]["redis"] = {"changed": True}
         else:
             enabled = redis_aof.enable_timestamps(redis_target)
-            shipped = redis_aof.ship_aof(redis_target, redis_aof_dir(protection, redis_target),
+            shipped = redis_aof.ship_aof(redis_target, protection.redis_data_dir,
                                          protection.redis_repo)
             result["components"]["redis"] = {"aof": enabled, "shipped": shipped}
             result["changed"] = result["changed"] or enabled["changed"] or shipped["changed"]
@@ -182,7 +178,7 @@ def ship(protection, db=None, redis_target=None, config_dir=None, timeout=60, pr
     """archive.yml's part: everything changed since the last shipment made restorable; nothing when continuous
     protection is off (``off_reason``)."""
     reason = protection.db_off_reason()
-    result = {"changed": False, "components": {}, "shipped_bytes": 0, "off_reason": reason}
+    result = {"changed": False, "components": {}, "shipped_bytes": 0, "off_reason": reason or ""}
     if reason:
         result["window"] = windows(protection, off_reason=reason)
         return result
@@ -190,7 +186,7 @@ def ship(protection, db=None, redis_target=None, config_dir=None, timeout=60, pr
         result["components"]["db"] = ship_db(protection, db, timeout)
         result["changed"] = True
     if redis_target:
-        shipped = redis_aof.ship_aof(redis_target, redis_aof_dir(protection, redis_target), protection.redis_repo)
+        shipped = redis_aof.ship_aof(redis_target, protection.redis_data_dir, protection.redis_repo)
         result["components"]["redis"] = shipped
         result["shipped_bytes"] += shipped["shipped_bytes"]
         result["changed"] = result["changed"] or shipped["changed"]

@@ -22,7 +22,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.redis import (
     redis_restore,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import _stamp, component_windows
-from ansible_collections.christmas.recovery.plugins.module_utils.wal import pgbackrest, pitr
+from ansible_collections.christmas.recovery.plugins.module_utils.wal import pitr
 
 ORDER = ("db", "redis", "config")
 FUTURE_SLACK = 1  # seconds: a target of "now" typed by an operator is not refused as future
@@ -89,7 +89,7 @@ def _verify(protection, components, target):
         redis_aof_index.verify_repository(protection.redis_repo, start=int(target), end=int(target))
         index = redis_aof_index.load_index(protection.redis_repo)
         generation = redis_aof_index.generation_for(index, int(target), protection.redis_repo)
-        files = redis_aof_index.generation_files(generation)
+        files = list(redis_aof_index.generation_files(generation))
         plan["redis"] = {"generation": generation["id"], "files": files,
                          "uses": "AOF generation %s (%d files)" % (generation["id"], len(files))}
     if "config" in components:
@@ -102,7 +102,7 @@ def _verify(protection, components, target):
 
 def _backup_for(repository, target):
     """The newest physical backup that ended at or before ``target``: the one pgBackRest restores from."""
-    usable = [b for b in repository.info()["backups"] if not b["error"] and pgbackrest.epoch(b["stop_time"]) <= target]
+    usable = [b for b in repository.info()["backups"] if not b["error"] and b["stop_epoch"] <= target]
     if not usable:
         raise RecoveryError("no physical backup of stanza %s ended at or before %s" % (repository.stanza,
                                                                                        _stamp(target)))
@@ -162,7 +162,8 @@ def _restore_component(name, protection, target, db, redis_target, config_dir, s
         return dict(done, changed=True, state="restored to %s (timeline %s)" % (_stamp(target), done["timeline"]))
     if name == "redis":
         facts = redis_aof_restore.rdb_at(protection.redis_repo, int(target), scratch, progress)
-        done = redis_restore.restore_redis(redis_target, {"redis": facts["redis"]}, facts["path"], force=True,
+        done = redis_restore.restore_redis(redis_target, {"set_id": label, "redis": facts["redis"]}, facts["path"],
+                                           force=True,
                                            progress=progress)
         done["state"] = "restored to %s" % _stamp(target)
         return done

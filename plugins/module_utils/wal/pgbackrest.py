@@ -53,6 +53,7 @@ def parse_backup(entry):
         "archive_start": entry["archive"]["start"], "archive_stop": entry["archive"]["stop"],
         "lsn_start": entry.get("lsn", {}).get("start"), "lsn_stop": entry.get("lsn", {}).get("stop"),
         "start_time": utc_iso(entry["timestamp"]["start"]), "stop_time": utc_iso(entry["timestamp"]["stop"]),
+        "start_epoch": entry["timestamp"]["start"], "stop_epoch": entry["timestamp"]["stop"],
         "size": entry["info"]["size"], "delta": entry["info"]["delta"],
         "repo_size": entry["info"]["repository"]["size"], "repo_delta": entry["info"]["repository"]["delta"],
         "db_id": entry["database"]["id"], "error": bool(entry.get("error")),
@@ -263,6 +264,10 @@ class Repository:
     def _env():
         """PGBACKREST_* variables would override the config file: the file alone decides."""
         return {name: None for name in os.environ if name.startswith("PGBACKREST_")}
+
+    def version(self):
+        """pgBackRest's version, as ``pgbackrest version`` prints it (``pgBackRest 2.45``): ``2.45``."""
+        return commands.run([self.program, "version"], "pgbackrest version").split()[-1]
 
     def stanza_create(self):
         self.run("stanza-create")
