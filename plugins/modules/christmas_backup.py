@@ -70,7 +70,7 @@ options:
   physical_backup:
     description:
       - The physical backup continuous protection took just before (C(physical) of M(christmas.recovery.christmas_pitr)
-        C(action=backup)): its pgBackRest label, type, WAL range and times are recorded in the manifest
+        C(action=backup)); its pgBackRest label, type, WAL range and times are recorded in the manifest
         (C(db.physical)), so one manifest describes the whole set. Checked like the rest of the manifest.
     type: dict
   db_node:

@@ -16,12 +16,12 @@ description:
     physical backup (full when the newest full one is I(full_days) old, else I(between)), returned as C(physical)
     for the set's manifest. It turns Redis's AOF with timestamps on (C(CONFIG SET), persisted with C(CONFIG
     REWRITE)) and ships it, and stores a version of the config tree. A database server the collection cannot stop
-    and start is no failure: C(off_reason) says why its continuous protection is off.
+    and start is no failure; C(off_reason) says why its continuous protection is off.
   - I(action=ship) (archive.yml) makes everything so far restorable; a commit of its own (C(pg_logical_emit_message),
     no table touched, so an idle database too has a commit after every second), a WAL switch and the wait until that
     segment is archived; Redis's new AOF in whole commands; a new version of the config tree when it changed.
   - I(action=info) reports the recovery window of each component, and verifies the repositories with I(verify)
-    (pgBackRest's C(verify) report is read: it exits 0 on corrupt files).
+    (pgBackRest's C(verify) report is read, since it exits 0 on corrupt files).
   - Expired AOF files and config versions are pruned after I(retention_days), never leaving a hole; pgBackRest
     expires its backups and WAL by the same number of days.
 version_added: 0.2.0

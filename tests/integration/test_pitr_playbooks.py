@@ -139,7 +139,8 @@ def test_a_target_outside_the_window_is_refused_before_anything_changes(protecte
         (_iso(now - 30 * 86400), "is before the oldest recoverable point"),
         ("yesterday at noon", "is not an ISO 8601 time"),
     ):
-        message = run_playbook("restore_full", env.host_vars, {"target_time": target}, expect_ok=False).failure_message()
+        failed = run_playbook("restore_full", env.host_vars, {"target_time": target}, expect_ok=False)
+        message = failed.failure_message()
         assert problem in message
         assert "the recoverable window is" in message or "ISO" in problem
         assert _state(env) == before

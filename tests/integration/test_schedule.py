@@ -25,7 +25,7 @@ from lab import build_scheduler_image, lab_env
 
 pytestmark = pytest.mark.xdist_group("podman")
 
-JOBS = ("backup", "rehearse", "drill")
+JOBS = ("backup", "archive", "rehearse", "drill")
 PROBE = "probe-%s" % secrets.token_hex(6)
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 
@@ -207,14 +207,17 @@ def test_cron_schedule_installs_lines_and_logrotate_then_removes_them(cron_host,
     jobs = _cron_lines(cron_host)
     assert sorted(jobs) == sorted(JOBS)
     assert jobs["backup"][:2] == ("0 3 * * *", "root")
+    assert jobs["archive"][:2] == ("* * * * *", "root")
     assert jobs["rehearse"][:2] == ("0 5 * * 0", "root")
     assert jobs["drill"][:2] == ("15 2 1,15 * *", "root")
     inventory = variables["christmas_schedule_inventory"]
     playbooks = os.path.join(ROOT, "playbooks")
-    for job, playbook in (("backup", "backup.yml"), ("rehearse", "rehearse.yml"), ("drill", "dr_drill.yml")):
+    for job, playbook, wait in (("backup", "backup.yml", 3600), ("archive", "archive.yml", 60),
+                                ("rehearse", "rehearse.yml", 3600), ("drill", "dr_drill.yml", 3600)):
         command = jobs[job][2]
-        assert "/usr/bin/flock --wait 3600 %s %s -i %s %s/%s" % (
-            variables["christmas_schedule_lock_file"], ANSIBLE_PLAYBOOK, inventory, playbooks, playbook) in command
+        lock = variables["christmas_schedule_lock_file"]
+        assert "/usr/bin/flock --wait %d %s %s -i %s %s/%s" % (
+            wait, lock, ANSIBLE_PLAYBOOK, inventory, playbooks, playbook) in command
         assert command.endswith(">>%s/%s.log 2>&1" % (log_dir, job))
         assert ". %s;" % variables["christmas_schedule_env_file"] in command and PROBE not in command
     assert jobs["drill"][2].count("-e scenario=redis_flush") == 1
@@ -238,7 +241,7 @@ def test_cron_schedule_installs_lines_and_logrotate_then_removes_them(cron_host,
     before = _cron_lines(cron_host)
     cron_host.play(dict(variables, christmas_schedule_drill_enabled=False))
     after = _cron_lines(cron_host)
-    assert sorted(after) == ["backup", "rehearse"] and after["backup"] == before["backup"]
+    assert sorted(after) == ["archive", "backup", "rehearse"] and after["backup"] == before["backup"]
 
     with open(os.path.join(log_dir, "backup.log"), "w", encoding="utf-8") as handle:
         handle.write("an earlier run\n")
@@ -260,6 +263,7 @@ def test_cron_schedule_installs_lines_and_logrotate_then_removes_them(cron_host,
     ({"christmas_schedule_drill_calendar": {"hour": 6}}, "christmas_schedule_drill_calendar"),
     ({"christmas_schedule_environment": {"PASSWORD": "it's"}}, "without quotes or backslashes (names: PASSWORD)"),
     ({"christmas_schedule_ansible_playbook": "/nowhere/ansible-playbook"}, "/nowhere/ansible-playbook (executable)"),
+    ({"christmas_schedule_archive_interval": 90}, "christmas_schedule_archive_interval must be a multiple of 60"),
 ])
 def test_a_bad_setting_is_refused_in_one_line_before_anything_changes(cron_host, shared_dir, setting, named):
     failed = cron_host.play(_cron_vars(shared_dir, **setting), expect_ok=False)
@@ -278,7 +282,7 @@ def test_the_scheduled_backup_line_backs_up_and_logs_and_waits_for_the_lock(cron
     seed_redis(redis_server)
     backup_dir = os.path.join(tmp_dir, "backups")
     variables = _cron_vars(shared_dir, christmas_schedule_lock_timeout=2, christmas_schedule_rehearse_enabled=False,
-                           christmas_schedule_drill_enabled=False)
+                           christmas_schedule_drill_enabled=False, christmas_schedule_archive_enabled=False)
     host = dict(connection_vars(platform, redis_server, config_dir, backup_dir), **isolated_vars(tmp_dir),
                 ansible_connection="local", ansible_python_interpreter=sys.executable)
     with open(variables["christmas_schedule_inventory"], "w", encoding="utf-8") as handle:
@@ -371,6 +375,7 @@ def _assert_the_timers_run_the_jobs(host, units):
     assert "OnCalendar=*-*-* 03:00:00" in calendars["backup"]
     assert "OnCalendar=Sun *-*-* 05:00:00" in calendars["rehearse"]
     assert "OnCalendar=*-*-01 06:00:00" in calendars["drill"]
+    assert "OnCalendar=*-*-* *:*:00" in calendars["archive"]
     assert host.sh("systemctl show -P Persistent christmas-recovery-backup.timer").stdout.strip() == "yes"
     assert all(host.mode(unit) == "644 root root" for unit in units)
     verified = host.sh("systemd-analyze verify %s 2>&1" % " ".join(units), check=False)
@@ -379,7 +384,7 @@ def _assert_the_timers_run_the_jobs(host, units):
     assert ("ExecStart=/usr/bin/flock --wait 3600 /run/lock/christmas-recovery.lock /usr/local/bin/ansible-playbook"
             " -i /etc/christmas/hosts.yml christmas.recovery.backup\n") in service
     assert "EnvironmentFile=/etc/default/christmas-recovery\n" in service and PROBE not in service
-    assert "-e scenario=db_stop" in host.read(units[4])
+    assert "-e scenario=db_stop" in host.read("/etc/systemd/system/christmas-recovery-drill.service")
     assert host.mode("/etc/default/christmas-recovery") == "600 root root"
 
     # The backup's service, started as its timer would: the command runs with the environment file, into its log.
@@ -404,4 +409,4 @@ def _assert_a_switch_to_cron_and_back(host, variables, units):
 
     # Back to systemd (auto): the cron file goes.
     host.play(dict(variables, christmas_schedule_drill_enabled=False))
-    assert _timers(host) == ["backup", "rehearse"] and not host.exists(CRON_FILE)
+    assert _timers(host) == ["archive", "backup", "rehearse"] and not host.exists(CRON_FILE)
