@@ -43,7 +43,11 @@ def test_backup_and_verify_metrics_match_the_backup_dir_and_a_failed_backup_is_r
     sets = manifests(backup_dir)
     newest = next(iter(sets))
     metrics = read_metrics(metrics_dir)
-    assert set(metrics) == {"christmas_recovery_backup.prom", "christmas_recovery_sets.prom"}
+    assert set(metrics) == {"christmas_recovery_backup.prom", "christmas_recovery_sets.prom",
+                            "christmas_recovery_window.prom"}
+    # No database server to manage here (no christmas_pg_data_dir): continuous protection is off, and says why.
+    window = metrics["christmas_recovery_window.prom"]
+    assert [value for (name, _labels), value in window.items() if name.endswith("pitr_enabled")] == [0]
     backup = metrics["christmas_recovery_backup.prom"]
     assert value(backup, "last_run_success", kind="backup") == 1
     assert value(backup, "run_set_timestamp_seconds", kind="backup") == set_time(newest)

@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import connection_vars, redis_state, seed_redis, settings_into_conf, tree_state
+from conftest import connection_vars, read_metrics, redis_state, seed_redis, settings_into_conf, tree_state, value
 
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids, load
 
@@ -65,7 +65,7 @@ def protected(platform, make_redis, config_dir, tmp_dir, run_playbook):
                      christmas_pg_data_dir=platform.cluster.data)
     first = run_playbook("backup", host_vars)
     return SimpleNamespace(platform=platform, redis=server, config_dir=config_dir, backup_dir=backup_dir,
-                           host_vars=host_vars, first=first)
+                           host_vars=host_vars, first=first, tmp_dir=tmp_dir)
 
 
 def _changes_before(env):
@@ -101,8 +101,14 @@ def test_restore_full_to_a_second_brings_the_database_redis_and_config_back_as_t
         assert "aof-timestamp-enabled yes" in handle.read()  # persisted: a restart keeps it
 
     _changes_before(env)
+    shipped_at = time.time()
     run_playbook("archive", env.host_vars)
     expected = _state(env)
+    window = read_metrics(os.path.join(env.tmp_dir, "metrics"))["christmas_recovery_window.prom"]
+    assert value(window, "pitr_enabled") == 1
+    for component in ("db", "redis", "config"):
+        start, end = (value(window, "window_%s_seconds" % edge, component=component) for edge in ("start", "end"))
+        assert start < end and end >= shipped_at - 2, (component, start, end)  # Redis counts whole seconds
     target = _second_boundary()
     _changes_after(env)
     run_playbook("archive", env.host_vars)
@@ -158,3 +164,31 @@ def test_the_dry_run_names_the_backup_aof_generation_and_config_version_it_would
     shutil.rmtree(os.path.join(env.backup_dir, "pitr", "config"))
     refused = run_playbook("restore_full", env.host_vars, {"target_time": "latest"}, check=True, expect_ok=False)
     assert "no recovery window for config" in refused.output
+
+
+def test_without_a_database_server_to_manage_continuous_protection_is_off_said_once_and_in_the_metrics(
+        platform, make_redis, config_dir, tmp_dir, run_playbook):
+    server = make_redis(password=secrets.token_urlsafe(12))
+    backup_dir = os.path.join(tmp_dir, "backups")
+    host_vars = connection_vars(platform, server, config_dir, backup_dir)
+    backup = run_playbook("backup", host_vars)
+    assert backup.output.count("Continuous protection is off: the collection cannot stop and start the database "
+                               "server") == 1
+    assert len(complete_set_ids(backup_dir)) == 1  # the nightly set, as always
+    assert env_untouched(platform, server, backup_dir)
+    archive = run_playbook("archive", host_vars)
+    assert "Continuous protection is off" in archive.output
+    files = read_metrics(os.path.join(tmp_dir, "metrics"))
+    window = files["christmas_recovery_window.prom"]
+    reason = "the collection cannot stop and start the database server: set christmas_pg_data_dir (or " \
+             "christmas_service_manager systemd)"
+    assert value(window, "pitr_enabled", reason=reason) == 0
+    assert value(files["christmas_recovery_archive.prom"], "last_run_success", kind="archive") == 1
+
+
+def env_untouched(platform, server, backup_dir):
+    """Nothing of continuous protection was set up: no archiving, no AOF, no repositories."""
+    return (platform.cluster.sql("SHOW archive_mode")[0][0] == "off"
+            and server.client().config_get("appendonly")["appendonly"] == "no"
+            and not os.path.exists(os.path.join(backup_dir, "pitr"))
+            and not os.path.exists(os.path.join(backup_dir, "pgbackrest")))

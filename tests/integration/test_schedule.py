@@ -347,7 +347,8 @@ def test_systemd_schedule_installs_running_timers_then_removes_them(systemd_host
                    christmas_schedule_drill_enabled=False))
     assert "OnCalendar=*-*-* 04:30:00" in host.sh(
         "systemctl show -P TimersCalendar christmas-recovery-backup.timer").stdout
-    assert _timers(host) == ["backup", "rehearse"] and not host.exists(units[4])
+    assert _timers(host) == ["archive", "backup", "rehearse"]
+    assert not host.exists("/etc/systemd/system/christmas-recovery-drill.service")
 
     _assert_a_switch_to_cron_and_back(host, variables, units)
 
