@@ -46,8 +46,8 @@ def test_backup_and_verify_metrics_match_the_backup_dir_and_a_failed_backup_is_r
     assert set(metrics) == {"christmas_recovery_backup.prom", "christmas_recovery_sets.prom",
                             "christmas_recovery_window.prom"}
     # No database server to manage here (no christmas_pg_data_dir): continuous protection is off, and says why.
-    window = metrics["christmas_recovery_window.prom"]
-    assert [value for (name, _labels), value in window.items() if name.endswith("pitr_enabled")] == [0]
+    assert [v for (name, _labels), v in metrics["christmas_recovery_window.prom"].items()
+            if name.endswith("pitr_enabled")] == [0]
     backup = metrics["christmas_recovery_backup.prom"]
     assert value(backup, "last_run_success", kind="backup") == 1
     assert value(backup, "run_set_timestamp_seconds", kind="backup") == set_time(newest)
