@@ -353,7 +353,7 @@ def test_systemd_schedule_installs_running_timers_then_removes_them(systemd_host
     _assert_a_switch_to_cron_and_back(host, variables, units)
 
     predicted = host.play(variables, state="absent", check=True)
-    assert predicted.changed > 0 and _timers(host) == ["backup", "rehearse"]
+    assert predicted.changed > 0 and _timers(host) == ["archive", "backup", "rehearse"]
 
     removed = host.play(variables, state="absent")
     assert removed.changed > 0
