@@ -4,6 +4,7 @@ Redis and the config tree back as they stood at T."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -16,6 +17,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import connection_vars, read_metrics, redis_state, seed_redis, settings_into_conf, tree_state, value
 
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import PGBACKREST_CIPHER_PURPOSE
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids, load
 
 TOKYO = datetime.timezone(datetime.timedelta(hours=9))
@@ -52,8 +55,7 @@ def _state(env):
     return {"db": env.platform.snapshot(), "redis": redis_state(env.redis), "config": tree_state(env.config_dir)}
 
 
-@pytest.fixture
-def protected(platform, make_redis, config_dir, tmp_dir, run_playbook):
+def _protect(platform, make_redis, config_dir, tmp_dir, run_playbook, **extra_vars):
     """The platform (a cluster run from its data directory, Redis with its config file, the config tree) after
     backup.yml with continuous protection."""
     os.chmod(tmp_dir, 0o711)  # the server's archive_command must reach the repository below it
@@ -62,10 +64,16 @@ def protected(platform, make_redis, config_dir, tmp_dir, run_playbook):
     seed_redis(server)
     backup_dir = os.path.join(tmp_dir, "backups")
     host_vars = dict(connection_vars(platform, server, config_dir, backup_dir),
-                     christmas_pg_data_dir=platform.cluster.data)
+                     christmas_pg_data_dir=platform.cluster.data, **extra_vars)
+    first_backup_at = time.time()
     first = run_playbook("backup", host_vars)
     return SimpleNamespace(platform=platform, redis=server, config_dir=config_dir, backup_dir=backup_dir,
-                           host_vars=host_vars, first=first, tmp_dir=tmp_dir)
+                           host_vars=host_vars, first=first, tmp_dir=tmp_dir, first_backup_at=first_backup_at)
+
+
+@pytest.fixture
+def protected(platform, make_redis, config_dir, tmp_dir, run_playbook):
+    return _protect(platform, make_redis, config_dir, tmp_dir, run_playbook)
 
 
 def _changes_before(env):
@@ -129,6 +137,86 @@ def test_restore_full_to_a_second_brings_the_database_redis_and_config_back_as_t
     run_playbook("archive", env.host_vars)
     run_playbook("restore_full", env.host_vars, {"target_time": _iso(second, datetime.UTC)})
     assert _state(env) == again
+
+
+def test_with_christmas_encryption_the_repository_is_encrypted_restores_and_keeps_its_encryption(
+        platform, make_redis, config_dir, tmp_dir, run_playbook):
+    key_text = base64.b64encode(os.urandom(32)).decode("ascii")
+    env = _protect(platform, make_redis, config_dir, tmp_dir, run_playbook,
+                   christmas_encryption=True, christmas_encryption_key=key_text)
+    cipher_pass = encryption.derived_secret(base64.b64decode(key_text), PGBACKREST_CIPHER_PURPOSE)
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before T')")
+    outputs = [env.first.output, run_playbook("archive", env.host_vars, verbosity=3).output]
+    expected = env.platform.snapshot()
+    target = _second_boundary()
+    env.platform.sql("DELETE FROM orders")
+    outputs.append(run_playbook("archive", env.host_vars).output)
+
+    repo = os.path.join(env.backup_dir, "pgbackrest")
+    stored = [os.path.join(top, name) for kind in ("archive", "backup")
+              for top, _dirs, names in os.walk(os.path.join(repo, kind, "christmas")) for name in names]
+    assert any(path.endswith(".gz") for path in stored) and any(path.endswith("backup.info") for path in stored)
+    for path in stored:
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"Salted__", path  # OpenSSL's format: pgBackRest's aes-256-cbc
+
+    outputs.append(run_playbook("restore_db", env.host_vars, {"target_time": _iso(target)}, verbosity=3).output)
+    assert env.platform.snapshot() == expected
+    assert not any(cipher_pass in output or key_text in output for output in outputs)
+
+    # The same repository with encryption turned off is refused by name, before any change to the server.
+    sets = complete_set_ids(env.backup_dir)
+    off = run_playbook("backup", dict(env.host_vars, christmas_encryption=False), expect_ok=False)
+    assert "pgBackRest repository %s (stanza christmas) is encrypted but christmas_encryption is off" % repo \
+        in off.output
+    assert complete_set_ids(env.backup_dir) == sets
+    with open(os.path.join(repo + ".conf.d", "pgbackrest.conf"), encoding="utf-8") as handle:
+        assert "repo1-cipher-pass=%s" % cipher_pass in handle.read()  # the config file was not rewritten
+
+
+def _histories(env):
+    """The timeline history files of the repository: each promotion that archived into it left one."""
+    archive = os.path.join(env.backup_dir, "pgbackrest", "archive")
+    return sorted(name for _top, _dirs, names in os.walk(archive) for name in names if name.endswith(".history"))
+
+
+def test_the_rehearsal_restores_the_platform_to_a_second_in_scratch_servers_and_leaves_production_alone(
+        protected, run_playbook):
+    env = protected
+    _changes_before(env)
+    run_playbook("archive", env.host_vars)
+    rows_at_target = {"public." + name: int(rows) for name, (_md5, rows) in env.platform.snapshot().items()}
+    keys_at_target = {str(db): len(keys) for db, keys in redis_state(env.redis).items()}
+    target = _second_boundary()
+    _changes_after(env)
+    run_playbook("archive", env.host_vars)
+    before, histories = _state(env), _histories(env)
+    scratch = os.path.join(env.tmp_dir, "rehearsal")
+    host_vars = dict(env.host_vars, christmas_rehearsal_dir=scratch)
+
+    rehearsed = run_playbook("rehearse", dict(host_vars, christmas_rehearsal_target_time=target))
+    assert "restore of db, redis, config to %s rehearsed" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target)) \
+        in rehearsed.output
+    with open(os.path.join(env.backup_dir, "pitr", "rehearsals.json"), encoding="utf-8") as handle:
+        record = json.load(handle)["rehearsals"][-1]
+    assert record["passed"] and record["error"] is None
+    restored = record["restored"]
+    assert {name: rows for name, rows in restored["db"]["rows"].items() if name.startswith("public.")} \
+        == rows_at_target
+    assert restored["redis"]["keys"] == keys_at_target
+    assert restored["config"]["entries"] > 0
+    # The platform's servers, its repository (no new timeline) and its archiving are as they were.
+    assert _state(env) == before and _histories(env) == histories
+    assert not os.path.exists(scratch)
+    run_playbook("archive", env.host_vars)
+
+    # Without a second given, a random one of the window.
+    run_playbook("rehearse", host_vars)
+    with open(os.path.join(env.backup_dir, "pitr", "rehearsals.json"), encoding="utf-8") as handle:
+        records = json.load(handle)["rehearsals"]
+    assert len(records) == 2 and records[-1]["passed"]
+    chosen = datetime.datetime.fromisoformat(records[-1]["target_time"].replace("Z", "+00:00")).timestamp()
+    assert env.first_backup_at <= chosen <= time.time()
 
 
 def test_a_target_outside_the_window_is_refused_before_anything_changes(protected, run_playbook):

@@ -86,6 +86,9 @@ def signing_argument_spec(trust=True):
     return spec
 
 
+PGBACKREST_CIPHER_PURPOSE = "pgbackrest-repo1-cipher-pass"
+
+
 def pitr_argument_spec(required=True):
     """The options of the ``christmas.recovery.pitr`` fragment: where continuous protection keeps its repositories
     and how the database server is controlled (``required=False`` where they serve only a point-in-time restore)."""
@@ -99,12 +102,15 @@ def pitr_argument_spec(required=True):
         "db_service": {"type": "str", "default": "timescaledb"},
         "service_timeout": {"type": "int", "default": 120},
         "redis_data_dir": {"type": "path"},
+        "pitr_encryption": {"type": "bool", "default": False},
+        **encryption_argument_spec(),
     }
 
 
 def protection(params):
     """Where continuous protection keeps its repositories, and the database server it stops and starts: the cluster
-    run from ``pg_data_dir`` with pg_ctl (service manager none); None when the collection cannot manage it."""
+    run from ``pg_data_dir`` with pg_ctl (service manager none); None when the collection cannot manage it. With
+    ``pitr_encryption`` the pgBackRest repository's cipher pass is derived from the encryption key."""
     server = None
     if params["service_manager"] == "none" and params["pg_data_dir"]:
         server = PgCtlServer(params["pg_data_dir"], os_user=params["pg_os_user"],
@@ -112,7 +118,9 @@ def protection(params):
     return Protection(params["backup_dir"], params["pitr_repo"], params["pitr_stanza"], params["pitr_dir"],
                       pg_data_dir=params["pg_data_dir"], os_user=params["pg_os_user"], pg_bin_dir=params["pg_bin_dir"],
                       server=server, redis_data_dir=params["redis_data_dir"],
-                      retention_days=params.get("retention_days") or 30)
+                      retention_days=params.get("retention_days") or 30,
+                      cipher_pass=encryption.derived_secret(encryption_key(params), PGBACKREST_CIPHER_PURPOSE)
+                      if params["pitr_encryption"] else None)
 
 
 def encryption_argument_spec():
@@ -121,6 +129,7 @@ def encryption_argument_spec():
 
 
 ENCRYPTION_EXCLUSIVE = [("encryption_key", "encryption_key_file")]
+PITR_REQUIRED_IF = [("pitr_encryption", True, ("encryption_key", "encryption_key_file"), True)]
 
 
 def encryption_key(params):

@@ -50,6 +50,8 @@ FAMILIES = {
     "rehearsal_passed": "1 when the last restore rehearsal passed, 0 when it did not.",
     "rehearsal_restore_seconds": "How long the last rehearsal's restore took.",
     "rehearsal_failed_checks": "Validation checks that failed in the last rehearsal.",
+    "rehearsal_pitr_rehearsed": "1 when the last rehearsal also restored the platform to a second of the window.",
+    "rehearsal_pitr_target_seconds": "The second (Unix time) the last rehearsal restored the platform to.",
     "drill_passed": "1 when the last drill of the scenario met every target, 0 when it did not.",
     "drill_detection_seconds": "Seconds from the fault to its detection in the last drill of the scenario.",
     "drill_rto_seconds": "Seconds from the fault to the platform serving again in the last drill of the scenario.",
@@ -87,7 +89,8 @@ VALUES = {
     "archive": {"shipped_bytes": "archive_shipped_bytes"},
     "verify": dict(RUN_VALUES, deep="verify_deep", artifacts="verify_artifacts"),
     "rehearsal": dict(RUN_VALUES, passed="rehearsal_passed", restore_seconds="rehearsal_restore_seconds",
-                      failed_checks="rehearsal_failed_checks"),
+                      failed_checks="rehearsal_failed_checks", pitr_rehearsed="rehearsal_pitr_rehearsed",
+                      pitr_target_seconds="rehearsal_pitr_target_seconds"),
     "drill": dict(RUN_VALUES, **{name: "drill_" + name for name in (
         "passed", "detection_seconds", "rto_seconds", "rpo_seconds", "detection_target_seconds",
         "rto_target_seconds", "rpo_target_seconds")}),

@@ -95,6 +95,15 @@ def load_key(key=None, key_file=None):
     return decoded
 
 
+def derived_secret(key, purpose):
+    """A secret for another tool (``purpose`` names it) derived from the key: the tool never holds the key itself,
+    and the key's loss or rotation is the only way to lose or change it."""
+    _require_library()
+    derived = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                   info=b"christmas.recovery/derived/" + purpose.encode("ascii")).derive(key)
+    return base64.urlsafe_b64encode(derived).decode("ascii").rstrip("=")
+
+
 def key_id(key):
     """A short public fingerprint of the key, safe to log and to record in a manifest."""
     return hashlib.sha256(KEY_ID_CONTEXT + key).hexdigest()[:16]

@@ -34,10 +34,11 @@ class Protection:
     stops and starts it (a PgCtlServer for a cluster run from ``pg_data_dir``), None when it cannot be managed."""
 
     def __init__(self, backup_dir, repo, stanza, pitr_dir, pg_data_dir=None, os_user="postgres", pg_bin_dir=None,
-                 server=None, redis_data_dir=None, retention_days=30):
+                 server=None, redis_data_dir=None, retention_days=30, cipher_pass=None):
         self.backup_dir, self.repo_path, self.stanza, self.pitr_dir = backup_dir, repo, stanza, pitr_dir
         self.pg_data_dir, self.os_user, self.pg_bin_dir = pg_data_dir, os_user, pg_bin_dir or PG_BIN
         self.server, self.redis_data_dir, self.retention_days = server, redis_data_dir, retention_days
+        self.cipher_pass = cipher_pass
         self.redis_repo = os.path.join(pitr_dir, REDIS_DIR)
         self.config_repo = os.path.join(pitr_dir, CONFIG_DIR)
 
@@ -56,14 +57,17 @@ class Protection:
 
     def repository(self):
         """The pgBackRest repository, configured for the running server (its port and socket directory as the
-        server's postmaster.pid says)."""
+        server's postmaster.pid says), encrypted with ``cipher_pass`` when given (refused when the repository's own
+        encryption differs)."""
         running = read_postmaster_pid(self.pg_data_dir)
         if not running or not running["port"]:
             raise RecoveryError("the database server of %s is not running (no postmaster.pid)" % self.pg_data_dir)
-        return pgbackrest.Repository(
+        repository = pgbackrest.Repository(
             self.repo_path, self.stanza, self.pg_data_dir, running["port"], running["socket_dir"],
             os_user=self.os_user, retention_full=max(1, self.retention_days), retention_full_type="time",
-            pg_bin_dir=self.pg_bin_dir)
+            pg_bin_dir=self.pg_bin_dir, cipher_pass=self.cipher_pass)
+        repository.check_cipher()
+        return repository
 
     def open_backup_dir_to_os_user(self):
         """The backup directory traversable (never readable) by the OS user's group, so that the server's

@@ -75,7 +75,7 @@ def check_target(target, found, components, now):
     return target
 
 
-def _verify(protection, components, target):
+def verify_plan(protection, components, target):
     """Every file the restore to ``target`` needs, checked before anything changes; returns what each will use."""
     plan = {}
     if "db" in components:
@@ -126,7 +126,7 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
     found = component_windows(protection, chosen)
     target = check_target(target, found, chosen, now)
     progress("restoring %s to %s" % (", ".join(chosen), _stamp(target)))
-    plan = _verify(protection, chosen, target)
+    plan = verify_plan(protection, chosen, target)
     label = "pitr-" + time.strftime("%Y%m%d_%H%M%S", time.gmtime(target))
     result = {"set_id": label, "manifest": "", "target_time": _stamp(target), "target_epoch": target,
               "plan": plan, "changed": True, "components": {}, "window": {

@@ -23,6 +23,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, as_os_user, os_user_entry
 
 BACKUP_KINDS = ("full", "diff", "incr")
+OPENSSL_SALTED = b"Salted__"
 RETENTION_TYPES = ("count", "time")
 SEGMENT_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{24})-[0-9a-f]{40}(?:\.\w+)?$")
 HISTORY_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{8})\.history$")
@@ -240,6 +241,26 @@ class Repository:
         stanza = [("pg1-path", self.pg_data_dir), ("pg1-port", str(self.pg_port)),
                   ("pg1-socket-path", self.pg_socket_dir), ("pg1-user", self.db_user)]
         return config_text(settings, self.stanza, stanza)
+
+    def check_cipher(self):
+        """Refuse a configuration whose encryption differs from the repository's: pgBackRest keeps a stanza's cipher
+        for life, and its own error on a mismatch names neither side. The stanza's info files are read (encrypted
+        ones are OpenSSL's salted format)."""
+        for kind, name in (("backup", "backup.info"), ("archive", "archive.info")):
+            path = os.path.join(self.path, kind, self.stanza, name)
+            try:
+                with open(path, "rb") as handle:
+                    encrypted = handle.read(len(OPENSSL_SALTED)) == OPENSSL_SALTED
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise RecoveryError("pgBackRest info file %s cannot be read: %s" % (path, err.strerror)) from None
+            if encrypted != bool(self.cipher_pass):
+                raise RecoveryError(
+                    "pgBackRest repository %s (stanza %s) is %s but christmas_encryption is %s: a repository keeps "
+                    "its encryption; set christmas_encryption back or use a new christmas_pitr_repo" % (
+                        self.path, self.stanza, "encrypted" if encrypted else "not encrypted",
+                        "off" if encrypted else "on"))
 
     def archive_command(self):
         """The archive_command PostgreSQL runs (through a shell, hence the quoting)."""

@@ -57,7 +57,7 @@ def check_target(window, target):
                                            window["newest_segment"]))
 
 
-def restore(repository, server, target_time=None, delta=True, timeout=600):
+def restore(repository, server, target_time=None, delta=True, timeout=600, before_start=None, options=()):
     """Restore the cluster of ``server`` (a stopped or running PgCtlServer) from ``repository`` to
     ``target_time`` (aware datetime or ISO text), or to the end of the archived WAL when None, and promote it.
 
@@ -67,7 +67,8 @@ def restore(repository, server, target_time=None, delta=True, timeout=600):
     for until ``pg_is_in_recovery()`` is false. For a time target the server log must say where recovery stopped
     ("recovery stopping before ..."), and the last replayed commit must not be after the target. Returns
     {"target", "backup_set", "stop", "last_replayed", "timeline", "window", "seconds"}. Archiving goes on, on the
-    new timeline."""
+    new timeline. ``before_start`` (no arguments) runs between pgBackRest's restore and the start: a scratch copy
+    gets its own settings there; ``options`` are more of pgBackRest's restore options."""
     started = time.monotonic()
     if os.path.abspath(server.data_dir) != repository.pg_data_dir:
         raise RecoveryError("the server runs from %s but the repository restores into %s (pg1-path)" % (
@@ -80,7 +81,7 @@ def restore(repository, server, target_time=None, delta=True, timeout=600):
     marker = os.path.join(repository.config_dir, RESTORING)
     _clear_torn_restore(repository.pg_data_dir, marker)
     write_bytes_atomic(marker, (repository.pg_data_dir + "\n").encode("utf-8"))
-    options = ["--log-level-console=info"] + (["--delta"] if delta else [])  # --delta compares checksums
+    options = ["--log-level-console=info"] + (["--delta"] if delta else []) + list(options)  # delta: checksums
     if target is not None:
         options += ["--type=time", "--target=" + target_text(target), "--target-action=promote"]
     else:
@@ -88,6 +89,8 @@ def restore(repository, server, target_time=None, delta=True, timeout=600):
     out = repository.run("restore", *options)
     remove_quietly(marker)
     backup_set = re.search(r"restore backup set (\S+)", out)
+    if before_start is not None:
+        before_start()
     offset = server.log_size()
     server.start()
     _wait_promoted(server, started + timeout, offset)
