@@ -57,7 +57,7 @@ options:
     description:
       - Encrypt the pgBackRest repository (C(repo1-cipher-type=aes-256-cbc)) with a cipher pass derived from
         I(encryption_key) or I(encryption_key_file), as with C(christmas_encryption). The pass is written only into
-        the repository's config file (0600). A repository keeps its encryption: turning this on or off for an
+        the repository's config file (0600). A repository keeps its encryption; turning this on or off for an
         existing one is refused.
     type: bool
     default: false

@@ -153,13 +153,13 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     redis_target,
     require_libraries,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.protection_rehearsal import rehearse_to
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.rehearsal import (
     DEFAULT_SCRATCH_DIR,
     check_ports,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.scratch import ScratchDir, check_reachable
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import protection as continuous
-from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection_rehearsal import rehearse_to
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import os_user_entry
 
 

@@ -8,8 +8,10 @@ import base64
 import datetime
 import json
 import os
+import pwd
 import secrets
 import shutil
+import stat
 import subprocess
 import time
 from types import SimpleNamespace
@@ -20,6 +22,7 @@ from conftest import connection_vars, read_metrics, redis_state, seed_redis, set
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import PGBACKREST_CIPHER_PURPOSE
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids, load
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PgCtlServer
 
 TOKYO = datetime.timezone(datetime.timedelta(hours=9))
 
@@ -172,6 +175,31 @@ def test_with_christmas_encryption_the_repository_is_encrypted_restores_and_keep
     assert complete_set_ids(env.backup_dir) == sets
     with open(os.path.join(repo + ".conf.d", "pgbackrest.conf"), encoding="utf-8") as handle:
         assert "repo1-cipher-pass=%s" % cipher_pass in handle.read()  # the config file was not rewritten
+
+
+def test_a_data_directory_lost_with_its_disk_comes_back_as_it_stood_at_a_second(protected, run_playbook):
+    env = protected
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before the loss')")
+    run_playbook("archive", env.host_vars)
+    expected = env.platform.snapshot()
+    target = _second_boundary()
+    env.platform.sql("DELETE FROM orders")
+    redis_index = os.path.join(env.backup_dir, "pitr", "redis", "index.json")
+    with open(redis_index, "rb") as handle:
+        kept = handle.read()
+    env.redis.client(0).set("fill:not-shipped", "1")
+    run_playbook("archive", env.host_vars, {"skip_redis": True, "skip_config": True})  # the database's WAL only
+    with open(redis_index, "rb") as handle:
+        assert handle.read() == kept
+    PgCtlServer(env.platform.cluster.data).stop(mode="immediate")
+    shutil.rmtree(env.platform.cluster.data)
+
+    planned = run_playbook("restore_db", env.host_vars, {"target_time": _iso(target)}, check=True)
+    assert "would restore to" in planned.output and not os.path.exists(env.platform.cluster.data)
+    run_playbook("restore_db", env.host_vars, {"target_time": _iso(target)})
+    assert env.platform.snapshot() == expected
+    info = os.stat(env.platform.cluster.data)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (pwd.getpwnam("postgres").pw_uid, 0o700)
 
 
 def _histories(env):

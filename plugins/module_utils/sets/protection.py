@@ -47,8 +47,8 @@ class Protection:
         if self.server is None:
             return ("the collection cannot stop and start the database server: set christmas_pg_data_dir (or "
                     "christmas_service_manager systemd)")
-        if not os.path.isdir(self.pg_data_dir or ""):
-            return "christmas_pg_data_dir %s is not a directory on this host" % self.pg_data_dir
+        if not os.path.isdir(self.pg_data_dir or "") and not os.path.isdir(os.path.dirname(self.pg_data_dir or "")):
+            return "christmas_pg_data_dir %s is not a directory on this host, nor is its parent" % self.pg_data_dir
         try:
             find_program("pgbackrest", ["/usr/bin", "/usr/local/bin"])
         except RecoveryError:
@@ -59,11 +59,18 @@ class Protection:
         """The pgBackRest repository, configured for the running server (its port and socket directory as the
         server's postmaster.pid says), encrypted with ``cipher_pass`` when given (refused when the repository's own
         encryption differs)."""
-        running = read_postmaster_pid(self.pg_data_dir)
-        if not running or not running["port"]:
-            raise RecoveryError("the database server of %s is not running (no postmaster.pid)" % self.pg_data_dir)
+        running = read_postmaster_pid(self.pg_data_dir) if os.path.isdir(self.pg_data_dir) else None
+        if running and running["port"]:
+            port, socket_dir = running["port"], running["socket_dir"]
+        else:  # stopped or lost: a restore needs no connection, the repository's config file knows the rest
+            known = pgbackrest.read_config(os.path.join(pgbackrest.default_config_dir(
+                self.repo_path), pgbackrest.CONFIG_NAME), self.stanza)
+            if "pg1-port" not in known:
+                raise RecoveryError("the database server of %s is not running (no postmaster.pid) and the pgBackRest "
+                                    "repository %s has no config file yet" % (self.pg_data_dir, self.repo_path))
+            port, socket_dir = known["pg1-port"], known.get("pg1-socket-path")
         repository = pgbackrest.Repository(
-            self.repo_path, self.stanza, self.pg_data_dir, running["port"], running["socket_dir"],
+            self.repo_path, self.stanza, self.pg_data_dir, port, socket_dir,
             os_user=self.os_user, retention_full=max(1, self.retention_days), retention_full_type="time",
             pg_bin_dir=self.pg_bin_dir, cipher_pass=self.cipher_pass)
         repository.check_cipher()
@@ -209,15 +216,16 @@ def _private(path):
     return path
 
 
-def component_windows(protection, components):
+def component_windows(protection, components, problems=None):
     """{component: {"start", "end"}} (Unix seconds) of what each repository can restore now; a component with
-    nothing kept yet is left out."""
+    nothing kept yet is left out, and why goes into ``problems`` when given."""
     found = {}
+    problems = {} if problems is None else problems
     if "db" in components and not protection.db_off_reason():
         try:
             window = protection.repository().window()
-        except RecoveryError:
-            window = None
+        except RecoveryError as err:
+            window, problems["db"] = None, str(err)
         if window:
             found["db"] = {"start": window["oldest"].timestamp(), "end": window["newest"].timestamp()}
     if "redis" in components:

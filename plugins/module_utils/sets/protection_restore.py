@@ -16,6 +16,7 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_versions
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import make_private_dir
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import (
     redis_aof_index,
     redis_aof_restore,
@@ -50,12 +51,13 @@ def parse_target_time(text, default_offset, now=None):
     return when.timestamp(), note
 
 
-def check_target(target, found, components, now):
+def check_target(target, found, components, now, problems=None):
     """The one second every chosen component restores, or a one-line refusal naming the recoverable window."""
     missing = [name for name in components if name not in found]
     if missing:
-        raise RecoveryError("no recovery window for %s: nothing archived yet (run backup.yml, then archive.yml)"
-                            % ", ".join(missing))
+        raise RecoveryError("no recovery window for %s: %s" % (", ".join(missing), "; ".join(
+            (problems or {}).get(name) or "%s: nothing archived yet (run backup.yml, then archive.yml)" % name
+            for name in missing)))
     start = max(found[name]["start"] for name in components)
     end = min(found[name]["end"] for name in components)
     window = "the recoverable window is %s to %s" % (_stamp(start), _stamp(end)) if start <= end else \
@@ -123,8 +125,9 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
     target, note = parse_target_time(target_text, default_offset, now)
     if note:
         progress(note)
-    found = component_windows(protection, chosen)
-    target = check_target(target, found, chosen, now)
+    problems = {}
+    found = component_windows(protection, chosen, problems)
+    target = check_target(target, found, chosen, now, problems)
     progress("restoring %s to %s" % (", ".join(chosen), _stamp(target)))
     plan = verify_plan(protection, chosen, target)
     label = "pitr-" + time.strftime("%Y%m%d_%H%M%S", time.gmtime(target))
@@ -135,7 +138,9 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
         result["components"] = {name: dict(plan[name], changed=True, state="would restore to %s from %s" % (
             _stamp(target), plan[name]["uses"])) for name in chosen}
         return result
-    scratch = tempfile.mkdtemp(prefix="christmas-pitr-", dir=scratch_dir)
+    scratch_dir = scratch_dir or protection.pitr_dir  # beside the repositories, not in a small /tmp
+    make_private_dir(scratch_dir)
+    scratch = tempfile.mkdtemp(prefix=".restore-", dir=scratch_dir)
     try:
         for name in chosen:
             begin = time.monotonic()

@@ -24,6 +24,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server i
 
 BACKUP_KINDS = ("full", "diff", "incr")
 OPENSSL_SALTED = b"Salted__"
+CONFIG_NAME = "pgbackrest.conf"
 RETENTION_TYPES = ("count", "time")
 SEGMENT_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{24})-[0-9a-f]{40}(?:\.\w+)?$")
 HISTORY_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{8})\.history$")
@@ -167,6 +168,31 @@ def config_text(settings_global, stanza, settings_stanza):
     return "\n".join(lines) + "\n"
 
 
+def default_config_dir(path):
+    """Where a repository's config file, spool, lock and log directories live by default: beside it."""
+    return os.path.abspath(path) + ".conf.d"
+
+
+def read_config(path, stanza):
+    """The options of ``path`` (a config file ``config_text`` wrote) for ``stanza``: its global section, then the
+    stanza's; empty when the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise RecoveryError("pgBackRest config %s cannot be read: %s" % (path, err.strerror)) from None
+    options, section = {}, None
+    for line in (line.strip() for line in lines):
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif "=" in line and not line.startswith("#") and section in ("global", stanza):
+            name, value = line.split("=", 1)
+            options[name.strip()] = value.strip()
+    return options
+
+
 class Repository:
     """A posix pgBackRest repository at ``path`` for one stanza. Its config file, spool, lock and log directories
     live in ``config_dir`` (default ``PATH.conf.d`` beside it), private to ``os_user``."""
@@ -182,8 +208,8 @@ class Repository:
         self.path, self.stanza = os.path.abspath(path), stanza
         self.pg_data_dir, self.pg_port, self.pg_socket_dir = os.path.abspath(pg_data_dir), int(pg_port), pg_socket_dir
         self.os_user, self.db_user, self.cipher_pass = os_user, db_user, cipher_pass
-        self.config_dir = os.path.abspath(config_dir or self.path + ".conf.d")
-        self.config_file = os.path.join(self.config_dir, "pgbackrest.conf")
+        self.config_dir = os.path.abspath(config_dir or default_config_dir(self.path))
+        self.config_file = os.path.join(self.config_dir, CONFIG_NAME)
         self.retention_full, self.retention_full_type = retention_full, retention_full_type
         self.process_max, self.pg_bin_dir = process_max, pg_bin_dir
         self.program = commands.find_program("pgbackrest", ["/usr/bin", "/usr/local/bin"])
@@ -351,6 +377,10 @@ class Repository:
             raise RecoveryError("stanza %s has no backup whose WAL is archived" % self.stanza)
         segment, newest = self._newest_commit(archive)
         oldest = datetime.datetime.fromisoformat(covered[0]["stop_time"]) + datetime.timedelta(seconds=1)
+        if newest <= oldest:
+            raise RecoveryError("stanza %s has no recoverable point yet: its newest archived commit (%s) is not after "
+                                "the end of backup %s (%s); archiving now writes one" % (
+                                    self.stanza, newest.isoformat(), covered[0]["label"], oldest.isoformat()))
         return {"oldest": oldest, "oldest_backup": covered[0]["label"], "newest": newest, "newest_segment": segment,
                 "archive_id": archive["id"]}
 

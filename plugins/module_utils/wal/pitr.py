@@ -14,7 +14,7 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly, write_bytes_atomic
-from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import fatal_line
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import fatal_line, os_user_entry
 
 STOP_RE = re.compile(r"recovery stopping before (?:commit|abort) of transaction \d+, time [^\n]+")
 RESTORING = "restore-in-progress"
@@ -78,6 +78,7 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     if target is not None:
         check_target(window, target)
     server.stop()
+    _make_lost_data_dir(repository.pg_data_dir, repository.os_user)
     marker = os.path.join(repository.config_dir, RESTORING)
     _clear_torn_restore(repository.pg_data_dir, marker)
     write_bytes_atomic(marker, (repository.pg_data_dir + "\n").encode("utf-8"))
@@ -114,6 +115,19 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
             "window": {key: value.isoformat() if isinstance(value, datetime.datetime) else value
                        for key, value in window.items()},
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def _make_lost_data_dir(data_dir, os_user):
+    """A data directory lost with its disk comes back empty (0700, the OS user's) when its parent is there."""
+    if os.path.lexists(data_dir):
+        return
+    if not os.path.isdir(os.path.dirname(data_dir)):
+        raise RecoveryError("neither the data directory %s nor its parent exists: mount or create it first"
+                            % data_dir)
+    os.mkdir(data_dir, 0o700)
+    if os.geteuid() == 0:
+        entry = os_user_entry(os_user)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
 
 
 def _clear_torn_restore(data_dir, marker):
