@@ -3,21 +3,27 @@ job (the table in ``SIDES``), run alternately by ``measure.measure_operation``."
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 
+from dataset import MARKET_SQL, SYMBOLS
 from measure import BenchError, Operation, Sample, Side, run_commands
-from servers import PG_BIN, Cluster, Redis
+from plays import role_default
+from servers import PG_BIN, REGISTRY, Cluster, PgCtlCluster, Redis
 
 SIDES = """\
 | operation | tool (ansible-playbook ...) | baseline |
 |---|---|---|
 | DB backup | `backup.yml -e skip_redis=true -e skip_config=true` | `pg_dump -Fd -j N`, then `openssl dgst -sha256` of every file it wrote |
 | DB restore | `restore_db.yml` onto a fresh cluster | `psql` (the `christmas` role with its password) + `pg_restore -j N --create -d postgres` onto a fresh cluster, of the very dump the tool restores |
+| DB PITR restore | `restore_db.yml -e target_time=T` onto a new cluster at the protected cluster's data directory (copied from an initdb'ed template and started: the tool restores only into a running server), none of whose files pgBackRest's `--delta` finds current, so the whole database is restored | as postgres, with the tool's config file and repository: `pgbackrest restore --type=time --target=T --target-action=promote` into an empty data directory, `pg_ctl start`, then `SELECT pg_is_in_recovery()` every 10 ms until false |
+| DB delta restore | `restore_db.yml -e target_time=T` onto the cluster as it stood after the writes past T, running: undoing a bad change in place | the same cluster, the same way: `pg_ctl stop`, `pgbackrest restore --delta --type=time --target=T --target-action=promote`, `pg_ctl start`, `SELECT pg_is_in_recovery()` every 10 ms until false |
 | Redis backup | `backup.yml -e skip_db=true -e skip_config=true` | `redis-cli --rdb FILE` |
 | Redis restore | `restore_redis.yml` onto a fresh empty server | the RDB copied into a new server's directory, loaded at start: time until PING answers and `loading:0` |
 | config backup | `backup.yml -e skip_db=true -e skip_redis=true` | `tar -cf` of the tree |
@@ -30,6 +36,18 @@ SKIP = {"db": ("-e", "skip_redis=true", "-e", "skip_config=true"),
         "redis": ("-e", "skip_db=true", "-e", "skip_config=true"),
         "config": ("-e", "skip_db=true", "-e", "skip_redis=true")}
 
+# Continuous protection: writes into the protected cluster before the target second T (a trading session's new ticks,
+# 1 % of market_data, and 10 % more orders) and after it (the kind of bad change a restore to T undoes).
+ORDERS_SQL = """
+INSERT INTO orders (symbol, side, qty, price)
+SELECT 'SYM' || lpad((i % {symbols})::text, 3, '0'), CASE WHEN i % 3 = 0 THEN 'sell' ELSE 'buy' END, 1 + i % 100, 100
+FROM generate_series(1, {orders}) AS i
+"""
+AFTER_TARGET_SQL = "DELETE FROM positions; DELETE FROM orders WHERE id % 2 = 0"
+COUNTS_SQL = ("SELECT (SELECT count(*) FROM market_data), (SELECT count(*) FROM orders), "
+              "(SELECT count(*) FROM positions)")
+PGBACKREST_POLL = 0.05
+
 
 def key_counts(server):
     """Keys per logical database (0 and 1, where the platform's keys live), as the marker records them."""
@@ -41,6 +59,32 @@ def key_counts(server):
         finally:
             client.close()
     return counts
+
+
+def next_whole_second():
+    """The next whole second T, waited out: every write so far committed before T, every later one commits after."""
+    target = int(time.time()) + 1
+    time.sleep(target - time.time() + 0.05)
+    return target
+
+
+def wait_for_pgbackrest(config_file, timeout=60):
+    """Until no pgBackRest process of ``config_file`` runs: the archiver's asynchronous archive-push can outlive a
+    stopped server for a moment, and must not write into the repository the next run starts from."""
+    option = ("--config=" + config_file).encode()
+    deadline = time.monotonic() + timeout
+    while any(option in _cmdline(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()):
+        if time.monotonic() > deadline:
+            raise BenchError("pgBackRest processes of %s still run after %d s" % (config_file, timeout))
+        time.sleep(PGBACKREST_POLL)
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return []
 
 
 @dataclass
@@ -58,6 +102,8 @@ class Suite:
         self.playbooks, self.source, self.redis, self.template = playbooks, source, redis_server, template
         self.pg_env = dict(os.environ, PGPASSFILE=self._write_pgpass(), PGHOST="127.0.0.1", PGUSER="postgres")
         self.globals_sql = self._write_globals_sql()
+        self.protected = PgCtlCluster(self.path("pitr", "pg"), dataset.passwords["postgres"])
+        self.pitr = None  # what protect() made: the target second and the row counts at it
 
     # ------------------------------------------------------------ paths and helpers
 
@@ -111,7 +157,8 @@ class Suite:
         return Redis(self.path("targets", "redis-%d" % run), self.redis.password).start()
 
     def operations(self, with_fixed_cost):
-        made = [self.db_backup(), self.db_restore(), *self.db_backup_same_level(), self.redis_backup(),
+        made = [self.db_backup(), self.db_restore(), *self.db_backup_same_level(), self.db_pitr_restore(),
+                self.db_delta_restore(), self.redis_backup(),
                 self.redis_restore(), self.config_backup(), self.config_restore(), self.verify()]
         return ([self.fixed_cost()] if with_fixed_cost else []) + made
 
@@ -189,6 +236,124 @@ class Suite:
             Side("psql + pg_restore --create", measure=self.baseline_db_restore, prepare=prepare,
                  check=self.restored_db_check, cleanup=cleanup, tool=False),
         ])
+
+    # ------------------------------------------------------------ continuous protection (pgBackRest)
+
+    def pitr_vars(self):
+        """The protected cluster, and the database alone through the role's christmas_skip_* (archive.yml reads no
+        skip_* extra variables)."""
+        return {"christmas_backup_dir": self.path("pitr", "backups"), "christmas_config_dir": self.dataset.config_dir,
+                "christmas_pg_data_dir": self.protected.data, "christmas_db_port": self.protected.port,
+                "christmas_skip_redis": True, "christmas_skip_config": True}
+
+    def pgbackrest_config(self):
+        """The tool's pgBackRest config file, which the bare pgBackRest reads too."""
+        return self.path("pitr", "backups", "pgbackrest.conf.d", "pgbackrest.conf")
+
+    def protect(self):
+        """Untimed, once per size: a copy of the source cluster run from its data directory; backup.yml with
+        christmas_pg_data_dir (archiving on, the stanza, a physical backup), writes, archive.yml, the target second
+        T, the writes a restore to T undoes, archive.yml. The backup directory and the cluster as they stand then
+        are kept: every run starts from copies of them."""
+        if self.pitr:
+            return
+        cluster, spec, log = self.protected, self.dataset.spec, self.log("pitr setup", 0)
+        self.source.stop()  # a consistent copy
+        try:
+            cluster.init(template=self.source.data)
+        finally:
+            self.source.start()
+        cluster.write_settings().start()
+        self.playbooks.run("backup.yml", self.pitr_vars(), log_path=log)
+        rows = self.dataset.facts["market_data_rows"]
+        cluster.sql(MARKET_SQL.format(symbols=SYMBOLS, first=rows, last=rows + rows // 100 - 1)
+                    + ";" + ORDERS_SQL.format(symbols=SYMBOLS, orders=spec.orders // 10), dbname="christmas")
+        self.playbooks.run("archive.yml", self.pitr_vars(), log_path=log)
+        expected = cluster.sql(COUNTS_SQL, dbname="christmas")[0]
+        target = next_whole_second()
+        cluster.sql(AFTER_TARGET_SQL, dbname="christmas")
+        self.playbooks.run("archive.yml", self.pitr_vars(), log_path=log)
+        cluster.stop()
+        wait_for_pgbackrest(self.pgbackrest_config())
+        os.makedirs(self.path("pitr", "kept"))
+        for source, kept in ((cluster.data, "data"), (self.path("pitr", "backups"), "backups")):
+            subprocess.run(["cp", "-a", source, self.path("pitr", "kept", kept)], check=True)
+        self.pitr = {"target": target, "expected": list(expected)}
+
+    def repo_bytes(self):
+        """The pgBackRest repository after the setup: the physical backup and the WAL archived since."""
+        top = self.path("pitr", "kept", "backups", "pgbackrest")
+        return sum(os.path.getsize(os.path.join(base, name)) for base, _dirs, names in os.walk(top) for name in names)
+
+    def pitr_target(self, run, start_from):
+        """Untimed: the backup directory as protect() left it, and the protected cluster's data directory from
+        ``start_from``: ``kept`` (the cluster after the writes past T, started), ``fresh`` (an initdb'ed cluster,
+        started) or ``empty`` (a new directory; the timed part starts the server)."""
+        cluster = self.protected
+        shutil.rmtree(self.path("pitr", "backups"))
+        subprocess.run(["cp", "-a", self.path("pitr", "kept", "backups"), self.path("pitr", "backups")], check=True)
+        shutil.rmtree(cluster.data)
+        if start_from == "empty":
+            os.mkdir(cluster.data, 0o700)
+            shutil.chown(cluster.data, "postgres", "postgres")
+            REGISTRY.add(cluster)
+        else:
+            template = self.path("pitr", "kept", "data") if start_from == "kept" else self.template
+            subprocess.run(["cp", "-a", template, cluster.data], check=True)
+            if start_from == "fresh":
+                cluster.write_settings()
+            cluster.start()
+        return run, cluster
+
+    def pitr_cleanup(self, context):
+        context[1].stop(mode="immediate")
+        wait_for_pgbackrest(self.pgbackrest_config())
+
+    def tool_pitr(self, context, name):
+        run, _cluster = context
+        target = datetime.datetime.fromtimestamp(self.pitr["target"], datetime.UTC).isoformat()
+        return self.playbooks.run("restore_db.yml", self.pitr_vars(), "-e", "target_time=" + target,
+                                  log_path=self.log("%s tool" % name, run))
+
+    def baseline_pitr(self, context, name, delta=False):
+        """pgBackRest run by hand, as postgres with the tool's config file: (stop,) restore to T, start, and the wait
+        until the server has left recovery."""
+        run, cluster = context
+        restore = ["runuser", "-u", "postgres", "--", "pgbackrest", "--config=" + self.pgbackrest_config(),
+                   "--stanza=" + role_default("christmas_pitr_stanza"), *(["--delta"] if delta else []),
+                   "--type=time", "--target=" + time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(self.pitr["target"])),
+                   "--target-action=promote", "restore"]
+        started = time.monotonic()
+        run_commands(([cluster.stop_command()] if delta else []) + [restore, cluster.start_command()],
+                     self.log("%s baseline" % name, run))
+        cluster.wait_promoted()
+        return Sample(time.monotonic() - started)
+
+    def restored_pitr_check(self, context):
+        """The database as it stood at T: the platform's tables, the rows written before T, none of the changes
+        after it, out of recovery."""
+        self.restored_db_check(context)
+        _run, cluster = context
+        found = cluster.sql(COUNTS_SQL, dbname="christmas")[0]
+        if list(found) != self.pitr["expected"] or cluster.sql("SELECT pg_is_in_recovery()")[0][0]:
+            raise BenchError("restored to T, the database has (market_data, orders, positions) rows %s, expected %s"
+                             % (list(found), self.pitr["expected"]))
+
+    def pitr_operation(self, name, tool_from, baseline_from, baseline, delta):
+        return Operation(name, "db", setup=self.protect, sides=[
+            Side("restore_db.yml target_time=T", measure=lambda context: self.tool_pitr(context, name),
+                 prepare=lambda run: self.pitr_target(run, tool_from), check=self.restored_pitr_check,
+                 cleanup=self.pitr_cleanup),
+            Side(baseline, measure=lambda context: self.baseline_pitr(context, name, delta),
+                 prepare=lambda run: self.pitr_target(run, baseline_from), check=self.restored_pitr_check,
+                 cleanup=self.pitr_cleanup, tool=False),
+        ])
+
+    def db_pitr_restore(self):
+        return self.pitr_operation("DB PITR restore", "fresh", "empty", "pgbackrest restore --type=time", False)
+
+    def db_delta_restore(self):
+        return self.pitr_operation("DB delta restore", "kept", "kept", "pgbackrest restore --delta", True)
 
     # ------------------------------------------------------------ Redis
 

@@ -34,13 +34,17 @@ class Playbooks:
         self.inventory = os.path.join(run_dir, "inventory.json")
         self.vars_file = os.path.join(run_dir, "vars.json")
         self.noop = os.path.join(run_dir, "noop_play.json")
-        self.env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+        scratch = os.path.join(run_dir, "tmp")  # Ansible's and the modules' temporary files stay in the run directory
+        os.makedirs(scratch, 0o700, exist_ok=True)
+        self.env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                        ANSIBLE_LOCAL_TEMP=scratch, ANSIBLE_REMOTE_TEMP=scratch, TMPDIR=scratch)
         host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
         group_vars = {"christmas_db_host": "127.0.0.1", "christmas_redis_host": "127.0.0.1",
                       "christmas_db_admin_user": "postgres", "christmas_retention_days": 30,
                       "christmas_service_manager": "none",
                       "christmas_incident_db": os.path.join(run_dir, "incidents", "incidents.sqlite"),
-                      "christmas_metrics_dir": os.path.join(run_dir, "metrics")}
+                      "christmas_metrics_dir": os.path.join(run_dir, "metrics"),
+                      "christmas_signing_key_file": os.path.join(run_dir, "signing.key")}
         with open(self.inventory, "w", encoding="utf-8") as handle:
             json.dump({"christmas": {"hosts": {"bench": host}, "vars": group_vars}}, handle, indent=1)
         with open(self.noop, "w", encoding="utf-8") as handle:

@@ -29,8 +29,8 @@ from operations import SIDES, Options, Suite, key_counts
 from plays import ROOT, Playbooks, role_default
 from servers import PG_BIN, PG_SETTINGS, REGISTRY, Redis, remove_leftovers
 
-SCRATCH = ("backups", "baseline", "targets", "redis-source")  # below the run directory, removed between sizes
-SECRET_FILES = ("vars.json", "pgpass", "globals.sql")
+SCRATCH = ("backups", "baseline", "targets", "redis-source", "pitr")  # below the run directory, removed between sizes
+SECRET_FILES = ("vars.json", "pgpass", "globals.sql", "signing.key")
 
 
 def log(message):
@@ -130,13 +130,14 @@ def measure_size(args, spec, context, with_fixed_cost):
                 "data_bytes": data_bytes(operation, data, suite),
                 "sides": [report.side_result(side.label, side.tool, samples[side.label]) for side in operation.sides],
             })
-        set_bytes = suite.set_bytes()
+        set_bytes, repo_bytes = suite.set_bytes(), suite.repo_bytes()
         load.append(os.getloadavg()[0])
     finally:
         redis_server.stop()
         source.stop()
-    return {"dataset": data.facts, "operations": operations, "set_bytes": set_bytes, "load_average": load,
-            "prepare_seconds": round(prepared, 1), "measure_seconds": round(time.monotonic() - begin - prepared, 1)}
+    return {"dataset": data.facts, "operations": operations, "set_bytes": set_bytes, "repo_bytes": repo_bytes,
+            "load_average": load, "prepare_seconds": round(prepared, 1),
+            "measure_seconds": round(time.monotonic() - begin - prepared, 1)}
 
 
 def run_all(args):
@@ -191,14 +192,32 @@ def settings_notes(args, results):
         "from its start, read from `/proc/PID/stat`, to the last sample that saw it, plus one 20 ms interval; a "
         "side's module time is the sum over its module processes (a module's own Python children are not added "
         "again). It is exact to within about one sampling interval per module process.",
+        "Continuous protection (*DB PITR restore*, *DB delta restore*), prepared once per size and not timed: a "
+        "copy of the source cluster run from its own data directory with `pg_ctl` (its port, socket directory and "
+        "the settings above in its postgresql.conf); `backup.yml` with `christmas_pg_data_dir` turns archiving on "
+        "(one restart), creates the pgBackRest stanza and takes a full physical backup; then 1 % more market_data "
+        "rows and 10 % more orders are written and `archive.yml` ships them, the next whole second is the target "
+        "T, the positions and half the orders are deleted and `archive.yml` ships that. Both sides restore from "
+        "that repository with the collection's config file (gzip, `process-max=2`, asynchronous archive-get; "
+        "`--jobs` does not change it). Before each run the backup directory (repository, config file, spool) is "
+        "put back as it stood then, so the timeline a restore creates never reaches the next run; after each run "
+        "the database must hold T's market_data, orders and positions counts and be out of recovery.",
         "The fixed cost is measured once, at the %s size. All traffic stays on 127.0.0.1." % (
             fixed[0] if fixed else "smallest"),
-    ]
+    ] + _unmeasured_note(results)
+
+
+def _unmeasured_note(results):
+    missing = [name for name in dataset.SIZES if name not in results]
+    if not missing:
+        return []
+    return ["Sizes not measured in this run: %s. The report holds only the sizes measured (%s); figures of "
+            "earlier runs are not carried over." % (", ".join(missing), ", ".join(report.ordered_sizes(results)))]
 
 
 def finish(args, results):
     rows = report.summarise(results)
-    report.print_table(rows, report.growth(results))
+    report.print_table(rows, report.growth(results), report.against_logical(results))
     with open(os.path.join(args.data_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=1)
     _write_report(args, results)

@@ -30,6 +30,7 @@ PG_SETTINGS = (
     "autovacuum=off",
 )
 REDIS_READY_POLL = 0.002
+PROMOTED_POLL = 0.01
 
 
 class Registry:
@@ -79,6 +80,38 @@ class Cluster(PgCluster):
 
     def __str__(self):
         return "PostgreSQL on port %d (%s)" % (self.port, self.root)
+
+
+class PgCtlCluster(Cluster):
+    """A cluster run from its data directory as the collection runs one (``christmas_pg_data_dir``, service manager
+    none): its port, socket directory and the benchmark settings are in its own postgresql.conf, so a plain
+    ``pg_ctl start`` (the bench's, or a playbook's restart or restore) brings back the same server."""
+
+    def write_settings(self):
+        settings = ("port=%d" % self.port, "unix_socket_directories=%s" % self.run_dir, "listen_addresses=127.0.0.1",
+                    "fsync=off", *PG_SETTINGS)
+        with open(os.path.join(self.data, "postgresql.conf"), "a", encoding="utf-8") as handle:
+            handle.write("".join("%s = '%s'\n" % tuple(setting.split("=", 1)) for setting in settings))
+        return self
+
+    def start_command(self):
+        """argv of ``pg_ctl start`` as postgres, with no server options."""
+        return ["runuser", "-u", "postgres", "--", os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "-l",
+                self.log, "-w", "start"]
+
+    def start(self):
+        self.stop()
+        subprocess.run(self.start_command(), check=True, capture_output=True)
+        REGISTRY.add(self)
+        return self
+
+    def wait_promoted(self, timeout=600):
+        """Poll until the server has left recovery: ``pg_is_in_recovery()`` is false."""
+        deadline = time.monotonic() + timeout
+        while not self.sql("SELECT NOT pg_is_in_recovery()")[0][0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("%s still in recovery after %d s" % (self, timeout))
+            time.sleep(PROMOTED_POLL)
 
 
 class Redis:
@@ -183,4 +216,4 @@ def remove_leftovers(path):
     shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["PG_BIN", "REGISTRY", "Cluster", "Redis", "free_port", "remove_leftovers"]
+__all__ = ["PG_BIN", "REGISTRY", "Cluster", "PgCtlCluster", "Redis", "free_port", "remove_leftovers"]
