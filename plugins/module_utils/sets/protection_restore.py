@@ -16,7 +16,6 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_versions
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import make_private_dir
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import (
     redis_aof_index,
     redis_aof_restore,
@@ -138,9 +137,7 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
         result["components"] = {name: dict(plan[name], changed=True, state="would restore to %s from %s" % (
             _stamp(target), plan[name]["uses"])) for name in chosen}
         return result
-    scratch_dir = scratch_dir or protection.pitr_dir  # beside the repositories, not in a small /tmp
-    make_private_dir(scratch_dir)
-    scratch = tempfile.mkdtemp(prefix=".restore-", dir=scratch_dir)
+    scratch = tempfile.mkdtemp(prefix="christmas-pitr-", dir=scratch_dir)
     try:
         for name in chosen:
             begin = time.monotonic()

@@ -377,10 +377,6 @@ class Repository:
             raise RecoveryError("stanza %s has no backup whose WAL is archived" % self.stanza)
         segment, newest = self._newest_commit(archive)
         oldest = datetime.datetime.fromisoformat(covered[0]["stop_time"]) + datetime.timedelta(seconds=1)
-        if newest <= oldest:
-            raise RecoveryError("stanza %s has no recoverable point yet: its newest archived commit (%s) is not after "
-                                "the end of backup %s (%s); archiving now writes one" % (
-                                    self.stanza, newest.isoformat(), covered[0]["label"], oldest.isoformat()))
         return {"oldest": oldest, "oldest_backup": covered[0]["label"], "newest": newest, "newest_segment": segment,
                 "archive_id": archive["id"]}
 
