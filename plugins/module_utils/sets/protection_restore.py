@@ -54,9 +54,9 @@ def check_target(target, found, components, now, problems=None):
     """The one second every chosen component restores, or a one-line refusal naming the recoverable window."""
     missing = [name for name in components if name not in found]
     if missing:
-        raise RecoveryError("no recovery window for %s: %s" % (", ".join(missing), "; ".join(
-            (problems or {}).get(name) or "%s: nothing archived yet (run backup.yml, then archive.yml)" % name
-            for name in missing)))
+        raise RecoveryError("no recovery window for %s" % "; ".join("%s (%s)" % (
+            name, (problems or {}).get(name) or "nothing archived yet: run backup.yml, then archive.yml")
+            for name in missing))
     start = max(found[name]["start"] for name in components)
     end = min(found[name]["end"] for name in components)
     window = "the recoverable window is %s to %s" % (_stamp(start), _stamp(end)) if start <= end else \
