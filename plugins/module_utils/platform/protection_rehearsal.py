@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import math
 import os
 import secrets
@@ -26,13 +25,13 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_versions
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError, one_line
-from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import (
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import write_bytes_atomic
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.rehearsal import timed
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.scratch import free_port
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.validation import check_result
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_aof_restore
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.proof import append_to_record
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import (
     _stamp,
     component_windows,
@@ -41,10 +40,13 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection_restore import ORDER, verify_plan
 from ansible_collections.christmas.recovery.plugins.module_utils.wal import pgbackrest, pitr
-from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PgCtlServer, os_user_entry
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import (
+    PgCtlServer,
+    give_to_os_user,
+    make_dir_of_os_user,
+)
 
 RECORD = "rehearsals.json"
-MAX_RECORDS = 20
 SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
 # Every table and materialized view of the database, counted through (each page read); TimescaleDB's chunks are read
 # through their hypertable, so its own schemas are left out.
@@ -106,13 +108,13 @@ def rehearse_to(protection, scratch, components, target=None, db_name="christmas
     started_at, begin = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
     try:
         progress("rehearsing a restore of %s to %s" % (", ".join(chosen), _stamp(when)))
-        plan = _timed(result, "verify", lambda: verify_plan(protection, chosen, when))
+        plan = timed(result, "verify", lambda: verify_plan(protection, chosen, when))
         result["plan"] = {name: plan[name]["uses"] for name in chosen}
         scratch.remove_leftover(progress)
         scratch.create("pitr-" + time.strftime("%Y%m%d_%H%M%S", time.gmtime(when)))
         try:
             for name in chosen:
-                checks, result["restored"][name] = _timed(result, name, lambda name=name: _rehearse(
+                checks, result["restored"][name] = timed(result, name, lambda name=name: _rehearse(
                     name, protection, scratch, when, db_name, db_port, set(avoid), timeout, progress))
                 result["checks"].extend(checks)
         finally:
@@ -125,38 +127,14 @@ def rehearse_to(protection, scratch, components, target=None, db_name="christmas
     if result["error"] is None and not result["passed"]:
         result["error"] = "; ".join("%s: %s" % (c["name"], c["detail"]) for c in result["failed_checks"])
     result["duration_seconds"] = round(time.monotonic() - begin, 3)
-    _record(protection.pitr_dir, {key: result[key] for key in (
-        "target_time", "passed", "checks", "timings", "error", "duration_seconds", "components", "restored")},
-        started_at)
+    entry = {key: result[key] for key in (
+        "target_time", "passed", "checks", "timings", "error", "duration_seconds", "components", "restored")}
+    append_to_record(result["record"], dict(entry, started_at=started_at, host=socket.gethostname()))
     result["changed"] = True
     if not result["passed"]:
         raise RecoveryError("rehearsal of a restore to %s failed: %s" % (result["target_time"], result["error"]),
                             **result)
     return result
-
-
-def _timed(result, phase, work):
-    begin = time.monotonic()
-    try:
-        return work()
-    finally:
-        result["timings"][phase] = round(time.monotonic() - begin, 3)
-
-
-def _record(pitr_dir, entry, started_at):
-    path = os.path.join(pitr_dir, RECORD)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            kept = json.load(handle).get("rehearsals", [])
-    except (OSError, ValueError, AttributeError):
-        kept = []
-    entry = dict(entry, started_at=started_at, host=socket.gethostname())
-    write_json_atomic(path, {"rehearsals": ([item for item in kept if isinstance(item, dict)] + [entry])
-                             [-MAX_RECORDS:]})
-
-
-def _check(name, ok, detail):
-    return {"name": name, "ok": ok, "detail": detail}
 
 
 def _rehearse(name, protection, scratch, when, db_name, db_port, avoid, timeout, progress):
@@ -165,34 +143,28 @@ def _rehearse(name, protection, scratch, when, db_name, db_port, avoid, timeout,
     if name == "redis":
         facts = redis_aof_restore.rdb_at(protection.redis_repo, when, scratch.redis_dir, progress, timeout=timeout)
         keys = {str(db): count for db, count in sorted(facts["keys"].items())}
-        return [_check("redis: AOF cut at the target loads", True, "generation %s, keys per database %s" % (
-            facts["generation"], keys or "none"))], {"generation": facts["generation"], "keys": keys}
+        return [check_result("redis: AOF cut at the target loads", True, "loads", keys or "no keys",
+                             "generation %s, keys per database %s" % (facts["generation"], keys or "none"))], \
+            {"generation": facts["generation"], "keys": keys}
     version_id, taken = config_versions.version_at(protection.config_repo, when)
     archive, metadata = config_versions.materialize(protection.config_repo, version_id,
                                                     os.path.join(scratch.path, "config-version"))
     done = config_restore.restore_tree(archive, metadata, scratch.config_dir, "pitr-rehearsal", False, True,
                                        progress)
-    return [_check("config: version of the target restored", True, "version %s of %s, %d entries" % (
-        version_id, _stamp(taken), done["entries"]))], {"version": version_id, "entries": done["entries"]}
-
-
-def _private_dir_of(path, entry):
-    os.mkdir(path, 0o700)
-    if os.geteuid() == 0:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    return path
+    return [check_result("config: version of the target restored", True, version_id, done["entries"],
+                         "version %s of %s, %d entries" % (version_id, _stamp(taken), done["entries"]))], \
+        {"version": version_id, "entries": done["entries"]}
 
 
 def _rehearse_db(protection, scratch, when, db_name, db_port, avoid, timeout, progress):
-    entry = os_user_entry(protection.os_user)
+    user = protection.os_user
     port = db_port or free_port(avoid)
-    socket_dir = _private_dir_of(os.path.join(scratch.path, "socket"), entry)
+    socket_dir = make_dir_of_os_user(os.path.join(scratch.path, "socket"), user)
     hba_file = os.path.join(scratch.path, "pg_hba.conf")
     write_bytes_atomic(hba_file, b"local all all trust\n")  # the socket's directory is the scratch user's alone
-    if os.geteuid() == 0:
-        os.chown(hba_file, entry.pw_uid, entry.pw_gid)
-    _private_dir_of(scratch.pg_data, entry)
-    tablespaces = _private_dir_of(os.path.join(scratch.path, "tablespaces"), entry)
+    give_to_os_user(hba_file, user)
+    make_dir_of_os_user(scratch.pg_data, user)
+    tablespaces = make_dir_of_os_user(os.path.join(scratch.path, "tablespaces"), user)
     repository = pgbackrest.Repository(
         protection.repo_path, protection.stanza, scratch.pg_data, port, socket_dir, os_user=protection.os_user,
         cipher_pass=protection.cipher_pass, config_dir=os.path.join(scratch.path, "pgbackrest"),
@@ -209,21 +181,22 @@ def _rehearse_db(protection, scratch, when, db_name, db_port, avoid, timeout, pr
         with open(os.path.join(scratch.pg_data, "postgresql.auto.conf"), "a", encoding="utf-8") as handle:
             handle.write("# the scratch copy of a rehearsal\n")
             handle.writelines("%s = %s\n" % setting for setting in scratch_settings(port, socket_dir, hba_file))
-        if os.geteuid() == 0:
-            os.chown(conf, entry.pw_uid, entry.pw_gid)
+        give_to_os_user(conf, user)
 
     progress("restoring the database to %s into %s (port %d)" % (_stamp(when), scratch.pg_data, port))
     try:
         done = pitr.restore(repository, server, datetime.datetime.fromtimestamp(when, datetime.UTC),
                             delta=False, timeout=timeout, before_start=own_settings,
                             options=("--tablespace-map-all=" + tablespaces,))
-        checks = [_check("db: recovery stopped at the target", True, "%s; last replayed commit %s, timeline %s" % (
-            done["stop"] or "stopped", done["last_replayed"], done["timeline"]))]
+        checks = [check_result("db: recovery stopped at the target", True, "at or before %s" % _stamp(when),
+                               done["last_replayed"], "%s; last replayed commit %s, timeline %s" % (
+                                   done["stop"] or "stopped", done["last_replayed"], done["timeline"]))]
         target = connection.PgTarget(host=socket_dir, port=port, admin_user=protection.os_user)
         with connection.session(target, dbname=db_name) as conn:
             counted = connection.fetch(conn, COUNT_TABLES)
-        checks.append(_check("db: every table of %s reads through" % db_name, True, "%d tables, %d rows" % (
-            len(counted), sum(rows for _name, rows in counted))))
+        rows = sum(count for _name, count in counted)
+        checks.append(check_result("db: every table of %s reads through" % db_name, True, "readable", rows,
+                                   "%d tables, %d rows" % (len(counted), rows)))
         return checks, {"backup": done["backup_set"], "timeline": done["timeline"], "rows": dict(counted)}
     finally:
         with contextlib.suppress(RecoveryError):  # the teardown kills what is left; the first error is the one

@@ -235,7 +235,8 @@ def rehearse(manifest_ref, backup_dir=None, scratch_dir=DEFAULT_SCRATCH_DIR, scr
     return result
 
 
-def _timed(result, phase, work):
+def timed(result, phase, work):
+    """``work()``, its seconds kept in ``result["timings"][phase]`` however it ends."""
     begin = time.monotonic()
     try:
         return work()
@@ -264,39 +265,39 @@ def _run(result, path, scratch, production_ports, db_port, redis_port, db_user, 
          jobs, start_timeout, progress, trust):
     """The phases, each timed; the teardown runs whatever happened once the scratch directory was made."""
     progress("verifying backup set %s" % path)
-    verified = _timed(result, "verify", lambda: restore_set.verify_for_restore(
+    verified = timed(result, "verify", lambda: restore_set.verify_for_restore(
         path, jobs=jobs, pg_target=connection.PgTarget(bin_dir=pg_bin_dir), trust=trust, progress=progress))
     result["unsigned_allowed"] = verified[0]["signature"]["unsigned_allowed"]
     manifest = verified[1]
     result["set_id"] = manifest["set_id"]
     components = manifest["components"]
-    _timed(result, "cleanup", lambda: scratch.remove_leftover(progress))
+    timed(result, "cleanup", lambda: scratch.remove_leftover(progress))
     result["leftover_removed"] = scratch.leftover_removed
     password = secrets.token_urlsafe(24)
     servers = []
     try:
         scratch.create(manifest["set_id"])
-        ports = result["scratch_ports"] = _timed(result, "start", lambda: _start_servers(
+        ports = result["scratch_ports"] = timed(result, "start", lambda: _start_servers(
             scratch, manifest, {"db": db_port, "redis": redis_port}, production_ports, password, pg_bin_dir,
             redis_server, start_timeout, servers, progress))
         db = connection.PgTarget(host="127.0.0.1", port=ports.get("db", 0),
                                dbname=manifest.get("db", {}).get("name") or "christmas", user=db_user,
                                password=password, admin_user=SUPERUSER, admin_password=password, bin_dir=pg_bin_dir)
         redis_target = RedisTarget(host="127.0.0.1", port=ports.get("redis", 0), password=password)
-        restored = _timed(result, "restore", lambda: restore_set.restore_set(
+        restored = timed(result, "restore", lambda: restore_set.restore_set(
             path, components=components, db=db, redis_target=redis_target, config_dir=scratch.config_dir,
             jobs=jobs, force=True, progress=progress, verified=verified, keep_journal=False))
         result["components"] = {name: {k: v for k, v in outcome.items() if k in ("state", "seconds")}
                                 for name, outcome in restored["components"].items()}
         if "db" in components:
             _set_login_password(db, db_user, password)
-        report = _timed(result, "validate", lambda: validation.validate(
+        report = timed(result, "validate", lambda: validation.validate(
             path, components=components, db=db, redis_target=redis_target, config_dir=scratch.config_dir,
             queries=queries if "db" in components else (), progress=progress))
         result["checks"], result["failed_checks"] = report["checks"], report["failed"]
     finally:
         progress("tearing down the scratch servers and %s" % scratch.path)
         try:
-            _timed(result, "teardown", lambda: scratch.teardown(servers))
+            timed(result, "teardown", lambda: scratch.teardown(servers))
         except (RecoveryError, OSError) as err:  # reported, without hiding what failed before
             result["teardown_error"] = one_line(err)

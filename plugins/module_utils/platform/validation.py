@@ -117,7 +117,7 @@ def require_ok(report):
         "%s: %s" % (check["name"], check["detail"]) for check in report["checks"] if not check["ok"]), **result)
 
 
-def _check(name, ok, expected, actual, detail):
+def check_result(name, ok, expected, actual, detail):
     return {"name": name, "ok": bool(ok), "expected": expected, "actual": actual, "detail": " ".join(detail.split())}
 
 
@@ -249,7 +249,7 @@ def _database_checks(target, meta, at_least=False):
     try:
         conn = connection.connect(target, autocommit=False)
     except RecoveryError as err:
-        return [_check(name, False, expected, None, str(err)) for name, expected in planned]
+        return [check_result(name, False, expected, None, str(err)) for name, expected in planned]
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
@@ -261,7 +261,7 @@ def _database_checks(target, meta, at_least=False):
         scheduler = timescaledb.scheduler_running(conn, target.dbname) if expects_scheduler else None
     except PG_ERRORS as err:
         problem = str(connection.sql_error("reading database %s" % target.dbname, err))
-        return [_check(name, False, expected, None, problem) for name, expected in planned]
+        return [check_result(name, False, expected, None, problem) for name, expected in planned]
     finally:
         conn.close()
     checks = [_tables_check(meta["row_counts"], counts) if at_least else _row_counts_check(meta["row_counts"], counts)]
@@ -282,7 +282,7 @@ def _timescaledb_objects_check(expected, actual):
     differences = timescaledb.differences(expected, actual, objects_only=True)
     detail = _named(differences) if differences else "%d hypertables, %d continuous aggregates, %d jobs, as in the " \
         "set" % (len(actual["hypertables"]), len(actual["continuous_aggregates"]), len(actual["jobs"]))
-    return _check(TIMESCALEDB_OBJECTS, not differences, expected, actual, detail)
+    return check_result(TIMESCALEDB_OBJECTS, not differences, expected, actual, detail)
 
 
 def _scheduler_check(running, dbname):
@@ -292,7 +292,7 @@ def _scheduler_check(running, dbname):
         detail = ("no TimescaleDB scheduler in database %s after %d s, so its jobs do not run; "
                   "SELECT _timescaledb_functions.start_background_workers() in it starts one" % (
                       dbname, timescaledb.SCHEDULER_WAIT))
-    return _check(TIMESCALEDB_SCHEDULER, running, True, running, detail)
+    return check_result(TIMESCALEDB_SCHEDULER, running, True, running, detail)
 
 
 def _row_counts_check(expected, actual):
@@ -306,38 +306,38 @@ def _row_counts_check(expected, actual):
             differences.append("%s: %d rows, expected %d" % (table, actual[table], expected[table]))
     detail = _named(differences) if differences else "%d tables, %d rows, as in the set" % (
         len(actual), sum(actual.values()))
-    return _check(ROW_COUNTS, not differences, expected, actual, detail)
+    return check_result(ROW_COUNTS, not differences, expected, actual, detail)
 
 
 def _tables_check(expected, actual):
     missing = sorted(set(expected) - set(actual))
     detail = ("missing: " + _named(missing)) if missing else "the %d tables of the set are there and readable" % len(
         expected)
-    return _check(TABLES, not missing, sorted(expected), sorted(actual), detail)
+    return check_result(TABLES, not missing, sorted(expected), sorted(actual), detail)
 
 
 def _market_rows_check(expected, facts, dbname, at_least=False):
     if facts is None:
-        return _check(MARKET_ROWS, False, expected, None, "no table market_data in database %s" % dbname)
+        return check_result(MARKET_ROWS, False, expected, None, "no table market_data in database %s" % dbname)
     ok = facts["rows"] >= expected if at_least else facts["rows"] == expected
     detail = "%s: %d rows%s" % (facts["table"], facts["rows"], "" if ok else ", expected %s%d" % (
         "at least " if at_least else "", expected))
-    return _check(MARKET_ROWS, ok, expected, facts["rows"], detail)
+    return check_result(MARKET_ROWS, ok, expected, facts["rows"], detail)
 
 
 def _newest_check(market, facts, dbname, at_least=False):
     expected, column = market["newest"], market["time_column"]
     if facts is None:
-        return _check(NEWEST, False, expected, None, "no table market_data in database %s" % dbname)
+        return check_result(NEWEST, False, expected, None, "no table market_data in database %s" % dbname)
     if facts["time_column"] != column:
-        return _check(NEWEST, False, expected, None, "%s has no column %s" % (facts["table"], column))
+        return check_result(NEWEST, False, expected, None, "%s has no column %s" % (facts["table"], column))
     if at_least:
         ok = expected is None or (facts["newest"] is not None and facts["newest"] >= expected)
     else:
         ok = facts["newest"] == expected
     detail = "max(%s) of %s is %s%s" % (column, facts["table"], facts["newest"], "" if ok else ", expected %s%s" % (
         "at least " if at_least else "", expected))
-    return _check(NEWEST, ok, expected, facts["newest"], detail)
+    return check_result(NEWEST, ok, expected, facts["newest"], detail)
 
 
 def _query_checks(db, queries):
@@ -346,7 +346,7 @@ def _query_checks(db, queries):
     try:
         conn = connection.connect(target, autocommit=False)
     except RecoveryError as err:
-        return [_check("query: %s" % q["name"], False, _query_expectation(q), None, str(err)) for q in queries]
+        return [check_result("query: %s" % q["name"], False, _query_expectation(q), None, str(err)) for q in queries]
     try:
         conn.set_session(readonly=True)
         return [_query_check(conn, query) for query in queries]
@@ -365,23 +365,23 @@ def _query_check(conn, query):
             cur.execute(query["sql"])
             row = cur.fetchone() if cur.description else None
     except PG_ERRORS as err:
-        return _check(name, False, expectation, None, str(connection.sql_error("the query failed", err)))
+        return check_result(name, False, expectation, None, str(connection.sql_error("the query failed", err)))
     finally:
         with contextlib.suppress(*PG_ERRORS):  # a lost connection is reported by the next query
             conn.rollback()
     if not row:
-        return _check(name, False, expectation, None, "the query returned no rows")
+        return check_result(name, False, expectation, None, "the query returned no rows")
     value = row[0]
     actual = value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
     if query.get("expected") is not None:
         ok = str(value) == str(query["expected"])
-        return _check(name, ok, expectation, actual, "returned %s%s" % (
+        return check_result(name, ok, expectation, actual, "returned %s%s" % (
             value, "" if ok else ", expected %s" % (query["expected"],)))
     number = _number(value)
     if number is None:
-        return _check(name, False, expectation, actual, "returned %.60s, not a number" % (value,))
+        return check_result(name, False, expectation, actual, "returned %.60s, not a number" % (value,))
     ok = number >= _number(query["min"])
-    return _check(name, ok, expectation, actual, "returned %s, %s %s" % (
+    return check_result(name, ok, expectation, actual, "returned %s, %s %s" % (
         value, "at least" if ok else "less than the minimum", query["min"]))
 
 
@@ -416,7 +416,7 @@ def _redis_check(target, snapshot):
     try:
         actual = redis_keys.server_info(target)["keys_per_db"]
     except RecoveryError as err:
-        return _check(REDIS_KEYS, False, expected_max, None, str(err))
+        return check_result(REDIS_KEYS, False, expected_max, None, str(err))
     actual = {db: count for db, count in sorted(actual.items(), key=lambda item: int(item[0])) if count}
     problems = []
     for db in sorted(set(expected_max) | set(actual), key=int):
@@ -426,7 +426,7 @@ def _redis_check(target, snapshot):
                                                                 high if low == high else "%d to %d" % (low, high)))
     detail = _named(problems) if problems else "%d keys in %d databases, as in the set (%d with a TTL)" % (
         sum(actual.values()), len(actual), sum(len(e) for e in expiries.values()))
-    return _check(REDIS_KEYS, not problems, expected_max, actual, detail)
+    return check_result(REDIS_KEYS, not problems, expected_max, actual, detail)
 
 
 def _config_check(dest, expected, archive, metadata):
@@ -438,12 +438,12 @@ def _config_check(dest, expected, archive, metadata):
     try:
         actual = config_tree.current_tree_digest(dest)
     except OSError as err:
-        return _check(CONFIG_CHECKSUMS, False, expected, None, "cannot read %s: %s" % (
+        return check_result(CONFIG_CHECKSUMS, False, expected, None, "cannot read %s: %s" % (
             err.filename or dest, err.strerror or err))
     if actual is None:
-        return _check(CONFIG_CHECKSUMS, False, expected, None, "config_dir %s is not a directory" % dest)
+        return check_result(CONFIG_CHECKSUMS, False, expected, None, "config_dir %s is not a directory" % dest)
     ok = actual in (expected, restored)
-    return _check(CONFIG_CHECKSUMS, ok, expected, actual, "tree %s %s" % (dest, "matches the set's" if ok else (
+    return check_result(CONFIG_CHECKSUMS, ok, expected, actual, "tree %s %s" % (dest, "matches the set's" if ok else (
         "differs from the set's (files, modes or links changed, added or removed)")))
 
 
@@ -455,7 +455,7 @@ def _services_check(services):
               for name, status in sorted(services.items())}
     down = ["%s: %s" % (name, states[name]) for name, status in sorted(services.items()) if not status["running"]]
     detail = "not running: %s" % _named(down) if down else "%d services running" % len(services)
-    return _check(SERVICES_UP, not down, "running", states, detail)
+    return check_result(SERVICES_UP, not down, "running", states, detail)
 
 
 def _health_request(url):
@@ -509,4 +509,4 @@ def _health_check(url, timeout):
         time.sleep(min(HEALTH_RETRY_INTERVAL, left))
     what = "HTTP %d" % actual if isinstance(actual, int) else actual
     detail = what if ok else "%s (%d %s in %d s)" % (what, tries, "try" if tries == 1 else "tries", timeout)
-    return _check(name, ok, "HTTP 2xx", actual, detail)
+    return check_result(name, ok, "HTTP 2xx", actual, detail)

@@ -18,17 +18,31 @@ def proof_name(set_id):
     return "manifest_%s.rehearsal.json" % set_id
 
 
-def read_proof(backup_dir, set_id):
-    """The side record of ``set_id`` ({"set_id", "rehearsals": [...]}); an absent or unreadable one is empty."""
+def read_record(path):
+    """A record of rehearsals ({"rehearsals": [...], ...}) at ``path``; an absent or unreadable one is empty."""
     try:
-        with open(os.path.join(backup_dir, proof_name(set_id)), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("rehearsals"), list):
-        return {"set_id": set_id, "rehearsals": []}
+        return {"rehearsals": []}
     data["rehearsals"] = [entry for entry in data["rehearsals"] if isinstance(entry, dict)]
     return data
+
+
+def append_to_record(path, rehearsal, **fields):
+    """Append one rehearsal's result to the record at ``path`` (the last MAX_REHEARSALS kept), with ``fields``
+    set beside them, atomically; returns the record."""
+    data = read_record(path)
+    data.update(fields, rehearsals=(data["rehearsals"] + [rehearsal])[-MAX_REHEARSALS:])
+    write_json_atomic(path, data)
+    return data
+
+
+def read_proof(backup_dir, set_id):
+    """The side record of ``set_id`` ({"set_id", "rehearsals": [...]}); an absent or unreadable one is empty."""
+    return dict(read_record(os.path.join(backup_dir, proof_name(set_id))), set_id=set_id)
 
 
 def last_rehearsal(backup_dir, set_id):
@@ -43,12 +57,8 @@ def is_proven(backup_dir, set_id):
 
 def add_rehearsal(backup_dir, set_id, rehearsal):
     """Append one rehearsal's result (a dict with at least ``passed``) to the set's side record, atomically."""
-    data = read_proof(backup_dir, set_id)
-    data["set_id"] = set_id
-    data["rehearsals"] = (data["rehearsals"] + [rehearsal])[-MAX_REHEARSALS:]
-    data["proven"] = rehearsal.get("passed") is True
-    write_json_atomic(os.path.join(backup_dir, proof_name(set_id)), data)
-    return data
+    return append_to_record(os.path.join(backup_dir, proof_name(set_id)), rehearsal, set_id=set_id,
+                            proven=rehearsal.get("passed") is True)
 
 
 def newest_proven_set_id(backup_dir):

@@ -25,6 +25,20 @@ def os_user_entry(os_user):
         raise RecoveryError("OS user %s does not exist on this host" % os_user) from None
 
 
+def give_to_os_user(path, os_user):
+    """``path`` owned by ``os_user`` (and its group) when we are root; otherwise it is ours already."""
+    if os.geteuid() == 0:
+        entry = os_user_entry(os_user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def make_dir_of_os_user(path, os_user):
+    """A new 0700 directory ``path`` of ``os_user``."""
+    os.mkdir(path, 0o700)
+    return give_to_os_user(path, os_user)
+
+
 def as_os_user(os_user, argv):
     """``argv`` run as ``os_user``: directly when we already are that user, else through runuser (we are root)."""
     if os.geteuid() == os_user_entry(os_user).pw_uid:

@@ -20,7 +20,12 @@ import shutil
 from ansible_collections.christmas.recovery.plugins.module_utils.core import commands
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly, write_bytes_atomic
-from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, as_os_user, os_user_entry
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import (
+    PG_BIN,
+    as_os_user,
+    give_to_os_user,
+    os_user_entry,
+)
 
 BACKUP_KINDS = ("full", "diff", "incr")
 OPENSSL_SALTED = b"Salted__"
@@ -233,8 +238,7 @@ class Repository:
         except FileNotFoundError:
             pass
         write_bytes_atomic(self.config_file, text)
-        if os.geteuid() == 0:
-            os.chown(self.config_file, entry.pw_uid, entry.pw_gid)
+        give_to_os_user(self.config_file, self.os_user)
         return True
 
     @staticmethod
@@ -430,9 +434,7 @@ class Repository:
             else:
                 raise RecoveryError("archived WAL %s is not gz-compressed (compress-type=gz is what this repository's "
                                     "config sets)" % path)
-            if os.geteuid() == 0:
-                entry = os_user_entry(self.os_user)
-                os.chown(plain, entry.pw_uid, entry.pw_gid)
+            give_to_os_user(plain, self.os_user)
             return read(plain)
         except (OSError, EOFError) as err:
             raise RecoveryError("cannot read archived WAL %s: %s" % (name, err)) from None

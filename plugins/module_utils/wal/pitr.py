@@ -14,7 +14,7 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly, write_bytes_atomic
-from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import fatal_line, os_user_entry
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import fatal_line, make_dir_of_os_user
 
 STOP_RE = re.compile(r"recovery stopping before (?:commit|abort) of transaction \d+, time [^\n]+")
 RESTORING = "restore-in-progress"
@@ -124,10 +124,7 @@ def _make_lost_data_dir(data_dir, os_user):
     if not os.path.isdir(os.path.dirname(data_dir)):
         raise RecoveryError("neither the data directory %s nor its parent exists: mount or create it first"
                             % data_dir)
-    os.mkdir(data_dir, 0o700)
-    if os.geteuid() == 0:
-        entry = os_user_entry(os_user)
-        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    make_dir_of_os_user(data_dir, os_user)
 
 
 def _clear_torn_restore(data_dir, marker):
