@@ -29,6 +29,8 @@ from timescaledb_standin import HYPERTABLE_SQL, StandinLauncher  # noqa: E402
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import manifest, signing  # noqa: E402
 from lab import LabPlatform, build_image  # noqa: E402
 
+pytest_plugins = ["vault_host"]  # the vault fixture: an sshd container
+
 STANDIN_DIR = os.path.join(ROOT, "tests", "fixtures", "timescaledb_standin")
 PROMTOOL = os.path.join(ROOT, ".venv", "bin", "promtool")
 
@@ -490,15 +492,16 @@ def isolated_vars(tmp_dir):
 
 @pytest.fixture
 def run_playbook(tmp_dir):
-    """Run playbooks/NAME.yml against a one-host inventory (local connection) holding ``host_vars``; any warning but
-    those in ``allow_warnings`` fails the test (assert_no_warnings)."""
+    """Run playbooks/NAME.yml against a one-host inventory (local connection) holding ``host_vars``, with ``groups``
+    added to it; any warning but those in ``allow_warnings`` fails the test (assert_no_warnings)."""
 
-    def run(name, host_vars, extra_vars=None, check=False, verbosity=0, expect_ok=True, env=None, allow_warnings=()):
+    def run(name, host_vars, extra_vars=None, check=False, verbosity=0, expect_ok=True, env=None, allow_warnings=(),
+            groups=None):
         inventory = os.path.join(tmp_dir, "inventory.json")
         host = dict(isolated_vars(tmp_dir), **host_vars)
         host.update(ansible_connection="local", ansible_python_interpreter=sys.executable)
-        with open(inventory, "w", encoding="utf-8") as handle:
-            json.dump({"christmas": {"hosts": {"platform": host}}}, handle)
+        with open(inventory, "w", encoding="utf-8") as handle:  # groups: more groups, {name: {"hosts": {...}}}
+            json.dump(dict(groups or {}, christmas={"hosts": {"platform": host}}), handle)
         argv = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory,
                 os.path.join(ROOT, "playbooks", name + ".yml")]
         if extra_vars:

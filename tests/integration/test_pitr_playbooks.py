@@ -14,37 +14,15 @@ import shutil
 import stat
 import subprocess
 import time
-from types import SimpleNamespace
 
 import pytest
-from conftest import connection_vars, read_metrics, redis_state, seed_redis, settings_into_conf, tree_state, value
+from conftest import connection_vars, read_metrics, redis_state, value
+from pitr_helpers import changes_after, changes_before, iso, protect, second_boundary, state, wait_past
 
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import PGBACKREST_CIPHER_PURPOSE
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids, load
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PgCtlServer
-
-TOKYO = datetime.timezone(datetime.timedelta(hours=9))
-
-
-def _wait_past(moment):
-    """Poll the clock until it has passed ``moment`` (Unix seconds)."""
-    deadline = time.monotonic() + (moment - time.time()) + 5
-    while time.time() <= moment:
-        assert time.monotonic() < deadline, "the clock never passed %s" % moment
-        time.sleep(0.02)
-
-
-def _second_boundary():
-    """A whole second T with nothing written in it yet: every change made before the call is before T, every change
-    made after it is in a later second (Redis's AOF counts whole seconds)."""
-    target = int(time.time()) + 1
-    _wait_past(target + 1)
-    return target
-
-
-def _iso(epoch, zone=TOKYO):
-    return datetime.datetime.fromtimestamp(epoch, zone).isoformat()
 
 
 def _pgbackrest_info(env):
@@ -54,49 +32,9 @@ def _pgbackrest_info(env):
     return json.loads(proc.stdout)[0]
 
 
-def _state(env):
-    return {"db": env.platform.snapshot(), "redis": redis_state(env.redis), "config": tree_state(env.config_dir)}
-
-
-def _protect(platform, make_redis, config_dir, tmp_dir, run_playbook, **extra_vars):
-    """The platform (a cluster run from its data directory, Redis with its config file, the config tree) after
-    backup.yml with continuous protection."""
-    os.chmod(tmp_dir, 0o711)  # the server's archive_command must reach the repository below it
-    settings_into_conf(platform.cluster)
-    server = make_redis(password=secrets.token_urlsafe(12))
-    seed_redis(server)
-    backup_dir = os.path.join(tmp_dir, "backups")
-    host_vars = dict(connection_vars(platform, server, config_dir, backup_dir),
-                     christmas_pg_data_dir=platform.cluster.data, **extra_vars)
-    first_backup_at = time.time()
-    first = run_playbook("backup", host_vars)
-    return SimpleNamespace(platform=platform, redis=server, config_dir=config_dir, backup_dir=backup_dir,
-                           host_vars=host_vars, first=first, tmp_dir=tmp_dir, first_backup_at=first_backup_at)
-
-
 @pytest.fixture
 def protected(platform, make_redis, config_dir, tmp_dir, run_playbook):
-    return _protect(platform, make_redis, config_dir, tmp_dir, run_playbook)
-
-
-def _changes_before(env):
-    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before T')")
-    env.platform.sql("UPDATE positions SET qty = qty + 1 WHERE symbol = 'SYM3'")
-    env.redis.client(0).set("fill:before", "100@101.5")
-    env.redis.client(3).delete("cache:7")
-    with open(os.path.join(env.config_dir, "limits.yml"), "w", encoding="utf-8") as handle:
-        handle.write("max_position: 100\n")
-
-
-def _changes_after(env):
-    env.platform.sql("DELETE FROM orders WHERE note = 'before T'")
-    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM2', 'sell', 9, 'after T')")
-    env.platform.sql("DELETE FROM positions")
-    env.redis.client(0).delete("fill:before")
-    env.redis.client(0).set("fill:after", "5@99")
-    os.unlink(os.path.join(env.config_dir, "limits.yml"))
-    with open(os.path.join(env.config_dir, "app.yml"), "a", encoding="utf-8") as handle:
-        handle.write("bad_deploy: true\n")
+    return protect(platform, make_redis, config_dir, tmp_dir, run_playbook)
 
 
 def test_restore_full_to_a_second_brings_the_database_redis_and_config_back_as_they_stood(protected, run_playbook):
@@ -111,22 +49,22 @@ def test_restore_full_to_a_second_brings_the_database_redis_and_config_back_as_t
     with open(os.path.join(env.redis.root, "redis.conf"), encoding="utf-8") as handle:
         assert "aof-timestamp-enabled yes" in handle.read()  # persisted: a restart keeps it
 
-    _changes_before(env)
+    changes_before(env)
     shipped_at = time.time()
     run_playbook("archive", env.host_vars)
-    expected = _state(env)
+    expected = state(env)
     window = read_metrics(os.path.join(env.tmp_dir, "metrics"))["christmas_recovery_window.prom"]
     assert value(window, "pitr_enabled") == 1
     for component in ("db", "redis", "config"):
         start, end = (value(window, "window_%s_seconds" % edge, component=component) for edge in ("start", "end"))
         assert start < end and end >= shipped_at - 2, (component, start, end)  # Redis counts whole seconds
-    target = _second_boundary()
-    _changes_after(env)
+    target = second_boundary()
+    changes_after(env)
     run_playbook("archive", env.host_vars)
-    assert _state(env) != expected
+    assert state(env) != expected
 
-    restored = run_playbook("restore_full", env.host_vars, {"target_time": _iso(target)})
-    assert _state(env) == expected
+    restored = run_playbook("restore_full", env.host_vars, {"target_time": iso(target)})
+    assert state(env) == expected
     assert "restored to %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target)) in restored.output
     assert not env.platform.cluster.sql("SELECT pg_is_in_recovery()")[0][0]
 
@@ -134,24 +72,24 @@ def test_restore_full_to_a_second_brings_the_database_redis_and_config_back_as_t
     env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM4', 'buy', 3, 'second timeline')")
     run_playbook("archive", env.host_vars)
     run_playbook("backup", env.host_vars)
-    again = _state(env)
-    second = _second_boundary()
+    again = state(env)
+    second = second_boundary()
     env.platform.sql("DELETE FROM orders")
     run_playbook("archive", env.host_vars)
-    run_playbook("restore_full", env.host_vars, {"target_time": _iso(second, datetime.UTC)})
-    assert _state(env) == again
+    run_playbook("restore_full", env.host_vars, {"target_time": iso(second, datetime.UTC)})
+    assert state(env) == again
 
 
 def test_with_christmas_encryption_the_repository_is_encrypted_restores_and_keeps_its_encryption(
         platform, make_redis, config_dir, tmp_dir, run_playbook):
     key_text = base64.b64encode(os.urandom(32)).decode("ascii")
-    env = _protect(platform, make_redis, config_dir, tmp_dir, run_playbook,
+    env = protect(platform, make_redis, config_dir, tmp_dir, run_playbook,
                    christmas_encryption=True, christmas_encryption_key=key_text)
     cipher_pass = encryption.derived_secret(base64.b64decode(key_text), PGBACKREST_CIPHER_PURPOSE)
     env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before T')")
     outputs = [env.first.output, run_playbook("archive", env.host_vars, verbosity=3).output]
     expected = env.platform.snapshot()
-    target = _second_boundary()
+    target = second_boundary()
     env.platform.sql("DELETE FROM orders")
     outputs.append(run_playbook("archive", env.host_vars).output)
 
@@ -163,7 +101,7 @@ def test_with_christmas_encryption_the_repository_is_encrypted_restores_and_keep
         with open(path, "rb") as handle:
             assert handle.read(8) == b"Salted__", path  # OpenSSL's format: pgBackRest's aes-256-cbc
 
-    outputs.append(run_playbook("restore_db", env.host_vars, {"target_time": _iso(target)}, verbosity=3).output)
+    outputs.append(run_playbook("restore_db", env.host_vars, {"target_time": iso(target)}, verbosity=3).output)
     assert env.platform.snapshot() == expected
     assert not any(cipher_pass in output or key_text in output for output in outputs)
 
@@ -182,7 +120,7 @@ def test_a_data_directory_lost_with_its_disk_comes_back_as_it_stood_at_a_second(
     env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before the loss')")
     run_playbook("archive", env.host_vars)
     expected = env.platform.snapshot()
-    target = _second_boundary()
+    target = second_boundary()
     env.platform.sql("DELETE FROM orders")
     redis_index = os.path.join(env.backup_dir, "pitr", "redis", "index.json")
     with open(redis_index, "rb") as handle:
@@ -194,9 +132,9 @@ def test_a_data_directory_lost_with_its_disk_comes_back_as_it_stood_at_a_second(
     PgCtlServer(env.platform.cluster.data).stop(mode="immediate")
     shutil.rmtree(env.platform.cluster.data)
 
-    planned = run_playbook("restore_db", env.host_vars, {"target_time": _iso(target)}, check=True)
+    planned = run_playbook("restore_db", env.host_vars, {"target_time": iso(target)}, check=True)
     assert "would restore to" in planned.output and not os.path.exists(env.platform.cluster.data)
-    run_playbook("restore_db", env.host_vars, {"target_time": _iso(target)})
+    run_playbook("restore_db", env.host_vars, {"target_time": iso(target)})
     assert env.platform.snapshot() == expected
     info = os.stat(env.platform.cluster.data)
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (pwd.getpwnam("postgres").pw_uid, 0o700)
@@ -211,14 +149,14 @@ def _histories(env):
 def test_the_rehearsal_restores_the_platform_to_a_second_in_scratch_servers_and_leaves_production_alone(
         protected, run_playbook):
     env = protected
-    _changes_before(env)
+    changes_before(env)
     run_playbook("archive", env.host_vars)
     rows_at_target = {"public." + name: int(rows) for name, (_md5, rows) in env.platform.snapshot().items()}
     keys_at_target = {str(db): len(keys) for db, keys in redis_state(env.redis).items()}
-    target = _second_boundary()
-    _changes_after(env)
+    target = second_boundary()
+    changes_after(env)
     run_playbook("archive", env.host_vars)
-    before, histories = _state(env), _histories(env)
+    before, histories = state(env), _histories(env)
     scratch = os.path.join(env.tmp_dir, "rehearsal")
     host_vars = dict(env.host_vars, christmas_rehearsal_dir=scratch)
 
@@ -234,7 +172,7 @@ def test_the_rehearsal_restores_the_platform_to_a_second_in_scratch_servers_and_
     assert restored["redis"]["keys"] == keys_at_target
     assert restored["config"]["entries"] > 0
     # The platform's servers, its repository (no new timeline) and its archiving are as they were.
-    assert _state(env) == before and _histories(env) == histories
+    assert state(env) == before and _histories(env) == histories
     assert not os.path.exists(scratch)
     run_playbook("archive", env.host_vars)
 
@@ -252,31 +190,31 @@ def test_a_target_outside_the_window_is_refused_before_anything_changes(protecte
     run_playbook("archive", env.host_vars)
     archived = time.time()
     env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM5', 'buy', 1, 'not archived')")
-    before = _state(env)
-    _wait_past(archived + 2)
+    before = state(env)
+    wait_past(archived + 2)
     now = time.time()
     for target, problem in (
-        (_iso(now), "is past the newest archived point"),
-        (_iso(now + 3600), "is in the future"),
-        (_iso(now - 30 * 86400), "is before the oldest recoverable point"),
+        (iso(now), "is past the newest archived point"),
+        (iso(now + 3600), "is in the future"),
+        (iso(now - 30 * 86400), "is before the oldest recoverable point"),
         ("yesterday at noon", "is not an ISO 8601 time"),
     ):
         failed = run_playbook("restore_full", env.host_vars, {"target_time": target}, expect_ok=False)
         message = failed.failure_message()
         assert problem in message
         assert "the recoverable window is" in message or "ISO" in problem
-        assert _state(env) == before
+        assert state(env) == before
 
 
 def test_the_dry_run_names_the_backup_aof_generation_and_config_version_it_would_use(protected, run_playbook):
     env = protected
     run_playbook("archive", env.host_vars)
-    before = _state(env)
+    before = state(env)
     planned = run_playbook("restore_full", env.host_vars, {"target_time": "latest"}, check=True)
     physical = load(os.path.join(env.backup_dir, "manifest_%s.json" % complete_set_ids(env.backup_dir)[0]))
     assert physical["db"]["physical"]["label"] in planned.output
     assert "generation" in planned.output and "version" in planned.output
-    assert _state(env) == before
+    assert state(env) == before
     shutil.rmtree(os.path.join(env.backup_dir, "pitr", "config"))
     refused = run_playbook("restore_full", env.host_vars, {"target_time": "latest"}, check=True, expect_ok=False)
     assert "no recovery window for config" in refused.output

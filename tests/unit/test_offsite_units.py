@@ -9,7 +9,8 @@ import pytest
 from faults.fault_helpers import set_id_days_ago
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.transport import offsite
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
+from ansible_collections.christmas.recovery.plugins.module_utils.transport import history, offsite
 
 
 def _remote(tmp_path, **changes):
@@ -48,7 +49,7 @@ def test_a_remote_that_could_not_be_passed_safely_is_refused_before_anything_run
 
 
 def test_an_ipv6_vault_is_written_in_brackets(tmp_path):
-    assert offsite._remote_spec(_remote(tmp_path, host="fd00::5"), "/d/") == "christmas-vault@[fd00::5]:/d/"
+    assert offsite.remote_spec(_remote(tmp_path, host="fd00::5"), "/d/") == "christmas-vault@[fd00::5]:/d/"
 
 
 def test_sets_to_send_are_the_missing_unexpired_ones_oldest_first(tmp_path):
@@ -78,3 +79,41 @@ def test_sets_to_send_are_the_missing_unexpired_ones_oldest_first(tmp_path):
 ])
 def test_a_failed_copy_is_explained_by_what_ssh_or_the_far_side_said(stderr, line):
     assert offsite.rsync_cause(stderr) == line
+
+
+def _tree(root):
+    found = {}
+    for top, _dirs, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(top, name), "rb") as handle:
+                found[os.path.relpath(os.path.join(top, name), root)] = handle.read()
+    return found
+
+
+def test_the_sealed_copy_of_the_history_reseals_only_what_changed_and_opens_only_in_its_place(tmp_path):
+    key = bytes(range(32))
+    source, mirror, opened = (str(tmp_path / name) for name in ("pitr", "sealed", "opened"))
+    os.makedirs(os.path.join(source, "redis"))
+    os.makedirs(os.path.join(source, "config", "objects"))
+    for name, data in (("redis/index.json", b'{"secret": "marker"}'), ("config/objects/ab", b"marker " * 1000),
+                       ("redis/.christmas-recovery.lock", b"")):
+        with open(os.path.join(source, name), "wb") as handle:
+            handle.write(data)
+
+    assert history._seal_tree(source, mirror, key) == 2
+    sealed = _tree(mirror)
+    assert sorted(sealed) == ["KEY_ID", "config/objects/ab", "redis/index.json"]  # never the lock
+    assert not any(b"marker" in data for data in sealed.values())
+    assert history._seal_tree(source, mirror, key) == 0
+    with open(os.path.join(source, "redis", "index.json"), "wb") as handle:
+        handle.write(b'{"secret": "marker", "more": 1}')
+    os.unlink(os.path.join(source, "config", "objects", "ab"))
+    assert history._seal_tree(source, mirror, key) == 1 and sorted(_tree(mirror)) == ["KEY_ID", "redis/index.json"]
+
+    history._open_tree(mirror, opened, key, encryption.key_id(key), "vault")
+    assert _tree(opened) == {"redis/index.json": b'{"secret": "marker", "more": 1}'}
+    with pytest.raises(RecoveryError, match="does not match the AOF and config history on vault"):
+        history._open_tree(mirror, str(tmp_path / "wrong"), bytes(32), encryption.key_id(key), "vault")
+    os.rename(os.path.join(mirror, "redis", "index.json"), os.path.join(mirror, "config", "index.json"))
+    with pytest.raises(RecoveryError, match="config/index.json is damaged or was tampered with"):
+        history._open_tree(mirror, str(tmp_path / "moved"), key, encryption.key_id(key), "vault")

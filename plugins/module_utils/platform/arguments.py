@@ -120,7 +120,7 @@ def protection(params):
                       server=server, redis_data_dir=params["redis_data_dir"],
                       retention_days=params.get("retention_days") or 30,
                       cipher_pass=encryption.derived_secret(encryption_key(params), PGBACKREST_CIPHER_PURPOSE)
-                      if params["pitr_encryption"] else None)
+                      if params["pitr_encryption"] else None, db_port=params.get("db_port") or 5432)
 
 
 def encryption_argument_spec():

@@ -433,3 +433,31 @@ def decrypt_set(src_dir, set_id, out_dir, key, jobs=2):
         _discard(manifest_path, out_dir, set_id)
         raise
     return _set_report(plain, manifest_path, out_dir, True)
+
+
+# ---------------------------------------------------------------- single files
+
+
+def seal_file(source, target, key, name):
+    """``source`` encrypted into ``target`` (0600, written atomically); ``name`` binds the ciphertext to its place,
+    so a file moved to another name fails to open."""
+    writer = HashingWriter(target)
+    try:
+        with _open_regular(source) as handle:
+            _seal_stream(handle, writer, key, name, CHUNK_BYTES)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def open_file(source, target, key, name):
+    """The plaintext of ``seal_file``'s ``source`` into ``target``; damage or another ``name`` is a one-line error."""
+    writer = HashingWriter(target)
+    try:
+        with _open_regular(source) as handle:
+            _open_stream(handle, writer, key, name, CHUNK_BYTES, source)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise

@@ -34,8 +34,9 @@ class Protection:
     stops and starts it (a PgCtlServer for a cluster run from ``pg_data_dir``), None when it cannot be managed."""
 
     def __init__(self, backup_dir, repo, stanza, pitr_dir, pg_data_dir=None, os_user="postgres", pg_bin_dir=None,
-                 server=None, redis_data_dir=None, retention_days=30, cipher_pass=None):
+                 server=None, redis_data_dir=None, retention_days=30, cipher_pass=None, db_port=5432):
         self.backup_dir, self.repo_path, self.stanza, self.pitr_dir = backup_dir, repo, stanza, pitr_dir
+        self.db_port = db_port
         self.pg_data_dir, self.os_user, self.pg_bin_dir = pg_data_dir, os_user, pg_bin_dir or PG_BIN
         self.server, self.redis_data_dir, self.retention_days = server, redis_data_dir, retention_days
         self.cipher_pass = cipher_pass
@@ -62,13 +63,11 @@ class Protection:
         running = read_postmaster_pid(self.pg_data_dir) if os.path.isdir(self.pg_data_dir) else None
         if running and running["port"]:
             port, socket_dir = running["port"], running["socket_dir"]
-        else:  # stopped or lost: a restore needs no connection, the repository's config file knows the rest
+        else:  # stopped or lost: a restore needs no connection; the repository's config file knows the rest, and
+            # a repository fetched onto a replacement host has none yet: the inventory's port until the server runs
             known = pgbackrest.read_config(os.path.join(pgbackrest.default_config_dir(
                 self.repo_path), pgbackrest.CONFIG_NAME), self.stanza)
-            if "pg1-port" not in known:
-                raise RecoveryError("the database server of %s is not running (no postmaster.pid) and the pgBackRest "
-                                    "repository %s has no config file yet" % (self.pg_data_dir, self.repo_path))
-            port, socket_dir = known["pg1-port"], known.get("pg1-socket-path")
+            port, socket_dir = known.get("pg1-port", self.db_port), known.get("pg1-socket-path")
         repository = pgbackrest.Repository(
             self.repo_path, self.stanza, self.pg_data_dir, port, socket_dir,
             os_user=self.os_user, retention_full=max(1, self.retention_days), retention_full_type="time",

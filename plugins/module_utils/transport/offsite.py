@@ -68,7 +68,7 @@ def list_sets(backup_dir):
     return sets
 
 
-def _check_remote(remote):
+def check_remote(remote):
     """What goes into rsync's ssh command line: a host or user that ssh could read as an option is refused."""
     for field, option in (("host", "vault_host"), ("user", "vault_user")):
         if not NAME_RE.match(getattr(remote, field)):
@@ -98,7 +98,7 @@ def rsync_cause(stderr):
     return next(found, None) or cause_line(stderr)
 
 
-def _remote_spec(remote, path):
+def remote_spec(remote, path):
     host = "[%s]" % remote.host if ":" in remote.host else remote.host
     return "%s@%s:%s" % (remote.user, host, path)
 
@@ -128,7 +128,7 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
 
     Each set is checked against its manifest and signature (``trust``) before it leaves; the vault checks it again
     when it arrives."""
-    _check_remote(remote)
+    check_remote(remote)
     todo = sets_to_send(backup_dir, retention_days, set(present))
     report = {"changed": bool(todo), "sent": todo, "encrypted": key is not None, "bytes": 0, "seconds": {}}
     if key is not None:
@@ -159,7 +159,7 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
                 progress("sending set %s to %s" % (set_id, remote.host))
                 report["bytes"] += tree_bytes(os.path.join(source, set_dir_name(set_id)))
                 run(rsync_argv(remote, _set_sources(source, set_id),
-                               _remote_spec(remote, "%s/%s/%s/" % (remote.directory, INCOMING, set_id))),
+                               remote_spec(remote, "%s/%s/%s/" % (remote.directory, INCOMING, set_id))),
                     "rsync of set %s to %s" % (set_id, remote.host), cause=rsync_cause)
             finally:
                 if source == staging:  # the encrypted copy served its purpose; the vault keeps it
@@ -171,7 +171,7 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
 
 def fetch_set(backup_dir, remote, set_id, check_mode=False, progress=print):
     """Copy one set from a vault into this host's ``.incoming``; ``receive_sets`` then checks and publishes it."""
-    _check_remote(remote)
+    check_remote(remote)
     if not SET_ID_RE.match(set_id or ""):
         raise RecoveryError("set_id %r is not YYYYMMDD_HHMMSS" % set_id)
     present = set_id in complete_set_ids(backup_dir)
@@ -182,7 +182,7 @@ def fetch_set(backup_dir, remote, set_id, check_mode=False, progress=print):
     make_private_dir(incoming)
     progress("fetching set %s from %s" % (set_id, remote.host))
     begin = time.monotonic()
-    sources = [_remote_spec(remote, path) for path in _set_sources(remote.directory, set_id)]
+    sources = [remote_spec(remote, path) for path in _set_sources(remote.directory, set_id)]
     run(rsync_argv(remote, sources, incoming + "/"), "rsync of set %s from %s" % (set_id, remote.host),
         cause=rsync_cause)
     report.update(bytes=tree_bytes(incoming), seconds=round(time.monotonic() - begin, 3))

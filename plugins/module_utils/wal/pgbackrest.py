@@ -270,7 +270,7 @@ class Repository:
             settings += [("repo1-cipher-type", "aes-256-cbc"), ("repo1-cipher-pass", self.cipher_pass)]
         stanza = [("pg1-path", self.pg_data_dir), ("pg1-port", str(self.pg_port)),
                   ("pg1-socket-path", self.pg_socket_dir), ("pg1-user", self.db_user)]
-        return config_text(settings, self.stanza, stanza)
+        return config_text(settings, self.stanza, [(name, value) for name, value in stanza if value is not None])
 
     def check_cipher(self):
         """Refuse a configuration whose encryption differs from the repository's: pgBackRest keeps a stanza's cipher
