@@ -124,6 +124,30 @@ def test_second_between_shipments_restores_exactly_its_keys(make_redis, tmp_dir)
     assert not glob.glob(os.path.join(scratch, "*", "appendonlydir"))  # only the RDB is left in the scratch dir
 
 
+def test_the_seconds_between_a_shipment_and_a_rewrite_are_no_gap(make_redis, tmp_dir):
+    """Redis keeps the replaced incr file (aof-disable-auto-gc); the next shipment copies its tail, so a second
+    written after the last shipment and before the rewrite restores, and Redis then deletes the old files."""
+    source = _source(make_redis)
+    assert source.client().config_get("aof-disable-auto-gc")["aof-disable-auto-gc"] == "yes"
+    repo, scratch = os.path.join(tmp_dir, "repo"), os.path.join(tmp_dir, "scratch")
+    _write_a(source.client())
+    redis_aof.ship_aof(_target(source), None, repo)
+    _second_done()
+    source.client().set("between", "shipped late")  # after the shipment, before the rewrite
+    state_between, second_between = redis_state(source), _second_done()
+    source.client().bgrewriteaof()
+    _wait_rewrite(source)
+    _write_b(source)
+    state_b, second_b = redis_state(source), _second_done()
+    report = redis_aof.ship_aof(_target(source), None, repo)
+    assert report["window"]["gaps"] == [] and report["window"]["start"] <= second_between <= report["window"]["end"]
+    assert _rebuilt_state(repo, second_between, scratch) == state_between
+    assert _rebuilt_state(repo, second_b, scratch) == state_b
+    manifest = os.path.join(source.root, "appendonlydir", "appendonly.aof.manifest")
+    assert [kind for _name, _seq, kind in redis_aof.read_manifest(manifest)] == ["b", "i"]  # history deleted
+    assert len(glob.glob(os.path.join(source.root, "appendonlydir", "*.incr.*"))) == 1
+
+
 def test_second_before_a_rewrite_still_restores(make_redis, tmp_dir):
     source = _source(make_redis)
     repo, scratch = os.path.join(tmp_dir, "repo"), os.path.join(tmp_dir, "scratch")

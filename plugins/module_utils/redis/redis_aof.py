@@ -11,8 +11,11 @@ A generation is one base and its incr files. A shipment copies a new base whole 
 added since the last shipment, ending at a command boundary (never inside a command or a MULTI/EXEC block), each
 piece with its SHA-256. ``index.json``, written atomically and last, is the repository: a file it does not name is
 ignored and removed by the next shipment. A point T means the dataset after every write stamped T or earlier. A
-generation restores T from its base time up to the last whole second before its newest shipment; a rewrite between
-two shipments leaves the writes in between only in the new base, so those seconds are a gap in the window.
+generation restores T from its base time up to the last whole second before its newest shipment. A rewrite between
+two shipments would leave the writes in between only in the new base; with ``aof-disable-auto-gc yes`` Redis keeps the
+replaced incr file (type h) instead, and the next shipment copies its tail into its generation, which then restores
+every second up to the new base, and lets Redis delete it. Only a second rewrite before the next shipment still
+leaves a gap in the window.
 ``redis_aof_restore`` rebuilds a point as an RDB file.
 """
 
@@ -44,7 +47,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_aof
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import _info, _ok, _text
 
 MANIFEST_LINE = re.compile(r"^file (\S+) seq (\d+) type ([bhi])$")
-SETTINGS = {"aof-timestamp-enabled": "yes", "appendonly": "yes"}  # stamps on before the first base is made
+# stamps on before the first base is made; replaced incr files kept until their tail is shipped
+SETTINGS = {"aof-disable-auto-gc": "yes", "aof-timestamp-enabled": "yes", "appendonly": "yes"}
 
 
 def _persistence(conn):
@@ -77,7 +81,8 @@ def _wait_aof_on(conn, deadline):
 
 
 def enable_timestamps(target, timeout=120):
-    """``appendonly yes`` and ``aof-timestamp-enabled yes``, written to the server's config file when it has one.
+    """``appendonly yes``, ``aof-timestamp-enabled yes`` and ``aof-disable-auto-gc yes``, written to the server's
+    config file when it has one.
 
     Returns {"changed", "persisted", "settings": {name: {"before", "after"}}}; ``persisted`` is False when the server
     runs without a config file (the settings then last until its next restart). The config file is rewritten whenever
@@ -240,8 +245,11 @@ def ship_aof(target, aof_dir, repo_dir, now=None, timeout=60):
             new_index, written = _ship_consistently(conn, index, aof_path, manifest, repo_dir, now, deadline)
         finally:
             conn.close()
+        history = new_index.pop("_history", False)
         write_json_atomic(os.path.join(repo_dir, INDEX), new_index)
         _remove_unindexed(repo_dir, new_index)
+        if history:
+            _delete_history(target)
     generation = new_index["generations"][-1]
     return {"changed": bool(written), "shipped_bytes": sum(size for _path, size, _sha in written),
             "files": [{"path": path, "size": size, "sha256": sha} for path, size, sha in written],
@@ -274,10 +282,36 @@ def _ship_consistently(conn, index, aof_path, manifest, repo_dir, now, deadline)
         time.sleep(0.1)
 
 
+def _delete_history(target):
+    """The replaced files Redis kept (``aof-disable-auto-gc``) go once their tails are shipped: switching the setting
+    off makes Redis delete its history files; it is switched on again at once."""
+    conn = target.connect()
+    try:
+        _ok(conn, "CONFIG", "SET", "aof-disable-auto-gc", "no")
+        _ok(conn, "CONFIG", "SET", "aof-disable-auto-gc", "yes")
+    finally:
+        conn.close()
+
+
+def _finish_replaced(generations, aof_path, entries, repo_dir, written):
+    """The tails of incr files a rewrite replaced (history, type h), copied into their generations; returns the
+    generations so finished."""
+    finished = []
+    for name, _seq, kind in entries:
+        for generation in generations if kind == "h" else ():
+            incr = next((incr for incr in generation["incr"] if incr["name"] == name), None)
+            if incr is not None:
+                _copy_increment(generation, incr, os.path.join(aof_path, name), repo_dir, written)
+                finished.append(generation)
+    return finished
+
+
 def _copy_new(index, aof_path, entries, repo_dir, shipped_at, written):
     base_name, base_seq = next((name, seq) for name, seq, kind in entries if kind == "b")
     info = os.stat(os.path.join(aof_path, base_name))
     generations = index["generations"]
+    finished = _finish_replaced(generations, aof_path, entries, repo_dir, written)
+    index["_history"] = any(kind == "h" for _name, _seq, kind in entries)
     generation = generations[-1] if generations else None
     if generation is None or [generation["base"][key] for key in ("name", "size", "mtime_ns")] != [
             base_name, info.st_size, info.st_mtime_ns]:
@@ -292,6 +326,9 @@ def _copy_new(index, aof_path, entries, repo_dir, shipped_at, written):
             generation["incr"].append(incr)
         _copy_increment(generation, incr, os.path.join(aof_path, name), repo_dir, written)
     generation["shipped_at"] = shipped_at
+    for done in finished:  # every write before the rewrite is in it now: it restores up to the new base
+        if done is not generation:
+            done["shipped_at"] = max(done["shipped_at"] or 0, generation["base_time"])
 
 
 def _new_generation(index, aof_path, base_name, base_seq, info, repo_dir, written):
