@@ -17,11 +17,21 @@ description:
     before anything is copied.
   - Given an existing I(signing_key_file), also returns its public half (RV(signing_public_key)), for the hosts that
     check this host's sets without its private key (vaults, new hosts).
+  - Given I(pitr_repo) and I(pitr_dir), also returns continuous protection's recoverable window per component
+    (RV(window)), read from the repositories (the database's when the collection can stop and start it).
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
   - christmas.recovery.vault.encryption
+  - christmas.recovery.pitr
 options:
+  db_port:
+    description: The database's port, for a pgBackRest repository whose server is not running.
+    type: int
+    default: 5432
+  pg_bin_dir:
+    description: Directory of the PostgreSQL programs (default the PostgreSQL 15 one of Debian).
+    type: path
   signing_key_file:
     description: The platform host's signing key; never created here. Its public half is returned when it exists.
     type: path
@@ -77,6 +87,14 @@ signing_public_key:
   description: The public key (PEM) of I(signing_key_file).
   returned: when I(signing_key_file) is given and exists
   type: str
+window:
+  description:
+    - The recoverable window of continuous protection. C(components) maps each component with something kept
+      (C(db), C(redis), C(config)) to its C(start) and C(end) (UTC); C(problems) says why a component has none.
+  returned: when I(pitr_repo) and I(pitr_dir) are given
+  type: dict
+  sample: {"components": {"db": {"start": "2026-12-06T03:00:12Z", "end": "2026-12-07T10:59:01Z"}},
+           "text": "db 2026-12-06T03:00:12Z .. 2026-12-07T10:59:01Z", "problems": {}}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -85,18 +103,25 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
 from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
-    encryption_argument_spec,
     encryption_key,
+    pitr_argument_spec,
+    protection,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption, signing
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import (
+    _stamp,
+    component_windows,
+    describe,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import list_sets
 
 
 def main():
-    argument_spec = dict(encryption_argument_spec(), backup_dir={"type": "path", "required": True},
-                         signing_key_file={"type": "path"})
+    argument_spec = dict(pitr_argument_spec(required=False), backup_dir={"type": "path", "required": True},
+                         signing_key_file={"type": "path"}, db_port={"type": "int", "default": 5432},
+                         pg_bin_dir={"type": "path"})
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=ENCRYPTION_EXCLUSIVE)
+                           mutually_exclusive=ENCRYPTION_EXCLUSIVE, required_together=[("pitr_repo", "pitr_dir")])
 
     def work(_progress):
         sets = list_sets(module.params["backup_dir"])
@@ -110,6 +135,12 @@ def main():
             private = signing.load_private_key(module.params["signing_key_file"])
             if private is not None:
                 result["signing_public_key"] = signing.public_key_pem(private.public_key())
+        if module.params["pitr_repo"]:
+            problems = {}
+            found = component_windows(protection(module.params), ("db", "redis", "config"), problems)
+            result["window"] = {"components": {name: {"start": _stamp(w["start"]), "end": _stamp(w["end"])}
+                                               for name, w in found.items()},
+                                "text": describe(found), "problems": problems}
         return result
 
     run(module, work)

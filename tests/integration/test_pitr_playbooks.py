@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import connection_vars, read_metrics, redis_state, value
+from conftest import connection_vars, read_metrics, redis_state, run_module, value
 from pitr_helpers import changes_after, changes_before, iso, protect, second_boundary, state, wait_past
 
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import PGBACKREST_CIPHER_PURPOSE
@@ -215,6 +215,17 @@ def test_the_dry_run_names_the_backup_aof_generation_and_config_version_it_would
     assert physical["db"]["physical"]["label"] in planned.output
     assert "generation" in planned.output and "version" in planned.output
     assert state(env) == before
+
+    # christmas_set_info shows the window per component, as the repositories say.
+    info, _output = run_module(env.tmp_dir, "christmas_set_info", {
+        "backup_dir": env.backup_dir, "pitr_repo": os.path.join(env.backup_dir, "pgbackrest"),
+        "pitr_dir": os.path.join(env.backup_dir, "pitr"), "pg_data_dir": env.platform.cluster.data})
+    assert sorted(info["window"]["components"]) == ["config", "db", "redis"] and info["window"]["problems"] == {}
+    for edges in info["window"]["components"].values():
+        start, end = (datetime.datetime.fromisoformat(edges[edge].replace("Z", "+00:00")).timestamp()
+                      for edge in ("start", "end"))
+        assert env.first_backup_at - 2 <= start <= end <= time.time()
+
     shutil.rmtree(os.path.join(env.backup_dir, "pitr", "config"))
     refused = run_playbook("restore_full", env.host_vars, {"target_time": "latest"}, check=True, expect_ok=False)
     assert "no recovery window for config" in refused.output

@@ -50,15 +50,20 @@ def _lose_the_host(env, ssh_dir):
     env.redis.client().flushall()
 
 
-def _refused_fetches(env, vault, name, ssh_dir):
-    """Fetches that cannot be done are refused in one line, and keep nothing."""
-    def fetch(directory, backup_dir, key):
-        result, _output = run_module(env.tmp_dir, "christmas_offsite_history", {
-            "direction": "fetch", "backup_dir": backup_dir, "pitr_repo": os.path.join(backup_dir, "pgbackrest"),
+def _fetch_args(env, vault, directory, backup_dir, ssh_dir):
+    """christmas_offsite_history fetching the vault's ``directory`` into ``backup_dir``, as the replacement host."""
+    return {"direction": "fetch", "backup_dir": backup_dir, "pitr_repo": os.path.join(backup_dir, "pgbackrest"),
             "pitr_dir": os.path.join(backup_dir, "pitr"), "pg_data_dir": env.platform.cluster.data,
-            "pitr_encryption": True, "encryption_key": key, "vault_host": "127.0.0.1", "vault_port": vault["port"],
+            "pitr_encryption": True, "vault_host": "127.0.0.1", "vault_port": vault["port"],
             "vault_user": "christmas-vault", "vault_dir": directory, "ssh_key_file": os.path.join(ssh_dir, "vault_key"),
-            "known_hosts_file": os.path.join(ssh_dir, "known_hosts")})
+            "known_hosts_file": os.path.join(ssh_dir, "known_hosts")}
+
+
+def _refused_fetches(env, vault, name, ssh_dir):
+    """Fetches that cannot be done are refused in one line and keep nothing; a killed one is done again."""
+    def fetch(directory, backup_dir, key):
+        result, _output = run_module(env.tmp_dir, "christmas_offsite_history", dict(
+            _fetch_args(env, vault, directory, backup_dir, ssh_dir), encryption_key=key))
         assert result.get("failed"), result
         return result["msg"]
 
@@ -73,6 +78,17 @@ def _refused_fetches(env, vault, name, ssh_dir):
     assert "pgBackRest repository %s exists on this host already" % os.path.join(elsewhere, "pgbackrest") \
         in fetch(history, elsewhere, env.host_vars["christmas_encryption_key"])
     assert os.listdir(os.path.join(elsewhere, "pgbackrest")) == ["archive"]
+
+    # A fetch killed while it put its copies in place left them with its pending marker: the next one starts over.
+    killed = os.path.join(env.tmp_dir, "killed")
+    os.makedirs(os.path.join(killed, "pgbackrest", "half"))
+    with open(os.path.join(killed, ".history-fetched.json.pending"), "w", encoding="utf-8") as handle:
+        handle.write("{}")
+    result, _output = run_module(env.tmp_dir, "christmas_offsite_history", dict(
+        _fetch_args(env, vault, history, killed, ssh_dir), encryption_key=env.host_vars["christmas_encryption_key"]))
+    assert result["changed"] and result["newest_backup"], result
+    assert not os.path.exists(os.path.join(killed, "pgbackrest", "half"))
+    assert sorted(os.listdir(killed)) == [".history-fetched.json", "pgbackrest", "pgbackrest.conf.d", "pitr"]
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
