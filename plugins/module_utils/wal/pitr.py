@@ -16,9 +16,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.errors imp
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly, write_bytes_atomic
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import fatal_line, make_dir_of_os_user
 
-STOP_RE = re.compile(r"recovery stopping before (?:commit|abort) of transaction \d+, time [^\n]+")
 RESTORING = "restore-in-progress"
-REDIRECTED = "redirecting log output to logging collector"
+STOPPED_AT_TIME = ("before ", "after ")  # a timeline history's reason when recovery stopped at a time target
 POLL = 0.2
 UTC_TEXT = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
 
@@ -64,8 +63,8 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     The target is checked against ``repository.window()`` first: a refused target leaves the server untouched.
     Then the server is stopped, a data directory a killed restore left torn is emptied, ``pgbackrest restore
     --type=time --target=T --target-action=promote`` (or ``--type=default``) runs, the server starts and is waited
-    for until ``pg_is_in_recovery()`` is false. For a time target the server log must say where recovery stopped
-    ("recovery stopping before ..."), and the last replayed commit must not be after the target. Returns
+    for until ``pg_is_in_recovery()`` is false. For a time target the new timeline's history must say that recovery
+    stopped at a time ("before ..." or "after ..."), and the last replayed commit must not be after the target. Returns
     {"target", "backup_set", "stop", "last_replayed", "timeline", "window", "seconds"}. Archiving goes on, on the
     new timeline. ``before_start`` (no arguments) runs between pgBackRest's restore and the start: a scratch copy
     gets its own settings there; ``options`` are more of pgBackRest's restore options."""
@@ -98,23 +97,34 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     last, wal = server.query("SELECT %s, pg_walfile_name(pg_current_wal_lsn())"
                              % (UTC_TEXT % "pg_last_xact_replay_timestamp()"))[0]
     last_replayed = datetime.datetime.fromisoformat(last).replace(tzinfo=datetime.UTC) if last else None
-    log = server.log_since(offset)
-    stop = STOP_RE.search(log)
+    timeline = int(wal[:8], 16)
+    stop = _stop_reason(server, timeline)
     if target is not None:
-        if stop is None and REDIRECTED not in log:
-            raise RecoveryError("recovery to %s did not stop at the target (the server log %s has no \"recovery "
-                                "stopping before\" line): it ran to the end of the archived WAL" % (
-                                    target.isoformat(), server.log_file))
+        if not stop.startswith(STOPPED_AT_TIME):
+            raise RecoveryError("recovery to %s did not stop at the target (the history of timeline %d says %r): it "
+                                "ran to the end of the archived WAL" % (target.isoformat(), timeline, stop))
         if last_replayed is not None and last_replayed > target:
             raise RecoveryError("recovery to %s replayed a commit of %s, after the target" % (
                 target.isoformat(), last_replayed.isoformat()))
     return {"target": target.isoformat() if target else None,
             "backup_set": backup_set.group(1).strip("'\",") if backup_set else None,
-            "stop": stop.group(0) if stop else None,
-            "last_replayed": last_replayed.isoformat() if last_replayed else None, "timeline": int(wal[:8], 16),
+            "stop": "recovery stopped %s" % stop,
+            "last_replayed": last_replayed.isoformat() if last_replayed else None, "timeline": timeline,
             "window": {key: value.isoformat() if isinstance(value, datetime.datetime) else value
                        for key, value in window.items()},
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def _stop_reason(server, timeline):
+    """Why recovery ended, as the promotion wrote it into the new timeline's history file: "before 2026-12-06
+    07:00:05.25+00" (or "after ...") at a time target, "no recovery target specified" at the end of the WAL. Read
+    from the server, so it holds wherever the server logs."""
+    rows = server.query("SELECT pg_read_file('pg_wal/%08X.history')" % timeline)
+    entries = [row for row in rows if len(row) >= 3 and row[0].strip().isdigit()]
+    if not entries:
+        raise RecoveryError("timeline %d of %s has no history file: recovery did not end in a promotion" % (
+            timeline, server.data_dir))
+    return entries[-1][2].strip()
 
 
 def _make_lost_data_dir(data_dir, os_user):
