@@ -38,9 +38,10 @@ def state(env):
     return {"db": env.platform.snapshot(), "redis": redis_state(env.redis), "config": tree_state(env.config_dir)}
 
 
-def protect(platform, make_redis, config_dir, tmp_dir, run_playbook, groups=None, **extra_vars):
+def protect(platform, make_redis, config_dir, tmp_dir, run_playbook, groups=None, env=None, **extra_vars):
     """The platform (a cluster run from its data directory, Redis with its config file, the config tree) after
-    backup.yml with continuous protection (``groups``: more inventory groups, such as vaults)."""
+    backup.yml with continuous protection (``groups``: more inventory groups, such as vaults; ``env``: more of
+    ansible-playbook's environment)."""
     os.chmod(tmp_dir, 0o711)  # the server's archive_command must reach the repository below it
     settings_into_conf(platform.cluster)
     server = make_redis(password=secrets.token_urlsafe(12))
@@ -49,7 +50,7 @@ def protect(platform, make_redis, config_dir, tmp_dir, run_playbook, groups=None
     host_vars = dict(connection_vars(platform, server, config_dir, backup_dir),
                      christmas_pg_data_dir=platform.cluster.data, **extra_vars)
     first_backup_at = time.time()
-    first = run_playbook("backup", host_vars, groups=groups)
+    first = run_playbook("backup", host_vars, groups=groups, env=env)
     return SimpleNamespace(platform=platform, redis=server, config_dir=config_dir, backup_dir=backup_dir,
                            host_vars=host_vars, first=first, tmp_dir=tmp_dir, first_backup_at=first_backup_at)
 

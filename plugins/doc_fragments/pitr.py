@@ -26,10 +26,17 @@ options:
     required: true
   pg_data_dir:
     description:
-      - The database server's data directory (with I(service_manager=compose), the host path of its data volume).
-        With I(service_manager=none) the server is the cluster run from this directory, stopped and started with
-        C(pg_ctl -D) as I(pg_os_user), its port, sockets and listen address taken from its own C(postgresql.conf).
-      - Without it (and without a systemd unit to control), continuous protection of the database is off.
+      - The database server's data directory. With I(service_manager=none) the server is the cluster run from this
+        directory, stopped and started with C(pg_ctl -D) as I(pg_os_user), its port, sockets and listen address
+        taken from its own C(postgresql.conf). With I(service_manager=systemd) it is stopped and started through its
+        unit I(db_service) (Debian's C(postgresql@15-main) runs C(/var/lib/postgresql/15/main)).
+      - Without it, or with I(service_manager=compose) (not supported yet), continuous protection of the database is
+        off.
+    type: path
+  pg_log_file:
+    description:
+      - With I(service_manager=systemd), the server's log file (Debian's C(/var/log/postgresql/postgresql-15-main.log));
+        by default the unit's journal. It explains a start that failed.
     type: path
   pg_os_user:
     description: The operating system user the database server and pgBackRest run as.

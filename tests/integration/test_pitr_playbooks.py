@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import connection_vars, read_metrics, redis_state, run_module, value
+from conftest import ROOT, connection_vars, read_metrics, redis_state, run_module, value
 from pitr_helpers import changes_after, changes_before, iso, protect, second_boundary, state, wait_past
 
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import PGBACKREST_CIPHER_PURPOSE
@@ -24,6 +24,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets import enc
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import complete_set_ids, load
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PgCtlServer
 
+STANDIN_BIN = os.path.join(ROOT, "tests", "fixtures", "systemctl_standin")
 
 def _pgbackrest_info(env):
     config = os.path.join(env.backup_dir, "pgbackrest.conf.d", "pgbackrest.conf")
@@ -245,8 +246,8 @@ def test_without_a_database_server_to_manage_continuous_protection_is_off_said_o
     assert "Continuous protection is off" in archive.output
     files = read_metrics(os.path.join(tmp_dir, "metrics"))
     window = files["christmas_recovery_window.prom"]
-    reason = "the collection cannot stop and start the database server: set christmas_pg_data_dir (or " \
-             "christmas_service_manager systemd)"
+    reason = "the collection cannot stop and start the database server: set christmas_pg_data_dir (the cluster " \
+             "run with pg_ctl, or by its systemd unit christmas_db_service)"
     assert value(window, "pitr_enabled", reason=reason) == 0
     assert value(files["christmas_recovery_archive.prom"], "last_run_success", kind="archive") == 1
 
@@ -257,3 +258,39 @@ def env_untouched(platform, server, backup_dir):
             and server.client().config_get("appendonly")["appendonly"] == "no"
             and not os.path.exists(os.path.join(backup_dir, "pitr"))
             and not os.path.exists(os.path.join(backup_dir, "pgbackrest")))
+
+
+def test_a_database_run_by_its_systemd_unit_is_protected_and_restored_to_a_second_through_the_unit(
+        platform, make_redis, config_dir, tmp_dir, run_playbook):
+    """systemd cannot run here: the systemctl STAND-IN runs the unit's real cluster with pg_ctl, as Debian's
+    postgresql@15-main runs its cluster."""
+    unit, log_file = "postgresql@15-main", platform.cluster.data + ".log"
+    state_file = os.path.join(tmp_dir, "systemd.json")
+    with open(state_file, "w", encoding="utf-8") as handle:
+        json.dump({"units": {unit: {"log": [], "pg_data_dir": platform.cluster.data, "log_file": log_file},
+                             "christmas-api": {"state": "active", "log": []}, "redis": {"state": "active", "log": []}},
+                   "calls": []}, handle)
+    systemd = {"PATH": STANDIN_BIN + os.pathsep + os.environ["PATH"], "SYSTEMCTL_STANDIN_STATE": state_file}
+    env = protect(platform, make_redis, config_dir, tmp_dir, run_playbook, env=systemd,
+                  christmas_service_manager="systemd", christmas_db_service=unit,
+                  christmas_app_services=["christmas-api"], christmas_pg_log_file=log_file)
+
+    def calls():
+        with open(state_file, encoding="utf-8") as handle:
+            return [call[1:3] for call in json.load(handle)["calls"] if call[0] == "systemctl" and call[1] != "show"]
+
+    assert env.platform.cluster.sql("SHOW archive_mode")[0][0] == "on"
+    assert calls() == [["stop", unit], ["start", unit]]  # archiving's one restart, through the unit
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before T')")
+    run_playbook("archive", env.host_vars, env=systemd)
+    expected = env.platform.snapshot()
+    target = second_boundary()
+    env.platform.sql("DELETE FROM orders")
+    run_playbook("archive", env.host_vars, env=systemd)
+
+    restored = run_playbook("restore_db", env.host_vars, {"target_time": iso(target)}, env=systemd)
+    assert env.platform.snapshot() == expected, restored.output[-3000:]
+    assert not env.platform.cluster.sql("SELECT pg_is_in_recovery()")[0][0]
+    assert calls()[2:] == [["stop", "christmas-api"], ["stop", unit], ["start", unit], ["start", "christmas-api"]]
+    run_playbook("archive", env.host_vars, env=systemd)  # archiving goes on, on the new timeline
+

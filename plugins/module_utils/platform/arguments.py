@@ -10,6 +10,8 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.pg_service import ServiceServer
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.services import service_manager
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import encryption
@@ -101,6 +103,7 @@ def pitr_argument_spec(required=True):
         "service_manager": {"type": "str", "choices": ["none", "systemd", "compose"], "default": "none"},
         "db_service": {"type": "str", "default": "timescaledb"},
         "service_timeout": {"type": "int", "default": 120},
+        "pg_log_file": {"type": "path"},
         "redis_data_dir": {"type": "path"},
         "pitr_encryption": {"type": "bool", "default": False},
         **encryption_argument_spec(),
@@ -109,15 +112,21 @@ def pitr_argument_spec(required=True):
 
 def protection(params):
     """Where continuous protection keeps its repositories, and the database server it stops and starts: the cluster
-    run from ``pg_data_dir`` with pg_ctl (service manager none); None when the collection cannot manage it. With
-    ``pitr_encryption`` the pgBackRest repository's cipher pass is derived from the encryption key."""
-    server = None
-    if params["service_manager"] == "none" and params["pg_data_dir"]:
-        server = PgCtlServer(params["pg_data_dir"], os_user=params["pg_os_user"],
-                             bin_dir=params["pg_bin_dir"] or PG_BIN, timeout=params["service_timeout"])
+    run from ``pg_data_dir`` with pg_ctl (service manager none) or by its systemd unit ``db_service``; None when the
+    collection cannot manage it (no data directory, or compose). With ``pitr_encryption`` the pgBackRest
+    repository's cipher pass is derived from the encryption key."""
+    server, manager = None, params["service_manager"]
+    bin_dir = params["pg_bin_dir"] or PG_BIN
+    if params["pg_data_dir"] and manager == "none":
+        server = PgCtlServer(params["pg_data_dir"], os_user=params["pg_os_user"], bin_dir=bin_dir,
+                             timeout=params["service_timeout"])
+    elif params["pg_data_dir"] and manager == "systemd":
+        server = ServiceServer(service_manager("systemd", timeout=params["service_timeout"]), params["db_service"],
+                               params["pg_data_dir"], os_user=params["pg_os_user"], bin_dir=bin_dir,
+                               timeout=params["service_timeout"], log_file=params.get("pg_log_file"))
     return Protection(params["backup_dir"], params["pitr_repo"], params["pitr_stanza"], params["pitr_dir"],
                       pg_data_dir=params["pg_data_dir"], os_user=params["pg_os_user"], pg_bin_dir=params["pg_bin_dir"],
-                      server=server, redis_data_dir=params["redis_data_dir"],
+                      server=server, redis_data_dir=params["redis_data_dir"], service_manager=manager,
                       retention_days=params.get("retention_days") or 30,
                       cipher_pass=encryption.derived_secret(encryption_key(params), PGBACKREST_CIPHER_PURPOSE)
                       if params["pitr_encryption"] else None, db_port=params.get("db_port") or 5432)

@@ -34,9 +34,10 @@ class Protection:
     stops and starts it (a PgCtlServer for a cluster run from ``pg_data_dir``), None when it cannot be managed."""
 
     def __init__(self, backup_dir, repo, stanza, pitr_dir, pg_data_dir=None, os_user="postgres", pg_bin_dir=None,
-                 server=None, redis_data_dir=None, retention_days=30, cipher_pass=None, db_port=5432):
+                 server=None, redis_data_dir=None, retention_days=30, cipher_pass=None, db_port=5432,
+                 service_manager="none"):
         self.backup_dir, self.repo_path, self.stanza, self.pitr_dir = backup_dir, repo, stanza, pitr_dir
-        self.db_port = db_port
+        self.db_port, self.service_manager = db_port, service_manager
         self.pg_data_dir, self.os_user, self.pg_bin_dir = pg_data_dir, os_user, pg_bin_dir or PG_BIN
         self.server, self.redis_data_dir, self.retention_days = server, redis_data_dir, retention_days
         self.cipher_pass = cipher_pass
@@ -45,9 +46,12 @@ class Protection:
 
     def db_off_reason(self):
         """Why the database cannot be protected continuously here, or None."""
+        if self.server is None and self.service_manager == "compose":
+            return ("the collection cannot yet stop and start a database run by compose for a physical restore: "
+                    "continuous protection needs christmas_service_manager none or systemd, with christmas_pg_data_dir")
         if self.server is None:
-            return ("the collection cannot stop and start the database server: set christmas_pg_data_dir (or "
-                    "christmas_service_manager systemd)")
+            return ("the collection cannot stop and start the database server: set christmas_pg_data_dir (the "
+                    "cluster run with pg_ctl, or by its systemd unit christmas_db_service)")
         if not os.path.isdir(self.pg_data_dir or "") and not os.path.isdir(os.path.dirname(self.pg_data_dir or "")):
             return "christmas_pg_data_dir %s is not a directory on this host, nor is its parent" % self.pg_data_dir
         try:
