@@ -33,7 +33,8 @@ description:
     directory (owned by I(pg_os_user), locked while in use, also left by a killed run) is removed at the end.
     With continuous protection off it says why and does nothing.
   - Expired AOF files and config versions are pruned after I(retention_days), never leaving a hole; pgBackRest
-    expires its backups and WAL by the same number of days.
+    expires its backups and WAL by the same number of days. While the newest proven set (its last rehearsal
+    passed) is older, the history is kept back to it.
 version_added: 0.2.0
 author: Christmas platform operations
 extends_documentation_fragment:
@@ -68,7 +69,7 @@ options:
     type: bool
     default: false
   retention_days:
-    description: Days of history kept.
+    description: Days of history kept (more while the newest proven set is older).
     type: int
     default: 30
   verify:

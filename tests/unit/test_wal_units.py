@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 
 import pytest
+from faults.fault_helpers import copy_set, set_id_days_ago
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import proof
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import Protection
 from ansible_collections.christmas.recovery.plugins.module_utils.wal import archiving, pgbackrest, pitr
 
 UTC = datetime.UTC
@@ -171,3 +176,20 @@ def test_a_torn_data_directory_is_emptied_only_after_a_restore_of_ours_began(tmp
     (data / "PG_VERSION").write_text("15\n")  # a cluster pgBackRest restores over by delta: left alone
     pitr._clear_torn_restore(str(data), str(marker))
     assert (data / "PG_VERSION").exists()
+
+
+def test_history_is_kept_back_to_the_newest_proven_set_when_it_is_older_than_the_retention(tmp_path):
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "app.yml").write_text("a: 1\n")
+    backup_dir = str(tmp_path / "backups")
+    made = make_backup_set(backup_dir, config_dir=str(config), progress=lambda _message: None)["set_id"]
+    guard = Protection(backup_dir, os.path.join(backup_dir, "pgbackrest"), "christmas",
+                       os.path.join(backup_dir, "pitr"), retention_days=30)
+    assert guard.kept_days() == 30  # no set proven yet
+    old = set_id_days_ago(40)
+    copy_set(backup_dir, made, backup_dir, old)
+    proof.add_rehearsal(backup_dir, old, {"passed": True})
+    assert guard.kept_days() == 41  # the proven set's point stays restorable
+    proof.add_rehearsal(backup_dir, made, {"passed": True})
+    assert guard.kept_days() == 30  # a newer proven set: the retention again

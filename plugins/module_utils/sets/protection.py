@@ -7,6 +7,7 @@ Redis's AOF shipped with its timestamps, the config tree's versions; and the win
 from __future__ import annotations
 
 import grp
+import math
 import os
 import pwd
 import stat
@@ -18,6 +19,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.errors imp
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import make_private_dir
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_aof, redis_aof_index
+from ansible_collections.christmas.recovery.plugins.module_utils.sets import proof
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import created_time
 from ansible_collections.christmas.recovery.plugins.module_utils.wal import archiving, pgbackrest
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, read_postmaster_pid
 
@@ -60,6 +63,15 @@ class Protection:
             return "pgbackrest is not installed on this host"
         return None
 
+    def kept_days(self, now=None):
+        """Days of history kept: ``retention_days``, or more while the newest proven set is older than that, so the
+        point it was taken at stays restorable until a newer set is proven (a rehearsal passed)."""
+        now = time.time() if now is None else now
+        proven = proof.newest_proven_set_id(self.backup_dir) if os.path.isdir(self.backup_dir) else None
+        if proven is None:
+            return self.retention_days
+        return max(self.retention_days, math.ceil((now - created_time(self.backup_dir, proven)) / DAY))
+
     def repository(self):
         """The pgBackRest repository, configured for the running server (its port and socket directory as the
         server's postmaster.pid says), encrypted with ``cipher_pass`` when given (refused when the repository's own
@@ -74,7 +86,7 @@ class Protection:
             port, socket_dir = known.get("pg1-port", self.db_port), known.get("pg1-socket-path")
         repository = pgbackrest.Repository(
             self.repo_path, self.stanza, self.pg_data_dir, port, socket_dir,
-            os_user=self.os_user, retention_full=max(1, self.retention_days), retention_full_type="time",
+            os_user=self.os_user, retention_full=max(1, self.kept_days()), retention_full_type="time",
             pg_bin_dir=self.pg_bin_dir, cipher_pass=self.cipher_pass)
         repository.check_cipher()
         return repository
@@ -268,9 +280,9 @@ def describe(found):
 
 
 def prune(protection, now):
-    """Redis's AOF and the config versions kept for the retention window, never leaving a hole (pgBackRest expires
-    its own backups and WAL by the same number of days)."""
-    keep_from = now - protection.retention_days * DAY
+    """Redis's AOF and the config versions kept for the retention window (longer while the newest proven set is
+    older), never leaving a hole; pgBackRest expires its own backups and WAL by the same number of days."""
+    keep_from = now - protection.kept_days(now) * DAY
     if os.path.isdir(protection.redis_repo):
         redis_aof.prune(protection.redis_repo, keep_from)
     if os.path.isdir(protection.config_repo):
