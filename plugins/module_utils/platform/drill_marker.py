@@ -19,6 +19,8 @@ from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_key
 MARKER_TABLE = "christmas_drill_markers"
 MAX_MARKER_LENGTH = 200
 TRACER_KEY = "christmas:drill:%s"
+CREATE_TABLE = ("CREATE TABLE IF NOT EXISTS %s (marker text PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())"
+                % MARKER_TABLE)
 
 
 def _check_markers(markers):
@@ -28,6 +30,15 @@ def _check_markers(markers):
                                 % (MAX_MARKER_LENGTH, marker))
 
 
+def _present(cur, markers):
+    """Which of ``markers`` the table holds (none while it does not exist)."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (MARKER_TABLE,))
+    if not cur.fetchone()[0]:
+        return set()
+    cur.execute("SELECT marker FROM %s WHERE marker = ANY(%%s)" % MARKER_TABLE, (list(markers),))
+    return {row[0] for row in cur.fetchall()}
+
+
 def write_marker(target, marker, expect=(), check_mode=False):
     """Write ``marker`` (and the table, if missing) and say which of ``expect`` are there, with market_data's row
     count: proof that the database takes writes and kept what was written before the fault."""
@@ -35,17 +46,12 @@ def write_marker(target, marker, expect=(), check_mode=False):
     _check_markers([marker] + expect)
     try:
         with connection.session(target) as conn, conn.cursor() as cur:
-            found = set()
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (MARKER_TABLE,))
-            if cur.fetchone()[0]:
-                cur.execute("SELECT marker FROM %s WHERE marker = ANY(%%s)" % MARKER_TABLE, (expect + [marker],))
-                found = {row[0] for row in cur.fetchall()}
+            found = _present(cur, expect + [marker])
             cur.execute("SELECT count(*) FROM market_data")
             rows = cur.fetchone()[0]
             write = marker not in found and not check_mode
             if write:
-                cur.execute("CREATE TABLE IF NOT EXISTS %s (marker text PRIMARY KEY, "
-                            "written_at timestamptz NOT NULL DEFAULT now())" % MARKER_TABLE)
+                cur.execute(CREATE_TABLE)
                 cur.execute("INSERT INTO %s (marker) VALUES (%%s) ON CONFLICT DO NOTHING" % MARKER_TABLE, (marker,))
                 conn.commit()
     except connection.psycopg2.Error as err:
@@ -75,8 +81,7 @@ def write_tracers(db, redis_target, config_dir, tracer, check_mode=False):
     if db is not None:
         try:
             with connection.session(db) as conn, conn.cursor() as cur:
-                cur.execute("CREATE TABLE IF NOT EXISTS %s (marker text PRIMARY KEY, "
-                            "written_at timestamptz NOT NULL DEFAULT now())" % MARKER_TABLE)
+                cur.execute(CREATE_TABLE)
                 cur.execute("INSERT INTO %s (marker) VALUES (%%s) ON CONFLICT (marker) DO UPDATE SET written_at = "
                             "now() RETURNING extract(epoch FROM written_at)::float8" % MARKER_TABLE, (tracer,))
                 traced["db"] = {"at": cur.fetchone()[0]}
@@ -96,11 +101,7 @@ def _came_back(component, db, redis_target, config_dir, tracer, traced):
     if component == "db":
         try:
             with connection.session(db) as conn, conn.cursor() as cur:
-                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (MARKER_TABLE,))
-                if not cur.fetchone()[0]:
-                    return False
-                cur.execute("SELECT 1 FROM %s WHERE marker = %%s" % MARKER_TABLE, (tracer,))
-                return cur.fetchone() is not None
+                return tracer in _present(cur, [tracer])
         except connection.psycopg2.Error as err:
             raise connection.sql_error("cannot look for the drill's tracer in %s" % db.describe(), err) from None
     if component == "redis":

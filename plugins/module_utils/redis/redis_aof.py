@@ -242,10 +242,10 @@ def ship_aof(target, aof_dir, repo_dir, now=None, timeout=60):
             index["server"] = {"databases": int(_config(conn, "databases"))}
             aof_path = os.path.join(aof_dir or _config(conn, "dir"), _config(conn, "appenddirname"))
             manifest = os.path.join(aof_path, _config(conn, "appendfilename") + ".manifest")
-            new_index, written = _ship_consistently(conn, index, aof_path, manifest, repo_dir, now, deadline)
+            new_index, written, history = _ship_consistently(conn, index, aof_path, manifest, repo_dir, now,
+                                                             deadline)
         finally:
             conn.close()
-        history = new_index.pop("_history", False)
         write_json_atomic(os.path.join(repo_dir, INDEX), new_index)
         _remove_unindexed(repo_dir, new_index)
         if history:
@@ -257,7 +257,8 @@ def ship_aof(target, aof_dir, repo_dir, now=None, timeout=60):
 
 
 def _ship_consistently(conn, index, aof_path, manifest, repo_dir, now, deadline):
-    """One copy made while no rewrite ran: (new index, [(path, size, sha256) written])."""
+    """One copy made while no rewrite ran: (new index, [(path, size, sha256) written], whether Redis kept replaced
+    files for it)."""
     while True:
         shipped_at = time.time() if now is None else now
         before = _persistence(conn)  # its reply follows the write of every command run before it into the AOF
@@ -271,7 +272,7 @@ def _ship_consistently(conn, index, aof_path, manifest, repo_dir, now, deadline)
                 after = _persistence(conn)
                 if not _rewriting(after) and after["aof_rewrites"] == before["aof_rewrites"] and \
                         read_manifest(manifest) == entries:
-                    return attempt, written
+                    return attempt, written, any(kind == "h" for _name, _seq, kind in entries)
             except FileNotFoundError:
                 pass  # a rewrite removed a file while we copied it
             for path, _size, _sha in written:
@@ -311,7 +312,6 @@ def _copy_new(index, aof_path, entries, repo_dir, shipped_at, written):
     info = os.stat(os.path.join(aof_path, base_name))
     generations = index["generations"]
     finished = _finish_replaced(generations, aof_path, entries, repo_dir, written)
-    index["_history"] = any(kind == "h" for _name, _seq, kind in entries)
     generation = generations[-1] if generations else None
     if generation is None or [generation["base"][key] for key in ("name", "size", "mtime_ns")] != [
             base_name, info.st_size, info.st_mtime_ns]:

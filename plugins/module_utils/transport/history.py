@@ -32,6 +32,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets import enc
 from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import (
     check_remote,
     remote_spec,
+    rsync_argv,
     rsync_cause,
     ssh_command,
 )
@@ -48,9 +49,8 @@ NAME_RE = re.compile(r"^\S+\s+[\d,]+\s+\S+\s+\S+\s+(.+)$")  # a line of rsync --
 
 
 def _rsync(remote, options, source, destination, what):
-    argv = [find_program("rsync"), "--archive", "--partial", "--mkpath", "--protect-args", "-e", ssh_command(remote)]
-    argv += ["--exclude=%s" % pattern for pattern in NEVER] + list(options)
-    run(argv + ["--", source, destination], what, cause=rsync_cause)
+    run(rsync_argv(remote, [source], destination, ["--exclude=%s" % pattern for pattern in NEVER] + list(options)),
+        what, cause=rsync_cause)
 
 
 def _mirror(remote, source, destination, what, options=()):
@@ -97,7 +97,6 @@ def _seal_tree(source, mirror, key):
         sealed += 1
     for relative in set(_files(mirror)) - wanted - {KEY_ID}:
         remove_quietly(os.path.join(mirror, relative))
-        state["files"].pop(relative, None)
     state["files"] = {name: stamp for name, stamp in state["files"].items() if name in wanted}
     write_bytes_atomic(os.path.join(mirror, KEY_ID), state["key_id"].encode("ascii"))
     write_json_atomic(state_path, state)
@@ -188,6 +187,20 @@ def _staging(path):
     return os.path.join(os.path.dirname(path), ".%s.fetching" % os.path.basename(path))
 
 
+def _remove_staging(protection):
+    """The copies a fetch made beside the destinations (a killed fetch's, or this one's once done)."""
+    for path in (protection.repo_path, protection.pitr_dir):
+        remove_quietly(_staging(path))
+        remove_quietly(_staging(path) + ".open")
+
+
+def _undo_placing(protection, marker):
+    """The copies a fetch put in place go again, and its pending marker last."""
+    remove_quietly(protection.repo_path)
+    remove_quietly(protection.pitr_dir)
+    remove_quietly(marker + ".pending")
+
+
 def _copy_history(protection, remote, key, with_pitr, progress):
     """The vault's history copied beside where it goes: the AOF and config versions first (opened when sealed, so a
     wrong key is found before the repository is copied), then the repository. Returns bytes and the sealing key id."""
@@ -230,9 +243,7 @@ def _place(protection, remote, marker, with_pitr):
             raise RecoveryError("the pgBackRest repository fetched from %s holds no backup of stanza %s" % (
                 remote.host, protection.stanza))
     except BaseException:
-        remove_quietly(protection.repo_path)
-        remove_quietly(protection.pitr_dir)
-        remove_quietly(marker + ".pending")
+        _undo_placing(protection, marker)
         raise
     return backups, opened
 
@@ -248,9 +259,7 @@ def fetch_history(protection, remote, key=None, check_mode=False, progress=print
         with open(marker, encoding="utf-8") as handle:
             return {"changed": False, "already_fetched": json.load(handle)}
     if os.path.isfile(marker + ".pending"):  # a fetch killed while putting its copies in place: they go again
-        remove_quietly(protection.repo_path)
-        remove_quietly(protection.pitr_dir)
-        remove_quietly(marker + ".pending")
+        _undo_placing(protection, marker)
     _refuse_existing(protection.repo_path, "pgBackRest repository")
     _refuse_existing(protection.pitr_dir, "AOF and config history")
     names = _vault_history(remote)
@@ -262,16 +271,12 @@ def fetch_history(protection, remote, key=None, check_mode=False, progress=print
         return report
     begin = time.monotonic()
     make_private_dir(protection.backup_dir)
-    for path in (protection.repo_path, protection.pitr_dir):
-        remove_quietly(_staging(path))  # a killed fetch's copy
-        remove_quietly(_staging(path) + ".open")
+    _remove_staging(protection)
     try:
         report.update(_copy_history(protection, remote, key, PITR in names, progress))
         backups, opened = _place(protection, remote, marker, PITR in names)
     finally:  # what a failure leaves of the copies (after success, nothing)
-        for path in (protection.repo_path, protection.pitr_dir):
-            remove_quietly(_staging(path))
-            remove_quietly(_staging(path) + ".open")
+        _remove_staging(protection)
     if opened:
         progress(opened)
     write_json_atomic(marker, {"vault": remote.host, "directory": remote.directory, "key_id": report.get("key_id"),

@@ -103,9 +103,10 @@ def remote_spec(remote, path):
     return "%s@%s:%s" % (remote.user, host, path)
 
 
-def rsync_argv(remote, sources, destination):
-    """Archive mode keeps the 0600/0700 modes; --partial lets an interrupted copy resume on the next run."""
-    return [find_program("rsync"), "--archive", "--relative", "--partial", "--mkpath", "--protect-args",
+def rsync_argv(remote, sources, destination, options=("--relative",)):
+    """Archive mode keeps the 0600/0700 modes; --partial lets an interrupted copy resume on the next run.
+    ``options`` come before the names (a set's copy keeps its relative names)."""
+    return [find_program("rsync"), "--archive", *options, "--partial", "--mkpath", "--protect-args",
             "-e", ssh_command(remote), "--", *sources, destination]
 
 
