@@ -31,7 +31,8 @@ rm -f "$rootfs"/etc/ssh/ssh_host_*
 mkdir -p "$rootfs/run/sshd"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 echo "lab image: importing $image" >&2
-tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
+tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' \
+  --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$image" >/dev/null
 # Older builds of the lab image are of no further use.
 podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/christmas-lab:' | grep -vx "$image" \
   | xargs -r podman rmi -f >/dev/null 2>&1 || true

@@ -177,10 +177,10 @@ def seed_hypertable_platform(cluster, scheduled=True):
     return platform
 
 
-def settings_into_conf(cluster):
-    """What the sandbox passes on pg_ctl's command line, written into postgresql.conf, so that pg_ctl start without
-    options brings the same server back."""
-    with open(os.path.join(cluster.data, "postgresql.conf"), "a", encoding="utf-8") as handle:
+def settings_into_conf(cluster, conf_dir=None):
+    """What the sandbox passes on pg_ctl's command line, written into postgresql.conf (in ``conf_dir``, by default
+    the data directory), so that pg_ctl start without options brings the same server back."""
+    with open(os.path.join(conf_dir or cluster.data, "postgresql.conf"), "a", encoding="utf-8") as handle:
         handle.write("port = %d\nunix_socket_directories = '%s'\nlisten_addresses = '127.0.0.1'\nfsync = off\n"
                      % (cluster.port, cluster.run_dir))
 

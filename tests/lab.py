@@ -65,6 +65,7 @@ class LabPlatform:
         self.compose_dir = os.path.join(self.root, self.name)
         self.config_dir = os.path.join(self.root, "config")
         self.backup_dir = os.path.join(self.root, "backups")
+        os.mkdir(self.backup_dir, 0o700)  # mounted into the database's container
         shutil.copytree(os.path.join(LAB, "platform"), self.compose_dir, ignore=shutil.ignore_patterns("config"))
         shutil.copytree(os.path.join(LAB, "platform", "config"), self.config_dir)
         secrets_dir = os.path.join(self.compose_dir, "secrets")
@@ -77,7 +78,7 @@ class LabPlatform:
         self.password = self.redis_password  # what conftest's seed_redis and redis_state read from a server
         settings = {"CHRISTMAS_LAB_IMAGE": image, "CHRISTMAS_DB_PORT": self.db_port, "CHRISTMAS_REDIS_PORT": self.port,
                     "CHRISTMAS_API_PORT": self.api_port, "CHRISTMAS_REDIS_APPENDONLY": "yes" if appendonly else "no",
-                    "CHRISTMAS_CONFIG_DIR": self.config_dir}
+                    "CHRISTMAS_CONFIG_DIR": self.config_dir, "CHRISTMAS_BACKUP_DIR": self.backup_dir}
         with open(os.path.join(self.compose_dir, ".env"), "w", encoding="utf-8") as handle:
             handle.writelines("%s=%s\n" % item for item in settings.items())
 

@@ -43,7 +43,7 @@ def protect(platform, make_redis, config_dir, tmp_dir, run_playbook, groups=None
     backup.yml with continuous protection (``groups``: more inventory groups, such as vaults; ``env``: more of
     ansible-playbook's environment)."""
     os.chmod(tmp_dir, 0o711)  # the server's archive_command must reach the repository below it
-    settings_into_conf(platform.cluster)
+    settings_into_conf(platform.cluster, extra_vars.get("christmas_pg_config_dir"))
     server = make_redis(password=secrets.token_urlsafe(12))
     seed_redis(server)
     backup_dir = os.path.join(tmp_dir, "backups")

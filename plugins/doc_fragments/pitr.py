@@ -30,8 +30,20 @@ options:
         directory, stopped and started with C(pg_ctl -D) as I(pg_os_user), its port, sockets and listen address
         taken from its own C(postgresql.conf). With I(service_manager=systemd) it is stopped and started through its
         unit I(db_service) (Debian's C(postgresql@15-main) runs C(/var/lib/postgresql/15/main)).
-      - Without it, or with I(service_manager=compose) (not supported yet), continuous protection of the database is
-        off.
+      - With I(service_manager=compose) it is the host path of the data directory inside the database's volume
+        (C(docker volume inspect) or C(podman volume inspect) name the volume's C(Mountpoint)), and the server is
+        the compose service I(db_service) of I(compose_dir). psql, pg_isready, pg_waldump and the pgBackRest
+        commands that need the server run inside its container, by name from the image's PATH (the official images
+        have them there). The repository and its C(.conf.d) directory (the backup directory holds both) must be
+        mounted into that container at the same paths, and I(pg_os_user) must be this host's user of the uid that
+        owns the data directory. Otherwise continuous protection of the database is off, and why is said.
+      - Without it, continuous protection of the database is off.
+    type: path
+  pg_config_dir:
+    description:
+      - With I(service_manager=none), the cluster's config directory when its C(postgresql.conf) is not in
+        I(pg_data_dir) (Debian's C(/etc/postgresql/15/main), whose C(data_directory) names I(pg_data_dir)); the
+        cluster is then stopped and started with C(pg_ctl -D) this directory.
     type: path
   pg_log_file:
     description:
@@ -51,6 +63,13 @@ options:
     description: The database's systemd unit (or compose service).
     type: str
     default: timescaledb
+  compose_dir:
+    description: With I(service_manager=compose), the directory of the platform's compose file.
+    type: path
+  compose_command:
+    description: With I(service_manager=compose), the compose command (C(docker compose), C(podman-compose)).
+    type: str
+    default: docker compose
   service_timeout:
     description: Seconds to wait for the database server to stop, start, and end its recovery.
     type: int

@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import ROOT, connection_vars, read_metrics, redis_state, run_module, value
+from conftest import ROOT, connection_vars, read_metrics, redis_state, run_module, settings_into_conf, value
 from pitr_helpers import changes_after, changes_before, iso, protect, second_boundary, state, wait_past
 
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import PGBACKREST_CIPHER_PURPOSE
@@ -247,7 +247,8 @@ def test_without_a_database_server_to_manage_continuous_protection_is_off_said_o
     files = read_metrics(os.path.join(tmp_dir, "metrics"))
     window = files["christmas_recovery_window.prom"]
     reason = "the collection cannot stop and start the database server: set christmas_pg_data_dir (the cluster " \
-             "run with pg_ctl, or by its systemd unit christmas_db_service)"
+             "run with pg_ctl, by its systemd unit christmas_db_service, or the host path of its data volume with " \
+             "compose)"
     assert value(window, "pitr_enabled", reason=reason) == 0
     assert value(files["christmas_recovery_archive.prom"], "last_run_success", kind="archive") == 1
 
@@ -294,3 +295,39 @@ def test_a_database_run_by_its_systemd_unit_is_protected_and_restored_to_a_secon
     assert calls()[2:] == [["stop", "christmas-api"], ["stop", unit], ["start", unit], ["start", "christmas-api"]]
     run_playbook("archive", env.host_vars, env=systemd)  # archiving goes on, on the new timeline
 
+
+
+def test_a_cluster_with_its_config_files_elsewhere_is_run_with_pg_ctl_on_its_config_dir(
+        platform, make_redis, config_dir, tmp_dir, run_playbook):
+    """Debian's layout: postgresql.conf, pg_hba.conf and pg_ident.conf in /etc/postgresql/15/main, naming the data
+    directory; the cluster is stopped and started with pg_ctl -D that directory."""
+    cluster = platform.cluster
+    settings_into_conf(cluster)
+    cluster.stop()
+    os.chmod(tmp_dir, 0o711)
+    conf_dir = os.path.join(tmp_dir, "etc-main")
+    os.mkdir(conf_dir, 0o700)
+    for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf"):
+        shutil.move(os.path.join(cluster.data, name), os.path.join(conf_dir, name))
+    with open(os.path.join(conf_dir, "postgresql.conf"), "a", encoding="utf-8") as handle:
+        handle.write("data_directory = '%s'\nhba_file = '%s/pg_hba.conf'\nident_file = '%s/pg_ident.conf'\n" % (
+            cluster.data, conf_dir, conf_dir))
+    postgres = pwd.getpwnam("postgres")
+    for path in [conf_dir] + [os.path.join(conf_dir, name) for name in os.listdir(conf_dir)]:
+        os.chown(path, postgres.pw_uid, postgres.pw_gid)
+    server = PgCtlServer(cluster.data, config_dir=conf_dir)
+    assert server.start()
+    env = protect(platform, make_redis, config_dir, tmp_dir, run_playbook, christmas_pg_config_dir=conf_dir,
+                  christmas_skip_redis=True)
+    assert cluster.sql("SHOW archive_mode")[0][0] == "on"  # the restart that turned it on went through conf_dir
+    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before T')")
+    run_playbook("archive", env.host_vars)
+    expected = env.platform.snapshot()
+    target = second_boundary()
+    env.platform.sql("DELETE FROM orders")
+    run_playbook("archive", env.host_vars)
+
+    run_playbook("restore_db", env.host_vars, {"target_time": iso(target)})
+    assert env.platform.snapshot() == expected
+    assert not os.path.exists(os.path.join(cluster.data, "postgresql.conf"))  # the config stayed where it lives
+    run_playbook("archive", env.host_vars)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 
 import pytest
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.platform import services
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.pg_service import ComposeServer
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.services import (
     Finished,
     converge,
@@ -191,7 +193,13 @@ def test_systemd_commands():
 
 def test_state_parsing_from_docker_and_podman_inspect_samples():
     assert parse_container(DOCKER_INSPECT) == {"service": "api", "id": DOCKER_INSPECT["Id"], "status": "running",
-                                               "running": True, "started_at": "2026-11-26T03:00:01.123456789Z"}
+                                               "running": True, "started_at": "2026-11-26T03:00:01.123456789Z",
+                                               "mounts": []}
+    mounted = json.loads(json.dumps(DOCKER_INSPECT))
+    mounted["Mounts"] = [{"Type": "volume", "Source": "/var/lib/docker/volumes/c_pgdata/_data",
+                          "Destination": "/var/lib/postgresql/data"}, "not a mount"]
+    assert parse_container(mounted)["mounts"] == [("/var/lib/docker/volumes/c_pgdata/_data",
+                                                   "/var/lib/postgresql/data")]
     podman = parse_container(PODMAN_INSPECT)
     assert (podman["service"], podman["status"], podman["running"]) == ("redis", "exited", False)
     paused = json.loads(json.dumps(DOCKER_INSPECT))
@@ -201,6 +209,36 @@ def test_state_parsing_from_docker_and_podman_inspect_samples():
     oneoff["Config"]["Labels"]["com.docker.compose.oneoff"] = "True"
     assert parse_container(oneoff) is None  # `compose run` containers are not the service
     assert parse_container({"Id": "x", "Config": {"Labels": None}, "State": {}}) is None
+
+
+def test_a_compose_server_maps_host_paths_through_its_containers_mounts_and_names_what_is_missing(project, tmp_dir):
+    manager, runner = _compose(project)
+    volume, backups = os.path.join(tmp_dir, "volume"), os.path.join(tmp_dir, "backups")
+    os.makedirs(os.path.join(volume, "pgdata"))
+    os.mkdir(backups)
+    user = pwd.getpwuid(os.stat(volume).st_uid).pw_name
+    container = runner.add("timescaledb")
+    runner.containers[container]["Mounts"] = [{"Source": volume, "Destination": "/var/lib/postgresql/data"},
+                                              {"Source": backups, "Destination": backups}]
+    server = ComposeServer(manager, "timescaledb", os.path.join(volume, "pgdata"), os_user=user)
+    assert server.pg1_path == "/var/lib/postgresql/data/pgdata"
+    assert server.inside(os.path.join(backups, "pgbackrest")) == os.path.join(backups, "pgbackrest")
+    assert server.inside(volume + "x") is None
+    assert server.problem([os.path.join(backups, "pgbackrest")]) is None
+    assert server.in_server(["psql", "-c", "SELECT 1"]) == ["podman", "exec", "-u", user, container, "psql", "-c",
+                                                            "SELECT 1"]
+    elsewhere = os.path.join(tmp_dir, "elsewhere", "pgbackrest")
+    assert server.problem([elsewhere]).startswith("%s is not mounted into the container of compose service "
+                                                  "timescaledb at the same path" % elsewhere)
+    outside = ComposeServer(manager, "timescaledb", os.path.join(tmp_dir, "pgdata"), os_user=user)
+    assert "is not in a volume of the container" in outside.problem([])
+    runner.containers[container]["State"].update(Status="exited", Running=False)
+    with pytest.raises(RecoveryError, match="compose service timescaledb is exited: it must run for psql"):
+        server.in_server(["psql"])
+    runner.containers[container]["State"].update(Status="running", Running=True)
+    other = [entry.pw_name for entry in pwd.getpwall() if entry.pw_uid != os.stat(volume).st_uid][0]
+    wrong = ComposeServer(manager, "timescaledb", os.path.join(volume, "pgdata"), os_user=other)
+    assert "set christmas_pg_os_user to this host's user of uid %d" % os.stat(volume).st_uid in wrong.problem([])
 
 
 def test_service_runs_only_when_all_its_containers_run():

@@ -148,6 +148,26 @@ def test_archive_command_quotes_paths_for_the_shell():
                                       "--stanza=main archive-push %%p" % repo.program)
 
 
+def test_a_server_in_a_container_runs_its_commands_there_and_a_restore_here_writes_its_restore_command():
+    def in_server(argv):
+        return ["podman", "exec", "-u", "postgres", "c0ffee", *argv]
+
+    repo = pgbackrest.Repository("/srv/backups/pgbackrest", "main", "/var/lib/postgresql/data/pgdata", 5432,
+                                 "/run/postgresql", in_server=in_server,
+                                 local_data_dir="/var/lib/docker/volumes/c_pgdata/_data/pgdata")
+    config = "--config=/srv/backups/pgbackrest.conf.d/pgbackrest.conf"
+    assert repo.archive_command() == "pgbackrest %s --stanza=main archive-push %%p" % config
+    assert repo.argv("backup", "--type=full") == in_server(["pgbackrest", config, "--stanza=main", "--type=full",
+                                                             "backup"])
+    assert "exec" not in repo.argv("info") and "exec" not in repo.argv("repo-get")  # they need no server
+    assert repo.restore_options() == [
+        "--pg1-path=/var/lib/docker/volumes/c_pgdata/_data/pgdata",
+        '--recovery-option=restore_command=pgbackrest %s --stanza=main archive-get %%f "%%p"' % config]
+    assert "pg1-path=/var/lib/postgresql/data/pgdata" in repo.render_config()  # the server's own view
+    here = pgbackrest.Repository("/srv/backups/pgbackrest", "main", "/srv/pg/data", 5432, "/run/postgresql")
+    assert here.restore_options() == [] and here.archive_command().startswith(here.program)
+
+
 def test_archiving_settings_wanted():
     repo = pgbackrest.Repository("/srv/backups/pgbackrest", "main", "/d", 5432, "/s")
     assert archiving.wanted_value("wal_level", "minimal", repo, 60) == "replica"

@@ -10,7 +10,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
-from ansible_collections.christmas.recovery.plugins.module_utils.platform.pg_service import ServiceServer
+from ansible_collections.christmas.recovery.plugins.module_utils.platform.pg_service import ComposeServer, ServiceServer
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.services import service_manager
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
 from ansible_collections.christmas.recovery.plugins.module_utils.redis.redis_keys import RedisTarget
@@ -99,9 +99,12 @@ def pitr_argument_spec(required=True):
         "pitr_stanza": {"type": "str", "default": "christmas"},
         "pitr_dir": {"type": "path", "required": required},
         "pg_data_dir": {"type": "path"},
+        "pg_config_dir": {"type": "path"},
         "pg_os_user": {"type": "str", "default": "postgres"},
         "service_manager": {"type": "str", "choices": ["none", "systemd", "compose"], "default": "none"},
         "db_service": {"type": "str", "default": "timescaledb"},
+        "compose_dir": {"type": "path"},
+        "compose_command": {"type": "str", "default": "docker compose"},
         "service_timeout": {"type": "int", "default": 120},
         "pg_log_file": {"type": "path"},
         "redis_data_dir": {"type": "path"},
@@ -112,18 +115,22 @@ def pitr_argument_spec(required=True):
 
 def protection(params):
     """Where continuous protection keeps its repositories, and the database server it stops and starts: the cluster
-    run from ``pg_data_dir`` with pg_ctl (service manager none) or by its systemd unit ``db_service``; None when the
-    collection cannot manage it (no data directory, or compose). With ``pitr_encryption`` the pgBackRest
-    repository's cipher pass is derived from the encryption key."""
+    run from ``pg_data_dir`` with pg_ctl (service manager none), by its systemd unit ``db_service``, or by that
+    service of the compose project in ``compose_dir``; None without a data directory. With ``pitr_encryption`` the
+    pgBackRest repository's cipher pass is derived from the encryption key."""
     server, manager = None, params["service_manager"]
     bin_dir = params["pg_bin_dir"] or PG_BIN
     if params["pg_data_dir"] and manager == "none":
         server = PgCtlServer(params["pg_data_dir"], os_user=params["pg_os_user"], bin_dir=bin_dir,
-                             timeout=params["service_timeout"])
+                             timeout=params["service_timeout"], config_dir=params["pg_config_dir"])
     elif params["pg_data_dir"] and manager == "systemd":
         server = ServiceServer(service_manager("systemd", timeout=params["service_timeout"]), params["db_service"],
                                params["pg_data_dir"], os_user=params["pg_os_user"], bin_dir=bin_dir,
                                timeout=params["service_timeout"], log_file=params.get("pg_log_file"))
+    elif params["pg_data_dir"] and manager == "compose":
+        server = ComposeServer(service_manager("compose", params["compose_dir"], params["compose_command"],
+                                               timeout=params["service_timeout"]), params["db_service"],
+                               params["pg_data_dir"], os_user=params["pg_os_user"], timeout=params["service_timeout"])
     return Protection(params["backup_dir"], params["pitr_repo"], params["pitr_stanza"], params["pitr_dir"],
                       pg_data_dir=params["pg_data_dir"], os_user=params["pg_os_user"], pg_bin_dir=params["pg_bin_dir"],
                       server=server, redis_data_dir=params["redis_data_dir"], service_manager=manager,

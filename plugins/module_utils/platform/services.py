@@ -238,6 +238,23 @@ class ComposeManager(_WaitingManager):
                  for container in self.containers() if container["service"] == name]
         return "".join(texts)
 
+    def service_container(self, name):
+        """The one container of service ``name`` (running or not), as ``containers`` lists it."""
+        found = [container for container in self.containers() if container["service"] == name]
+        if len(found) != 1:
+            raise RecoveryError("compose service %s has %s containers in %s: expected one" % (
+                name, len(found) or "no", self.project_dir))
+        return found[0]
+
+    def exec_argv(self, name, user, argv):
+        """``argv`` run as ``user`` inside the running container of service ``name`` (through the engine: its exec
+        takes no TTY unless asked, where compose implementations differ)."""
+        container = self.service_container(name)
+        if not container["running"]:
+            raise RecoveryError("compose service %s is %s: it must run for %s" % (name, container["status"],
+                                                                                 os.path.basename(argv[0])))
+        return [self.engine, "exec", "-u", user, container["id"], *argv]
+
     def scope(self, action, names):
         if action == "down":
             return list(self.status([]))
@@ -266,15 +283,19 @@ def engine_for(command):
 
 
 def parse_container(document):
-    """One ``inspect`` document as {service, id, status, running, started_at}; None for one-off or foreign ones."""
+    """One ``inspect`` document as {service, id, status, running, started_at, mounts: [(host path, path inside)]};
+    None for one-off or foreign ones."""
     labels = (document.get("Config") or {}).get("Labels") or {}
     service = labels.get(SERVICE_LABEL)
     if not service or str(labels.get(ONEOFF_LABEL, "")).lower() == "true":
         return None
     state = document.get("State") or {}
     status = str(state.get("Status") or "unknown").lower()
+    mounts = [(str(mount.get("Source") or ""), str(mount.get("Destination") or ""))
+              for mount in document.get("Mounts") or [] if isinstance(mount, dict)]
     return {"service": service, "id": document.get("Id", ""), "status": status,
-            "running": bool(state.get("Running")) and status == "running", "started_at": state.get("StartedAt")}
+            "running": bool(state.get("Running")) and status == "running", "started_at": state.get("StartedAt"),
+            "mounts": mounts}
 
 
 def service_state(containers):

@@ -49,19 +49,17 @@ class Protection:
 
     def db_off_reason(self):
         """Why the database cannot be protected continuously here, or None."""
-        if self.server is None and self.service_manager == "compose":
-            return ("the collection cannot yet stop and start a database run by compose for a physical restore: "
-                    "continuous protection needs christmas_service_manager none or systemd, with christmas_pg_data_dir")
         if self.server is None:
             return ("the collection cannot stop and start the database server: set christmas_pg_data_dir (the "
-                    "cluster run with pg_ctl, or by its systemd unit christmas_db_service)")
+                    "cluster run with pg_ctl, by its systemd unit christmas_db_service, or the host path of its data "
+                    "volume with compose)")
         if not os.path.isdir(self.pg_data_dir or "") and not os.path.isdir(os.path.dirname(self.pg_data_dir or "")):
             return "christmas_pg_data_dir %s is not a directory on this host, nor is its parent" % self.pg_data_dir
         try:
             find_program("pgbackrest", ["/usr/bin", "/usr/local/bin"])
         except RecoveryError:
             return "pgbackrest is not installed on this host"
-        return None
+        return self.server.problem([self.repo_path, pgbackrest.default_config_dir(self.repo_path)])
 
     def kept_days(self, now=None):
         """Days of history kept: ``retention_days``, or more while the newest proven set is older than that, so the
@@ -84,10 +82,12 @@ class Protection:
             known = pgbackrest.read_config(os.path.join(pgbackrest.default_config_dir(
                 self.repo_path), pgbackrest.CONFIG_NAME), self.stanza)
             port, socket_dir = known.get("pg1-port", self.db_port), known.get("pg1-socket-path")
+        server = self.server
         repository = pgbackrest.Repository(
-            self.repo_path, self.stanza, self.pg_data_dir, port, socket_dir,
+            self.repo_path, self.stanza, (server.pg1_path if server else None) or self.pg_data_dir, port, socket_dir,
             os_user=self.os_user, retention_full=max(1, self.kept_days()), retention_full_type="time",
-            pg_bin_dir=self.pg_bin_dir, cipher_pass=self.cipher_pass)
+            pg_bin_dir=self.pg_bin_dir, cipher_pass=self.cipher_pass, local_data_dir=self.pg_data_dir,
+            in_server=None if server is None or server.runs_here else server.in_server)
         repository.check_cipher()
         return repository
 

@@ -66,16 +66,34 @@ class PgCtlServer:
     """The server of ``data_dir``; its port, socket directories and listen addresses come from its own
     postgresql.conf / postgresql.auto.conf, never from the command line, so that a restart brings back the same
     server. pg_ctl's output goes to ``log_file`` (default: ``DATA_DIR.log`` beside the data directory, where a
-    delta restore does not remove it)."""
+    delta restore does not remove it). A cluster whose config files live elsewhere (Debian's
+    ``/etc/postgresql/15/main``, whose ``data_directory`` names ``data_dir``) is run with ``pg_ctl -D config_dir``."""
 
-    def __init__(self, data_dir, os_user="postgres", bin_dir=PG_BIN, log_file=None, timeout=120, db_user=None):
+    def __init__(self, data_dir, os_user="postgres", bin_dir=PG_BIN, log_file=None, timeout=120, db_user=None,
+                 config_dir=None):
         self.data_dir = os.path.abspath(data_dir)
+        self.config_dir = os.path.abspath(config_dir) if config_dir else self.data_dir
         self.os_user, self.bin_dir, self.timeout = os_user, bin_dir, timeout
         self.db_user = db_user or os_user
         self.log_file = log_file or self.data_dir.rstrip("/") + ".log"
 
+    runs_here = True  # its programs run on this host (a container's run inside it: ComposeServer)
+
+    @property
+    def pg1_path(self):
+        """The data directory as the server (and pgBackRest's commands beside it) sees it."""
+        return self.data_dir
+
+    def tool_argv(self, program, *args):
+        """One of PostgreSQL's programs (psql, pg_isready) run as the OS user beside the server."""
+        return as_os_user(self.os_user, [os.path.join(self.bin_dir, program), *args])
+
+    def problem(self, paths):
+        """Why pgBackRest's commands beside this server could not reach ``paths`` (the repository), or None."""
+        return None
+
     def _pg_ctl(self, *args):
-        return as_os_user(self.os_user, [os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data_dir, *args])
+        return as_os_user(self.os_user, [os.path.join(self.bin_dir, "pg_ctl"), "-D", self.config_dir, *args])
 
     def is_running(self):
         """pg_ctl status: 0 running, 3 not running, 4 no usable data directory (a lost or half-restored one, which
@@ -134,16 +152,14 @@ class PgCtlServer:
 
     def accepts_connections(self):
         host, port = self.connection()
-        argv = as_os_user(self.os_user, [os.path.join(self.bin_dir, "pg_isready"), "-q", "-h", host, "-p", port,
-                                         "-U", self.db_user, "-d", "postgres"])
+        argv = self.tool_argv("pg_isready", "-q", "-h", host, "-p", port, "-U", self.db_user, "-d", "postgres")
         return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False).returncode == 0
 
     def query(self, statement):
         """Rows of ``statement`` (lists of strings) run by psql as the OS user over the server's socket."""
         host, port = self.connection()
-        argv = as_os_user(self.os_user, [os.path.join(self.bin_dir, "psql"), "-X", "-q", "-A", "-t", "-F", "\t",
-                                         "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", self.db_user,
-                                         "-d", "postgres", "-c", statement])
+        argv = self.tool_argv("psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p",
+                              port, "-U", self.db_user, "-d", "postgres", "-c", statement)
         out = commands.run(argv, "psql on %s" % self.data_dir, env={"PGAPPNAME": "christmas.recovery"})
         return [line.split("\t") for line in out.splitlines() if line]
 

@@ -39,6 +39,7 @@ VERIFY_FILE_RE = re.compile(r"P\d+\s+INFO: ((?:invalid|file missing|missing)[^'\
                             r"(?::|$)", re.M)
 VERIFY_STATUS_RE = re.compile(r"^\s*status: (\w+)", re.M)
 NEWEST_SEGMENTS_TRIED = 4
+SERVER_COMMANDS = ("stanza-create", "check", "backup")  # they connect to the server and read its data directory
 
 
 def pgbackrest_error(text):
@@ -200,11 +201,16 @@ def read_config(path, stanza):
 
 class Repository:
     """A posix pgBackRest repository at ``path`` for one stanza. Its config file, spool, lock and log directories
-    live in ``config_dir`` (default ``PATH.conf.d`` beside it), private to ``os_user``."""
+    live in ``config_dir`` (default ``PATH.conf.d`` beside it), private to ``os_user``.
+
+    ``pg_data_dir``, port and socket directory are the server's own view. A server in a container
+    (``in_server``: argv to run a program there by name) sees its data directory elsewhere than this host
+    (``local_data_dir``): the commands that need the server, archive_command, restore_command and pg_waldump run in
+    the container; info, verify, repo-get and restore (the server stopped) run here."""
 
     def __init__(self, path, stanza, pg_data_dir, pg_port, pg_socket_dir, os_user="postgres", cipher_pass=None,
                  db_user="postgres", config_dir=None, retention_full=2, retention_full_type="count", process_max=2,
-                 pg_bin_dir=PG_BIN):
+                 pg_bin_dir=PG_BIN, in_server=None, local_data_dir=None):
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", stanza or ""):
             raise RecoveryError("stanza name %r: use letters, digits, '.', '_' and '-'" % stanza)
         if retention_full_type not in RETENTION_TYPES:
@@ -217,6 +223,8 @@ class Repository:
         self.config_file = os.path.join(self.config_dir, CONFIG_NAME)
         self.retention_full, self.retention_full_type = retention_full, retention_full_type
         self.process_max, self.pg_bin_dir = process_max, pg_bin_dir
+        self.in_server = in_server
+        self.local_data_dir = os.path.abspath(local_data_dir or pg_data_dir)
         self.program = commands.find_program("pgbackrest", ["/usr/bin", "/usr/local/bin"])
 
     # ------------------------------------------------------------------ setup
@@ -292,16 +300,37 @@ class Repository:
                         self.path, self.stanza, "encrypted" if encrypted else "not encrypted",
                         "off" if encrypted else "on"))
 
+    def _server_command(self, command):
+        """A pgBackRest command line the server runs through a shell (hence the quoting)."""
+        return "%s --config=%s --stanza=%s %s" % (shlex.quote("pgbackrest" if self.in_server else self.program),
+                                                  shlex.quote(self.config_file), shlex.quote(self.stanza), command)
+
     def archive_command(self):
-        """The archive_command PostgreSQL runs (through a shell, hence the quoting)."""
-        return "%s --config=%s --stanza=%s archive-push %%p" % (
-            shlex.quote(self.program), shlex.quote(self.config_file), shlex.quote(self.stanza))
+        return self._server_command("archive-push %p")
+
+    def restore_options(self):
+        """What a restore here into a server's data directory seen elsewhere adds: this host's path, and the
+        restore_command as the server runs it."""
+        if self.local_data_dir == self.pg_data_dir:
+            return []
+        return ["--pg1-path=" + self.local_data_dir,
+                "--recovery-option=restore_command=" + self._server_command('archive-get %f "%p"')]
 
     # ------------------------------------------------------------------ commands
 
+    def _arguments(self, command, options, args):
+        return ["--config=" + self.config_file, "--stanza=" + self.stanza, *options, command, *args]
+
     def argv(self, command, *options, args=()):
-        return as_os_user(self.os_user, [self.program, "--config=" + self.config_file, "--stanza=" + self.stanza,
-                                         *options, command, *args])
+        """The command line of ``command`` run here as the OS user (beside the server in its container for those
+        that need the server)."""
+        if self.in_server and command in SERVER_COMMANDS:
+            return self.in_server(["pgbackrest", *self._arguments(command, options, args)])
+        if self.in_server and command == "restore" and os.geteuid() == 0:
+            # the engine keeps volumes below a directory only root may pass; pgBackRest run by root gives the
+            # restored files to the cluster's user, whose uid the container's server has
+            return [self.program, *self._arguments(command, options, args)]
+        return as_os_user(self.os_user, [self.program, *self._arguments(command, options, args)])
 
     def run(self, command, *options, args=()):
         """Run a pgBackRest command as the OS user (``args`` follow the command); its ``ERROR: [code]: message``
@@ -443,9 +472,13 @@ class Repository:
             remove_quietly(plain)
 
     def _waldump(self, path):
-        return commands.run(as_os_user(self.os_user, [os.path.join(self.pg_bin_dir, "pg_waldump"),
-                                                      "--rmgr=Transaction", path]),
-                            "pg_waldump of archived WAL %s" % os.path.basename(path), env={"TZ": "UTC"})
+        """pg_waldump of the server's version, beside the server (in its container: the file is in our tmp
+        directory, mounted there at the same path)."""
+        if self.in_server:
+            argv = self.in_server(["env", "TZ=UTC", "pg_waldump", "--rmgr=Transaction", path])
+        else:
+            argv = as_os_user(self.os_user, [os.path.join(self.pg_bin_dir, "pg_waldump"), "--rmgr=Transaction", path])
+        return commands.run(argv, "pg_waldump of archived WAL %s" % os.path.basename(path), env={"TZ": "UTC"})
 
 
 def _read_text(path):

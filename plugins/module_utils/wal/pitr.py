@@ -69,19 +69,23 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     new timeline. ``before_start`` (no arguments) runs between pgBackRest's restore and the start: a scratch copy
     gets its own settings there; ``options`` are more of pgBackRest's restore options."""
     started = time.monotonic()
-    if os.path.abspath(server.data_dir) != repository.pg_data_dir:
+    data_dir = repository.local_data_dir
+    if os.path.abspath(server.data_dir) != data_dir:
         raise RecoveryError("the server runs from %s but the repository restores into %s (pg1-path)" % (
-            server.data_dir, repository.pg_data_dir))
+            server.data_dir, data_dir))
     target = parse_target(target_time) if target_time is not None else None
     window = repository.window()
     if target is not None:
         check_target(window, target)
     server.stop()
-    _make_lost_data_dir(repository.pg_data_dir, repository.os_user)
+    _make_lost_data_dir(data_dir, repository.os_user)
     marker = os.path.join(repository.config_dir, RESTORING)
-    _clear_torn_restore(repository.pg_data_dir, marker)
-    write_bytes_atomic(marker, (repository.pg_data_dir + "\n").encode("utf-8"))
-    options = ["--log-level-console=info"] + (["--delta"] if delta else []) + list(options)  # delta: checksums
+    _clear_torn_restore(data_dir, marker)
+    write_bytes_atomic(marker, (data_dir + "\n").encode("utf-8"))
+    if repository.in_server:
+        repository.prepare()  # the server in its container reads the config file (a fetched one names this host's path)
+    options = (["--log-level-console=info"] + (["--delta"] if delta else []) + repository.restore_options()
+               + list(options))  # delta: checksums
     if target is not None:
         options += ["--type=time", "--target=" + target_text(target), "--target-action=promote"]
     else:
