@@ -84,8 +84,8 @@ options:
     type: dict
     default: {}
   set_id:
-    description: The set the run made or checked (C(YYYYMMDD_HHMMSS)); written as C(run_set_timestamp_seconds), its
-      id as Unix time.
+    description: The set the run made or checked (C(YYYYMMDD_HHMMSS)), or the point in time a restore reached
+      (C(pitr-YYYYMMDD_HHMMSS)); written as C(run_set_timestamp_seconds), its id as Unix time.
     type: str
   replication:
     description:

@@ -85,6 +85,13 @@ def test_a_platform_run_by_compose_is_protected_and_restored_to_a_second(lab, pl
     assert lab.sql("SELECT pg_is_in_recovery()", user="postgres")[0][0] is False
     assert lab.health()[0] == 200
 
+    # The same second again: every component is there already, nothing is stopped or replaced.
+    restarted = lab.started_at("timescaledb"), lab.started_at("redis"), lab.started_at("api")
+    again = play("restore_full", host_vars, {"target_time": iso(target)})
+    assert "already restored to %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target)) in again.output
+    assert (lab.started_at("timescaledb"), lab.started_at("redis"), lab.started_at("api")) == restarted
+    assert _state(lab) == expected
+
     # Archiving goes on inside the container, on the new timeline.
     lab.sql("INSERT INTO orders (symbol, side, qty) VALUES ('SYM4', 'buy', 3)")
     play("archive", host_vars)

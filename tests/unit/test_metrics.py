@@ -64,6 +64,11 @@ def test_run_file_has_the_values_and_keeps_the_last_success_through_a_failure(tm
     assert sample(ok, "backup_pruned_sets", kind="backup") == 2
     assert not any(name.endswith("failure_info") for name, _labels in ok)
 
+    drills = os.path.join(tmp_dir, "drills")
+    metrics.write_metrics(drills, "drill", True, scenario="host_loss", set_id="pitr-20261126_030005", now=NOW)
+    point = parse(os.path.join(drills, "christmas_recovery_drill_host_loss.prom"))
+    assert sample(point, "run_set_timestamp_seconds", kind="drill", scenario="host_loss") == 1795662005
+
     metrics.write_metrics(textfile_dir, "backup", False, duration=1, reason='role "x" refused: port 5432', now=NOW + 60)
     failed = parse(path)
     assert sample(failed, "last_run_success", kind="backup") == 0
@@ -221,7 +226,9 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_dir):
     ({"kind": "drill", "scenario": "../etc"}, "a drill needs a scenario of letters, digits, _ and - (at most 64)"),
     ({"scenario": "db_lost"}, "scenario is only for kind drill, not backup"),
     ({"kind": "restore"}, "kind must be one of backup, archive, verify, rehearsal, drill, got 'restore'"),
-    ({"set_id": "latest"}, "set_id must look like YYYYMMDD_HHMMSS, got 'latest'"),
+    ({"set_id": "latest"}, "set_id must look like YYYYMMDD_HHMMSS (pitr-YYYYMMDD_HHMMSS for a point in time), got "
+                           "'latest'"),
+    ({"set_id": "pitr-latest"}, "set_id must look like YYYYMMDD_HHMMSS"),
     ({"duration": -1}, "duration_seconds must be 0 or more, got -1"),
     ({"duration": float("inf")}, "duration_seconds must be a finite number, got inf"),
     ({"replication": [{"state": "streaming"}]}, "replication[0] has no application_name or client_addr"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pwd
 
 import pytest
 from faults.fault_helpers import copy_set, set_id_days_ago
@@ -213,3 +214,29 @@ def test_history_is_kept_back_to_the_newest_proven_set_when_it_is_older_than_the
     assert guard.kept_days() == 41  # the proven set's point stays restorable
     proof.add_rehearsal(backup_dir, made, {"passed": True})
     assert guard.kept_days() == 30  # a newer proven set: the retention again
+
+
+def test_a_restore_puts_back_the_data_directorys_own_config_files_where_the_backup_holds_none(tmp_dir):
+    """A backup of a cluster whose config lives in /etc (Debian) restored into a container's data directory: the
+    restored directory gets the container's own postgresql.conf and pg_hba.conf back; a file the backup brought stays
+    the backup's."""
+    data, kept = os.path.join(tmp_dir, "data"), os.path.join(tmp_dir, "kept")
+    os.mkdir(data)
+    for name, text in (("postgresql.conf", "listen_addresses = '*'\n"), ("pg_hba.conf", "host all all 0/0 scram\n"),
+                       ("pg_ident.conf", "# own\n")):
+        with open(os.path.join(data, name), "w", encoding="utf-8") as handle:
+            handle.write(text)
+    os.chmod(os.path.join(data, "pg_hba.conf"), 0o600)
+    pitr._keep_own_config(data, kept)
+    for name in os.listdir(data):  # the restore (a delta removes what the backup does not hold)
+        os.unlink(os.path.join(data, name))
+    with open(os.path.join(data, "pg_ident.conf"), "w", encoding="utf-8") as handle:
+        handle.write("# the backup's\n")
+    pitr._keep_own_config(data, kept)  # a rerun after a killed restore keeps the first copies
+    pitr._put_back_own_config(data, kept, pwd.getpwuid(os.geteuid()).pw_name)
+    with open(os.path.join(data, "postgresql.conf"), encoding="utf-8") as handle:
+        assert handle.read() == "listen_addresses = '*'\n"
+    assert os.stat(os.path.join(data, "pg_hba.conf")).st_mode & 0o777 == 0o600
+    with open(os.path.join(data, "pg_ident.conf"), encoding="utf-8") as handle:
+        assert handle.read() == "# the backup's\n"
+    assert not os.path.exists(kept)

@@ -1,9 +1,10 @@
 """After the host_loss drill (converge: playbooks/dr_drill.yml -e scenario=host_loss): the platform host is lost (its
 servers down, its backups gone), and provision_host.yml made the bare host its replacement: podman and podman-compose
-installed, the platform's repository checked out, the lost host's newest set fetched from the vault, the platform
-running as a compose project with exactly the data the lost host had, validated, the recovery and the drill recorded
-once each (the drill's figures printed and written to $MOLECULE_EPHEMERAL_DIRECTORY/new_host_drill.json); and a
-second run of provision_host.yml changes nothing."""
+installed, the platform's repository checked out, the lost host's newest set and recovery window fetched from the
+vault, the platform running as a compose project restored to the newest point of that window (exactly the data the
+lost host had when it last shipped), validated, the recovery and the drill recorded once each (the drill's figures
+printed and written to $MOLECULE_EPHEMERAL_DIRECTORY/new_host_drill.json); and a second run of provision_host.yml to
+the same second changes nothing."""
 
 from __future__ import annotations
 
@@ -80,7 +81,10 @@ def test_the_data_is_exactly_what_the_lost_host_had(host, hostvars, source_state
 def test_the_fetched_set_is_complete_private_and_nothing_is_left_incoming(host):
     manifests = host.check_output("ls %s", BACKUP_DIR).split()
     assert len([name for name in manifests if name.startswith("manifest_")]) == 1
-    entries = host.check_output("find %s -mindepth 1 ! -name .christmas-recovery.lock -printf '%%m %%y %%P\\n'",
+    # The set's files; the recovery window fetched beside them (pgBackRest's repository and its config directory,
+    # the AOF and config versions) is pgBackRest's and the server's to write.
+    entries = host.check_output("find %s -mindepth 1 ! -name .christmas-recovery.lock ! -path '%s/pgbackrest*' "
+                                "! -path '%s/pitr*' -printf '%%m %%y %%P\\n'", BACKUP_DIR, BACKUP_DIR,
                                 BACKUP_DIR).splitlines()
     assert not [line for line in entries if not line.startswith(("600 f ", "700 d "))]
     assert not [line for line in entries if " .incoming/" in line]
@@ -106,9 +110,14 @@ def test_the_drill_is_recorded_as_passed_with_its_figures(host, capsys, drill_pa
     assert len(drills) == 1
     drill = drills[0]
     figures = drill_passed(drill, DRILL_CHECKS, TARGETS)
-    # The set restored is the one prepare made before the fault, and the only one on the replacement.
-    manifests = host.check_output("ls %s", BACKUP_DIR).split()
-    assert manifests.count("manifest_%s.json" % drill["backup_set"]) == 1
+    # Restored to the newest point of the lost host's window on the vault (a second at or after the set prepare
+    # made before the fault, the only set on the replacement), on a new timeline.
+    manifests = [name for name in host.check_output("ls %s", BACKUP_DIR).split() if name.startswith("manifest_")]
+    assert len(manifests) == 1
+    assert drill["backup_set"].startswith("pitr-") and drill["backup_set"][5:] >= manifests[0][9:24]
+    timeline = host.run("podman exec -u postgres christmas_timescaledb_1 psql -XAtc "
+                        "'SELECT timeline_id FROM pg_control_checkpoint()'")
+    assert timeline.rc == 0 and int(timeline.stdout) > 1, timeline.stderr
     assert figures["rpo_seconds"] > 0
     path = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "new_host_drill.json")
     with open(path, "w", encoding="utf-8") as handle:
@@ -117,14 +126,17 @@ def test_the_drill_is_recorded_as_passed_with_its_figures(host, capsys, drill_pa
         print("\nnew_host_drill %s: %s" % (path, json.dumps(figures, sort_keys=True)))
 
 
-def test_provisioning_again_changes_nothing(request):
+def test_provisioning_again_to_the_same_second_changes_nothing(host, request):
+    point = _records(host, "drill_host_loss")[0]["backup_set"][5:]  # pitr-YYYYmmdd_HHMMSS: where the drill got
+    target = "%s-%s-%sT%s:%s:%sZ" % (point[:4], point[4:6], point[6:8], point[9:11], point[11:13], point[13:15])
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections"), ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_NOCOLOR="1")
     config = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ansible.cfg")
     if os.path.exists(config):
         env["ANSIBLE_CONFIG"] = config
     done = subprocess.run(["ansible-playbook", "-i", request.config.option.ansible_inventory,
-                           os.path.join(ROOT, "playbooks", "provision_host.yml")], env=env, capture_output=True,
+                           os.path.join(ROOT, "playbooks", "provision_host.yml"), "-e", "target_time=" + target],
+                          env=env, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     request.getfixturevalue("no_warnings")(done.stdout + done.stderr)

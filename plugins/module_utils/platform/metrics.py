@@ -16,6 +16,7 @@ import time
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import fsync_dir, remove_quietly
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import (
+    PITR_PREFIX,
     SET_ID_RE,
     complete_set_ids,
     load,
@@ -42,7 +43,8 @@ FAMILIES = {
     "last_run_success": "1 when the last run of this kind succeeded, 0 when it failed.",
     "last_run_duration_seconds": "How long the last run of this kind took.",
     "last_run_failure_info": "Present (1) when the last run of this kind failed; reason is its error when short.",
-    "run_set_timestamp_seconds": "The set (its id as Unix time) that the last run of this kind made or checked.",
+    "run_set_timestamp_seconds": "The set (its id as Unix time) that the last run of this kind made or checked, or "
+                                 "the point in time it restored to.",
     "run_set_bytes": "Bytes of the set that the last run of this kind made or checked.",
     "backup_pruned_sets": "Expired sets the last backup deleted.",
     "verify_deep": "1 when the last verification read every artifact back, 0 when it compared checksums only.",
@@ -143,9 +145,11 @@ def check_run(kind, scenario, values, set_id=None):
                                 % (key, kind, ", ".join(sorted(VALUES[kind]))))
         families[VALUES[kind][key]] = number(value, "values.%s" % key)
     if set_id:
-        if not isinstance(set_id, str) or not SET_ID_RE.match(set_id):
-            raise RecoveryError("set_id must look like YYYYMMDD_HHMMSS, got %r" % (set_id,))
-        families["run_set_timestamp_seconds"] = set_time(set_id)
+        point = set_id[len(PITR_PREFIX):] if isinstance(set_id, str) and set_id.startswith(PITR_PREFIX) else set_id
+        if not isinstance(point, str) or not SET_ID_RE.match(point):
+            raise RecoveryError("set_id must look like YYYYMMDD_HHMMSS (pitr-YYYYMMDD_HHMMSS for a point in time), "
+                                "got %r" % (set_id,))
+        families["run_set_timestamp_seconds"] = set_time(point)
     return name, families
 
 

@@ -156,7 +156,10 @@ class ComposeServer(PgCtlServer):
         raises with its log's FATAL line. False when it ran already."""
         if self.is_running():
             return False
-        self.manager.apply("start", [self.service])
+        try:
+            self.manager.apply("start", [self.service])
+        except RecoveryError as err:
+            raise RecoveryError("%s; server log: %s" % (err, fatal_line(self.log_since(0)))) from None
         self._wait(self._started, "compose service %s to accept connections" % self.service)
         return True
 

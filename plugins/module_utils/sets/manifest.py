@@ -23,6 +23,7 @@ FORMAT = "christmas.recovery/backup-set"
 FORMAT_VERSION = 1
 COMPONENTS = ("db", "redis", "config")
 SET_ID_RE = re.compile(r"^\d{8}_\d{6}$")
+PITR_PREFIX = "pitr-"  # a restore to a point in time is labelled PITR_PREFIX + the second it reached, as a set id
 MANIFEST_RE = re.compile(r"^manifest_(\d{8}_\d{6})\.json$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # The kinds each component's restore looks up: a set lacking one could pass verification and then fail mid-restore.

@@ -16,11 +16,13 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_versions
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
+from ansible_collections.christmas.recovery.plugins.module_utils.db.db_globals import MARKER_SETTING
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import (
     redis_aof_index,
     redis_aof_restore,
     redis_restore,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import PITR_PREFIX
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import _stamp, component_windows
 from ansible_collections.christmas.recovery.plugins.module_utils.wal import pitr
 
@@ -124,57 +126,103 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
     target, note = parse_target_time(target_text, default_offset, now)
     if note:
         progress(note)
+    # A database restored to this very second before is there already, though its new timeline (which the window
+    # follows) may hold no commit after that second yet: it is not checked against the window again.
+    there = target is not None and "db" in chosen and protection.server is not None and db is not None and \
+        restored_timeline(protection.server, db.dbname, _label(target)) is not None
+    checked = [name for name in chosen if not (name == "db" and there)]
     problems = {}
-    found = component_windows(protection, chosen, problems)
-    target = check_target(target, found, chosen, now, problems)
+    found = component_windows(protection, checked, problems) if checked else {}
+    target = check_target(target, found, checked, now, problems) if checked else target
     progress("restoring %s to %s" % (", ".join(chosen), _stamp(target)))
-    plan = verify_plan(protection, chosen, target)
-    label = "pitr-" + time.strftime("%Y%m%d_%H%M%S", time.gmtime(target))
+    plan = verify_plan(protection, checked, target)
+    if there:
+        plan["db"] = {"uses": "the database restored to this second before"}
+    label = _label(target)
     result = {"set_id": label, "manifest": "", "target_time": _stamp(target), "target_epoch": target,
               "plan": plan, "changed": True, "components": {}, "window": {
                   name: {"start": _stamp(w["start"]), "end": _stamp(w["end"])} for name, w in found.items()}}
-    if check_mode:
-        result["components"] = {name: dict(plan[name], changed=True, state="would restore to %s from %s" % (
-            _stamp(target), plan[name]["uses"])) for name in chosen}
-        return result
     scratch = tempfile.mkdtemp(prefix="christmas-pitr-", dir=scratch_dir)
     try:
         for name in chosen:
             begin = time.monotonic()
             try:
                 outcome = _restore_component(name, protection, target, db, redis_target, config_dir, scratch, label,
-                                             progress, config_options or {})
+                                             progress, config_options or {}, check_mode)
             except RecoveryError as err:
+                if check_mode:
+                    raise
+
                 states = ["%s: %s" % (c, result["components"][c]["state"]) for c in result["components"]]
                 states += ["%s: not started" % c for c in chosen[chosen.index(name) + 1:]]
                 raise RecoveryError("restore of %s to %s failed: %s%s" % (
                     name, _stamp(target), err, (" | " + "; ".join(states)) if states else ""), report=result) from None
+            if check_mode and outcome["changed"]:
+                outcome["state"] = "would restore to %s from %s" % (_stamp(target), plan[name]["uses"])
             outcome.update(plan[name], seconds=round(time.monotonic() - begin, 3))
             result["components"][name] = outcome
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    result["changed"] = any(outcome["changed"] for outcome in result["components"].values())
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
-def _restore_component(name, protection, target, db, redis_target, config_dir, scratch, label, progress, options):
+def _restore_component(name, protection, target, db, redis_target, config_dir, scratch, label, progress, options,
+                       check_mode):
+    """One component restored to ``target`` (check mode: whether it would change). A component already there is
+    left alone: the database restored to this second whose timeline is still the one that restore began, Redis
+    holding exactly the keyspace of that second, the config tree identical to that version."""
     if name == "db":
-        done = pitr.restore(protection.repository(), protection.server, _utc(target),
-                            timeout=protection.server.timeout)
+        server = protection.server
+        reached = restored_timeline(server, db.dbname, label)
+        if reached is not None:
+            return {"changed": False, "state": "already restored to %s (timeline %d)" % (_stamp(target), reached)}
+        if check_mode:
+            return {"changed": True}
+        done = pitr.restore(protection.repository(), server, _utc(target), timeout=server.timeout)
+        server.query("ALTER DATABASE %s SET %s TO '%s@%d'" % (_identifier(db.dbname), MARKER_SETTING, label,
+                                                              done["timeline"]))
         return dict(done, changed=True, state="restored to %s (timeline %s)" % (_stamp(target), done["timeline"]))
     if name == "redis":
         facts = redis_aof_restore.rdb_at(protection.redis_repo, int(target), scratch, progress)
         done = redis_restore.restore_redis(redis_target, {"set_id": label, "redis": facts["redis"]}, facts["path"],
-                                           force=True,
-                                           progress=progress)
-        done["state"] = "restored to %s" % _stamp(target)
+                                           check_mode=check_mode, progress=progress)
+        if done["changed"]:
+            done["state"] = "restored to %s" % _stamp(target)
         return done
     version_id, _taken = config_versions.version_at(protection.config_repo, target)
     archive, metadata = config_versions.materialize(protection.config_repo, version_id,
                                                     os.path.join(scratch, "config"))
-    done = config_restore.restore_tree(archive, metadata, config_dir, label, False, True, progress, **options)
-    done["state"] = "restored to %s (version %s)" % (_stamp(target), version_id)
+    done = config_restore.restore_tree(archive, metadata, config_dir, label, check_mode, False, progress, **options)
+    if done["changed"]:
+        done["state"] = "restored to %s (version %s)" % (_stamp(target), version_id)
     return done
+
+
+def _label(target):
+    return PITR_PREFIX + time.strftime("%Y%m%d_%H%M%S", time.gmtime(target))
+
+
+def _identifier(name):
+    return '"%s"' % name.replace('"', '""')
+
+
+def restored_timeline(server, dbname, label):
+    """The timeline a restore to the second ``label`` names began, when database ``dbname`` still carries that
+    restore's marker (``label@TIMELINE``) and the server is still on that timeline; None otherwise (also when the
+    server cannot be asked: then it must be restored)."""
+    try:
+        if not server.is_running():
+            return None
+        rows = server.query("SELECT item FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, "
+                            "unnest(s.setconfig) item WHERE s.setrole = 0 AND d.datname = '%s' AND item LIKE '%s=%%'"
+                            % (dbname.replace("'", "''"), MARKER_SETTING))
+        timeline = int(server.query("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0][:8], 16)
+    except (RecoveryError, ValueError, IndexError):
+        return None
+    marked = rows[0][0].split("=", 1)[1] if rows else ""
+    return timeline if marked == "%s@%d" % (label, timeline) else None
 
 
 def _utc(epoch):

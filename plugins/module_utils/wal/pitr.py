@@ -10,13 +10,20 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
 import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import remove_quietly, write_bytes_atomic
-from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import fatal_line, make_dir_of_os_user
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import (
+    fatal_line,
+    give_to_os_user,
+    make_dir_of_os_user,
+)
 
 RESTORING = "restore-in-progress"
+KEPT_DIR = "restore-kept-config"
+OWN_CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
 STOPPED_AT_TIME = ("before ", "after ")  # a timeline history's reason when recovery stopped at a time target
 POLL = 0.2
 UTC_TEXT = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
@@ -61,7 +68,8 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     ``target_time`` (aware datetime or ISO text), or to the end of the archived WAL when None, and promote it.
 
     The target is checked against ``repository.window()`` first: a refused target leaves the server untouched.
-    Then the server is stopped, a data directory a killed restore left torn is emptied, ``pgbackrest restore
+    Then the server is stopped, a data directory a killed restore left torn is emptied, its own config files are
+    kept aside (put back where the backup holds none: a cluster whose config lives in /etc), ``pgbackrest restore
     --type=time --target=T --target-action=promote`` (or ``--type=default``) runs, the server starts and is waited
     for until ``pg_is_in_recovery()`` is false. For a time target the new timeline's history must say that recovery
     stopped at a time ("before ..." or "after ..."), and the last replayed commit must not be after the target. Returns
@@ -80,6 +88,10 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     server.stop()
     _make_lost_data_dir(data_dir, repository.os_user)
     marker = os.path.join(repository.config_dir, RESTORING)
+    kept = os.path.join(repository.config_dir, KEPT_DIR)
+    if not os.path.exists(marker):
+        shutil.rmtree(kept, ignore_errors=True)  # a finished restore's leftovers: this one keeps its own
+    _keep_own_config(data_dir, kept)
     _clear_torn_restore(data_dir, marker)
     write_bytes_atomic(marker, (data_dir + "\n").encode("utf-8"))
     if repository.in_server:
@@ -91,6 +103,7 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     else:
         options += ["--type=default"]
     out = repository.run("restore", *options)
+    _put_back_own_config(data_dir, kept, repository.os_user)
     remove_quietly(marker)
     backup_set = re.search(r"restore backup set (\S+)", out)
     if before_start is not None:
@@ -129,6 +142,28 @@ def _stop_reason(server, timeline):
         raise RecoveryError("timeline %d of %s has no history file: recovery did not end in a promotion" % (
             timeline, server.data_dir))
     return entries[-1][2].strip()
+
+
+def _keep_own_config(data_dir, kept):
+    """The data directory's own config files, kept aside before the restore replaces it: a backup of a cluster whose
+    config lives elsewhere (Debian's /etc/postgresql) holds none, and the server restored into (a container's) needs
+    its own. Copied once; a rerun after a killed restore finds them still there."""
+    os.makedirs(kept, 0o700, exist_ok=True)
+    for name in OWN_CONFIG_FILES:
+        source, copy = os.path.join(data_dir, name), os.path.join(kept, name)
+        if os.path.isfile(source) and not os.path.islink(source) and not os.path.exists(copy):
+            shutil.copy2(source, copy + ".tmp")
+            os.rename(copy + ".tmp", copy)
+
+
+def _put_back_own_config(data_dir, kept, os_user):
+    """The kept config files the backup did not bring, back into the restored data directory (the OS user's)."""
+    for name in OWN_CONFIG_FILES:
+        copy, target = os.path.join(kept, name), os.path.join(data_dir, name)
+        if os.path.exists(copy) and not os.path.lexists(target):
+            shutil.copy2(copy, target)
+            give_to_os_user(target, os_user)
+    shutil.rmtree(kept, ignore_errors=True)
 
 
 def _make_lost_data_dir(data_dir, os_user):
