@@ -63,26 +63,20 @@ class ServiceServer(PgCtlServer):
         return True
 
 
-class ComposeServer(PgCtlServer):
+class ComposeServer(ServiceServer):
     """The cluster a compose service runs in its container, its data directory on this host at ``data_dir`` (the
     data volume's host path, e.g. ``/var/lib/docker/volumes/christmas_pgdata/_data/pgdata``). Stopped and started as
     that service. psql, pg_isready and pgBackRest's commands that need the server (stanza-create, check, backup,
     archive-push, archive-get) run inside the container as ``os_user`` (docker or podman exec), by name from the
     image's PATH, as the official images have them. So the repository must be mounted into the container at its own
     path, and ``os_user`` on this host must have the uid the data directory belongs to: the server writes WAL into
-    the repository that this host's pgBackRest reads, and a restore here writes files the server reads."""
+    the repository that this host's pgBackRest reads, and a restore here writes files the server reads. Its log is
+    the container's."""
 
     runs_here = False
 
-    def __init__(self, manager, service, data_dir, os_user="postgres", timeout=120):
-        super().__init__(data_dir, os_user=os_user, timeout=timeout)
-        self.manager, self.service = manager, service
-
     def _container(self):
         return self.manager.service_container(self.service)
-
-    def _active(self):
-        return self.manager.status([self.service])[self.service]["running"]
 
     def in_server(self, argv):
         return self.manager.exec_argv(self.service, self.os_user, argv)
@@ -130,15 +124,6 @@ class ComposeServer(PgCtlServer):
                     "%s is uid %d on this host: set christmas_pg_os_user to this host's user of uid %d" % (
                         self.data_dir, owner, self.os_user, user, owner))
         return None
-
-    def is_running(self):
-        return self._active() and read_postmaster_pid(self.data_dir) is not None
-
-    def log_size(self):
-        return 0
-
-    def log_since(self, offset):
-        return self.manager.logs(self.service, MANAGER_LOG_LINES)
 
     def stop(self, mode="fast"):
         """Stop the service (the container's stop signal; ``mode`` does not apply). Once the container has stopped
