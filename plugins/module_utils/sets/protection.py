@@ -45,6 +45,7 @@ class Protection:
         self.server, self.redis_data_dir, self.retention_days = server, redis_data_dir, retention_days
         self.cipher_pass = cipher_pass
         self.redis_repo = os.path.join(pitr_dir, REDIS_DIR)
+        self._db_window = None
         self.config_repo = os.path.join(pitr_dir, CONFIG_DIR)
 
     def db_off_reason(self):
@@ -90,6 +91,13 @@ class Protection:
             in_server=None if server is None or server.runs_here else server.in_server)
         repository.check_cipher()
         return repository
+
+    def db_window(self):
+        """The pgBackRest repository's window (Repository.window), read once: it lists the archive and reads its
+        newest WAL, and a restore needs it for its checks and again for the restore itself."""
+        if self._db_window is None:
+            self._db_window = self.repository().window()
+        return self._db_window
 
     def open_backup_dir_to_os_user(self):
         """The backup directory traversable (never readable) by the OS user's group, so that the server's
@@ -238,7 +246,7 @@ def component_windows(protection, components, problems=None):
     problems = {} if problems is None else problems
     if "db" in components and not protection.db_off_reason():
         try:
-            window = protection.repository().window()
+            window = protection.db_window()
         except RecoveryError as err:
             window, problems["db"] = None, str(err)
         if window:

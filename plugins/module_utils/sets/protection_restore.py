@@ -180,7 +180,8 @@ def _restore_component(name, protection, target, db, redis_target, config_dir, s
             return {"changed": False, "state": "already restored to %s (timeline %d)" % (_stamp(target), reached)}
         if check_mode:
             return {"changed": True}
-        done = pitr.restore(protection.repository(), server, _utc(target), timeout=server.timeout)
+        done = pitr.restore(protection.repository(), server, _utc(target), timeout=server.timeout,
+                            window=protection.db_window())
         server.query("ALTER DATABASE %s SET %s TO '%s@%d'" % (_identifier(db.dbname), MARKER_SETTING, label,
                                                               done["timeline"]))
         return dict(done, changed=True, state="restored to %s (timeline %s)" % (_stamp(target), done["timeline"]))

@@ -63,7 +63,8 @@ def check_target(window, target):
                                            window["newest_segment"]))
 
 
-def restore(repository, server, target_time=None, delta=True, timeout=600, before_start=None, options=()):
+def restore(repository, server, target_time=None, delta=True, timeout=600, before_start=None, options=(),
+            window=None):
     """Restore the cluster of ``server`` (a stopped or running PgCtlServer) from ``repository`` to
     ``target_time`` (aware datetime or ISO text), or to the end of the archived WAL when None, and promote it.
 
@@ -75,14 +76,15 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     stopped at a time ("before ..." or "after ..."), and the last replayed commit must not be after the target. Returns
     {"target", "backup_set", "stop", "last_replayed", "timeline", "window", "seconds"}. Archiving goes on, on the
     new timeline. ``before_start`` (no arguments) runs between pgBackRest's restore and the start: a scratch copy
-    gets its own settings there; ``options`` are more of pgBackRest's restore options."""
+    gets its own settings there; ``options`` are more of pgBackRest's restore options; ``window`` is
+    ``repository.window()`` when the caller has just read it."""
     started = time.monotonic()
     data_dir = repository.local_data_dir
     if os.path.abspath(server.data_dir) != data_dir:
         raise RecoveryError("the server runs from %s but the repository restores into %s (pg1-path)" % (
             server.data_dir, data_dir))
     target = parse_target(target_time) if target_time is not None else None
-    window = repository.window()
+    window = window or repository.window()
     if target is not None:
         check_target(window, target)
     server.stop()
