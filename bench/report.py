@@ -145,9 +145,9 @@ EXTRA_WORK = {
     "Redis backup": "the RDB's CRC-64 and SHA-256 while it arrives, the manifest, and the read-back",
     "PITR": "three module processes (the restore, the validation, the recovery record), each with Python's start-up "
             "and imports, and in the restore, before anything changes, `pgbackrest verify` of every file in the "
-            "repository and the recoverable window read from the newest archived WAL (`repo-ls`, `repo-get`, "
-            "`pg_waldump`; once for the target's check and again before the restore), after the start the promotion "
-            "polled every 0.2 s and the stop point read from the server log",
+            "repository and the recoverable window read once from the newest archived WAL (`repo-ls`, `repo-get`, "
+            "`pg_waldump`), after the start the promotion polled every 0.2 s and the stop point read from the new "
+            "timeline's history file",
 }
 
 
