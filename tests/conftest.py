@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -598,11 +599,11 @@ def lab_image():
     return build_image()
 
 
-@pytest.fixture(scope="module")
-def lab(lab_image):
-    """The sample platform up as a compose project under podman, its database and Redis seeded, for one test module;
-    removed completely afterwards."""
-    platform = LabPlatform(lab_image)
+@contextlib.contextmanager
+def seeded_lab(image):
+    """The sample platform up as a compose project under podman, its database and Redis seeded; removed completely
+    afterwards, whatever happened."""
+    platform = LabPlatform(image)
     try:
         platform.up()
         platform.seed_db()
@@ -610,6 +611,13 @@ def lab(lab_image):
         yield platform
     finally:
         platform.destroy()
+
+
+@pytest.fixture(scope="module")
+def lab(lab_image):
+    """The seeded sample platform (seeded_lab) for one test module."""
+    with seeded_lab(lab_image) as platform:
+        yield platform
 
 
 def seal_signed(data):

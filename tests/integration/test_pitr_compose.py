@@ -10,10 +10,10 @@ import os
 import time
 
 import pytest
-from conftest import redis_state, seed_redis, tree_state
+from conftest import redis_state, seeded_lab, tree_state
 from pitr_helpers import iso, second_boundary
 
-from lab import CONTAINERS_CONF, LabPlatform
+from lab import CONTAINERS_CONF
 
 pytestmark = pytest.mark.xdist_group("podman")
 
@@ -25,15 +25,9 @@ def play(run_playbook):
 
 @pytest.fixture
 def lab(lab_image):
-    platform = LabPlatform(lab_image)
-    try:
+    with seeded_lab(lab_image) as platform:
         os.chmod(platform.root, 0o711)  # the server's archive_command reaches the repository below it
-        platform.up()
-        platform.seed_db()
-        seed_redis(platform)
         yield platform
-    finally:
-        platform.destroy()
 
 
 def _volume(lab, name):

@@ -22,6 +22,9 @@ except ImportError:  # reported by the modules with missing_required_lib
 
 GLOBALS_FILE = "db_globals.json"
 MARKER_SETTING = "christmas_recovery.restored_set"
+# The marker's setting of a database (its name, then MARKER_SETTING + "=%"): "MARKER_SETTING=value".
+MARKER_QUERY = ("SELECT item FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, "
+                "unnest(s.setconfig) item WHERE d.datname = %s AND s.setrole = 0 AND item LIKE %s")
 ROLES_QUERY = """
 WITH RECURSIVE db AS (SELECT oid, datdba, datacl FROM pg_database WHERE datname = current_database()),
 user_ns AS (SELECT oid, nspowner, nspacl FROM pg_namespace
@@ -75,6 +78,11 @@ WHERE (s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_data
    OR (s.setdatabase = 0 AND r.rolname = ANY(%(names)s))
 ORDER BY 1, 2
 """
+
+
+def marker_value(rows):
+    """The marker's value from the rows of MARKER_QUERY, None when the database carries none."""
+    return rows[0][0].split("=", 1)[1] if rows else None
 
 
 def collect_globals(conn, with_passwords):

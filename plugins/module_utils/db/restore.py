@@ -23,10 +23,12 @@ from ansible_collections.christmas.recovery.plugins.module_utils.db.connection i
     sql_error,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.db.db_globals import (
+    MARKER_QUERY,
     MARKER_SETTING,
     apply_database_properties,
     create_missing_roles,
     load_globals,
+    marker_value,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.db.postgres import (
     TIMESCALEDB,
@@ -55,11 +57,7 @@ def _database_exists(conn, name):
 
 
 def _marker(conn, name):
-    rows = fetch(conn, """
-        SELECT item FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase,
-             unnest(s.setconfig) item
-        WHERE d.datname = %s AND s.setrole = 0 AND item LIKE %s""", (name, MARKER_SETTING + "=%"))
-    return rows[0][0].split("=", 1)[1] if rows else None
+    return marker_value(fetch(conn, MARKER_QUERY, (name, MARKER_SETTING + "=%")))
 
 
 def _side_name(dbname, tag, set_id):

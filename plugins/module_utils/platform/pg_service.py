@@ -129,12 +129,11 @@ class ComposeServer(ServiceServer):
         """Stop the service (the container's stop signal; ``mode`` does not apply). Once the container has stopped
         its postmaster is gone with it: a postmaster.pid a killed one left is removed (pgBackRest refuses to restore
         beside one). False when it was not running."""
-        if not self._active():
-            remove_quietly(os.path.join(self.data_dir, "postmaster.pid"))
-            return False
-        self.manager.apply("stop", [self.service])
+        running = self._active()
+        if running:
+            self.manager.apply("stop", [self.service])
         remove_quietly(os.path.join(self.data_dir, "postmaster.pid"))
-        return True
+        return running
 
     def start(self):
         """Start the service and wait until the server accepts connections; a container that exits while starting

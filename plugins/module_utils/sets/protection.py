@@ -45,8 +45,8 @@ class Protection:
         self.server, self.redis_data_dir, self.retention_days = server, redis_data_dir, retention_days
         self.cipher_pass = cipher_pass
         self.redis_repo = os.path.join(pitr_dir, REDIS_DIR)
-        self._db_window = None
         self.config_repo = os.path.join(pitr_dir, CONFIG_DIR)
+        self._db_window = None
 
     def db_off_reason(self):
         """Why the database cannot be protected continuously here, or None."""

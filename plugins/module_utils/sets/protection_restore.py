@@ -16,7 +16,11 @@ import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.config import config_restore, config_versions
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
-from ansible_collections.christmas.recovery.plugins.module_utils.db.db_globals import MARKER_SETTING
+from ansible_collections.christmas.recovery.plugins.module_utils.db.db_globals import (
+    MARKER_QUERY,
+    MARKER_SETTING,
+    marker_value,
+)
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import (
     redis_aof_index,
     redis_aof_restore,
@@ -25,6 +29,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.redis import (
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import PITR_PREFIX
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import _stamp, component_windows
 from ansible_collections.christmas.recovery.plugins.module_utils.wal import pitr
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.archiving import sql_literal
 
 ORDER = ("db", "redis", "config")
 FUTURE_SLACK = 1  # seconds: a target of "now" typed by an operator is not refused as future
@@ -128,15 +133,17 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
         progress(note)
     # A database restored to this very second before is there already, though its new timeline (which the window
     # follows) may hold no commit after that second yet: it is not checked against the window again.
-    there = target is not None and "db" in chosen and protection.server is not None and db is not None and \
-        restored_timeline(protection.server, db.dbname, _label(target)) is not None
-    checked = [name for name in chosen if not (name == "db" and there)]
+    asked = target
+    reached = _db_reached(protection, db, chosen, asked) if asked is not None else None
+    checked = [name for name in chosen if not (name == "db" and reached is not None)]
     problems = {}
     found = component_windows(protection, checked, problems) if checked else {}
     target = check_target(target, found, checked, now, problems) if checked else target
+    if asked is None:  # latest: the second is known only now
+        reached = _db_reached(protection, db, chosen, target)
     progress("restoring %s to %s" % (", ".join(chosen), _stamp(target)))
     plan = verify_plan(protection, checked, target)
-    if there:
+    if "db" not in checked and "db" in chosen:
         plan["db"] = {"uses": "the database restored to this second before"}
     label = _label(target)
     result = {"set_id": label, "manifest": "", "target_time": _stamp(target), "target_epoch": target,
@@ -148,11 +155,10 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
             begin = time.monotonic()
             try:
                 outcome = _restore_component(name, protection, target, db, redis_target, config_dir, scratch, label,
-                                             progress, config_options or {}, check_mode)
+                                             progress, config_options or {}, check_mode, reached)
             except RecoveryError as err:
                 if check_mode:
                     raise
-
                 states = ["%s: %s" % (c, result["components"][c]["state"]) for c in result["components"]]
                 states += ["%s: not started" % c for c in chosen[chosen.index(name) + 1:]]
                 raise RecoveryError("restore of %s to %s failed: %s%s" % (
@@ -169,13 +175,13 @@ def restore_to(protection, target_text, default_offset, components, db=None, red
 
 
 def _restore_component(name, protection, target, db, redis_target, config_dir, scratch, label, progress, options,
-                       check_mode):
+                       check_mode, reached):
     """One component restored to ``target`` (check mode: whether it would change). A component already there is
-    left alone: the database restored to this second whose timeline is still the one that restore began, Redis
-    holding exactly the keyspace of that second, the config tree identical to that version."""
+    left alone: the database restored to this second whose timeline is still the one that restore began (``reached``,
+    that timeline, from _db_reached), Redis holding exactly the keyspace of that second, the config tree identical to
+    that version."""
     if name == "db":
         server = protection.server
-        reached = restored_timeline(server, db.dbname, label)
         if reached is not None:
             return {"changed": False, "state": "already restored to %s (timeline %d)" % (_stamp(target), reached)}
         if check_mode:
@@ -209,6 +215,13 @@ def _identifier(name):
     return '"%s"' % name.replace('"', '""')
 
 
+def _db_reached(protection, db, chosen, target):
+    """restored_timeline of the database for the second ``target``, when the database is to be restored."""
+    if "db" not in chosen or protection.server is None or db is None:
+        return None
+    return restored_timeline(protection.server, db.dbname, _label(target))
+
+
 def restored_timeline(server, dbname, label):
     """The timeline a restore to the second ``label`` names began, when database ``dbname`` still carries that
     restore's marker (``label@TIMELINE``) and the server is still on that timeline; None otherwise (also when the
@@ -216,13 +229,10 @@ def restored_timeline(server, dbname, label):
     try:
         if not server.is_running():
             return None
-        rows = server.query("SELECT item FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, "
-                            "unnest(s.setconfig) item WHERE s.setrole = 0 AND d.datname = '%s' AND item LIKE '%s=%%'"
-                            % (dbname.replace("'", "''"), MARKER_SETTING))
+        marked = marker_value(server.query(MARKER_QUERY % (sql_literal(dbname), sql_literal(MARKER_SETTING + "=%"))))
         timeline = int(server.query("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0][:8], 16)
     except (RecoveryError, ValueError, IndexError):
         return None
-    marked = rows[0][0].split("=", 1)[1] if rows else ""
     return timeline if marked == "%s@%d" % (label, timeline) else None
 
 
