@@ -40,7 +40,7 @@ molecule:
 	done
 
 ## Playbooks against pg_dump/pg_restore, redis-cli, tar and openssl at three data sizes; writes docs/benchmarks.*
-## (options: make bench BENCH_ARGS="--sizes small,medium --runs 2").
+## (options: make bench BENCH_ARGS="--sizes small,medium --runs 2 --operation 'DB PITR restore'").
 bench: setup
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -107,6 +107,7 @@ class Operation:
 
 def run_side(side, run):
     context = side.prepare(run)
+    os.sync()  # the writes of the preparation and of the run before are on disk, not flushed during this one
     try:
         sample = side.measure(context)
         side.check(context)

@@ -32,6 +32,8 @@ SIDES = """\
 | fixed cost | a play with one `debug` task against the same inventory; `backup.yml --check` | - |
 """  # noqa: E501 - a markdown table
 
+OPERATIONS = ("fixed cost", "DB backup", "DB restore", "DB backup, same level", "DB PITR restore", "DB delta restore",
+              "Redis backup", "Redis restore", "config backup", "config restore", "verify")  # for --operation
 SKIP = {"db": ("-e", "skip_redis=true", "-e", "skip_config=true"),
         "redis": ("-e", "skip_db=true", "-e", "skip_config=true"),
         "config": ("-e", "skip_db=true", "-e", "skip_redis=true")}
@@ -156,11 +158,13 @@ class Suite:
     def fresh_redis(self, run):
         return Redis(self.path("targets", "redis-%d" % run), self.redis.password).start()
 
-    def operations(self, with_fixed_cost):
+    def operations(self, with_fixed_cost, only=()):
+        """The operations to measure, in OPERATIONS' order: all of them, or those named in ``only``."""
         made = [self.db_backup(), self.db_restore(), *self.db_backup_same_level(), self.db_pitr_restore(),
                 self.db_delta_restore(), self.redis_backup(),
                 self.redis_restore(), self.config_backup(), self.config_restore(), self.verify()]
-        return ([self.fixed_cost()] if with_fixed_cost else []) + made
+        made = ([self.fixed_cost()] if with_fixed_cost else []) + made
+        return [operation for operation in made if not only or operation.name in only]
 
     # ------------------------------------------------------------ database
 
@@ -210,6 +214,11 @@ class Suite:
                       "--create", "--port=%d" % cluster.port, "--dbname=postgres", self.tool_dump()]
         return run_commands([psql, pg_restore], self.log("db restore baseline", run), env=self.pg_env)
 
+    def db_set(self):
+        """Untimed, once: the set the restores load, when no DB backup run of this size left one (--operation)."""
+        if not glob.glob(self.path("backups", "db", "set_*", "db.dump")):
+            self.tool_backup("db", 0)
+
     def tool_dump(self):
         """The dump the tool restores: both sides of the restore load the same bytes."""
         found = glob.glob(self.path("backups", "db", "set_*", "db.dump"))
@@ -230,7 +239,7 @@ class Suite:
         def cleanup(context):
             context[1].destroy()
 
-        return Operation("DB restore", "db", target=1.10, sides=[
+        return Operation("DB restore", "db", target=1.10, setup=self.db_set, sides=[
             Side("restore_db.yml", measure=self.tool_db_restore, prepare=prepare, check=self.restored_db_check,
                  cleanup=cleanup),
             Side("psql + pg_restore --create", measure=self.baseline_db_restore, prepare=prepare,
@@ -469,6 +478,9 @@ class Suite:
             return json.load(handle)
 
     def set_bytes(self):
+        """The full set's size; None when no operation of this run made it (--operation)."""
+        if not glob.glob(self.path("backups", "full", "manifest_*.json")):
+            return None
         return sum(artifact["size"] for artifact in self.manifest()["artifacts"])
 
     def tool_verify(self, run, *extra):

@@ -7,8 +7,8 @@ copies of it, every operation runs ``--runs`` times per side alternating tool an
 peak memory and growth are printed and (unless ``--no-report``) written to docs/benchmarks.md and
 docs/benchmarks.png. Every server started is stopped at exit, including on errors, Ctrl-C and SIGTERM.
 
-    .venv/bin/python bench/run.py [--sizes small,medium,large] [--runs 3] [--jobs N] [--compress LEVEL]
-                                  [--data-dir bench/data] [--no-report]
+    .venv/bin/python bench/run.py [--sizes small,medium,large] [--operation NAME ...] [--runs 3] [--jobs N]
+                                  [--compress LEVEL] [--data-dir bench/data] [--no-report]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 import dataset
 import report
 from measure import BenchError, measure_operation, stop_children
-from operations import SIDES, Options, Suite, key_counts
+from operations import OPERATIONS, SIDES, Options, Suite, key_counts
 from plays import ROOT, Playbooks, role_default
 from servers import PG_BIN, PG_SETTINGS, REGISTRY, Redis, remove_leftovers
 
@@ -40,6 +40,8 @@ def log(message):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,medium,large", help="comma-separated: small, medium, large")
+    parser.add_argument("--operation", dest="operations", action="append", default=[], metavar="NAME",
+                        help="measure only this operation (repeat for more), e.g. --operation 'DB PITR restore'")
     parser.add_argument("--runs", type=int, default=3, help="runs per side, tool and baseline alternating")
     parser.add_argument("--jobs", type=int, default=None, help="parallel jobs for both sides (default: the role's)")
     parser.add_argument("--compress", type=int, default=None, choices=range(10), metavar="LEVEL",
@@ -58,6 +60,9 @@ def parse_args(argv):
     args.sizes = [name for name in dataset.SIZES if name in args.sizes]
     if args.runs < 1 or (args.jobs is not None and args.jobs < 1):
         parser.error("--runs and --jobs must be at least 1")
+    unknown = [name for name in args.operations if name not in OPERATIONS]
+    if unknown:
+        parser.error("unknown operation %s; choose from %s" % (", ".join(unknown), ", ".join(OPERATIONS)))
     args.data_dir = os.path.abspath(args.data_dir)
     return args
 
@@ -122,7 +127,7 @@ def measure_size(args, spec, context, with_fixed_cost):
         suite = Suite(data, run_dir, options, playbooks,
                       source, redis_server, template)
         operations = []
-        for operation in suite.operations(with_fixed_cost):
+        for operation in suite.operations(with_fixed_cost, args.operations):
             log("%s: %s" % (spec.name, operation.name))
             samples = measure_operation(operation, args.runs, log)
             operations.append({
@@ -183,7 +188,8 @@ def settings_notes(args, results):
         "Redis server. Creating them is not timed; they are deleted after each run.",
         "Times are wall-clock seconds from starting the command to its exit; for the tool that is the whole "
         "`ansible-playbook` run (local connection, pipelining), start-up included. The page cache is not dropped; "
-        "both sides run the same way on data that fits in RAM.",
+        "both sides run the same way on data that fits in RAM. Between a run's preparation and the run, `sync` "
+        "writes what the preparation and the run before wrote, so that no run pays for flushing another's writes.",
         "Peak memory: every 20 ms the processes below `ansible-playbook` are found through `/proc/*/stat` and, for "
         "the Python ones, VmHWM (the resident high-water mark) is read from `/proc/PID/status`. Module processes and "
         "the controller (with its forked workers) are reported separately, in MB of 10^6 bytes. The sampler runs "
@@ -198,7 +204,8 @@ def settings_notes(args, results):
         "(one restart), creates the pgBackRest stanza and takes a full physical backup; then 1 % more market_data "
         "rows and 10 % more orders are written and `archive.yml` ships them, the next whole second is the target "
         "T, the positions and half the orders are deleted and `archive.yml` ships that. Both sides restore from "
-        "that repository with the collection's config file (gzip, `process-max=2`, asynchronous archive-get; "
+        "that repository with the collection's config file (backups Zstandard, WAL gzip, `process-max=2`, "
+        "asynchronous archive-get; "
         "`--jobs` does not change it). Before each run the backup directory (repository, config file, spool) is "
         "put back as it stood then, so the timeline a restore creates never reaches the next run; after each run "
         "the database must hold T's market_data, orders and positions counts and be out of recovery.",

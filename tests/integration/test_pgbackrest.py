@@ -8,6 +8,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -110,6 +111,17 @@ def test_repository_is_private_and_encrypted(protected):
     assert full["type"] == "full" and full["label"].endswith("F")
     assert full["archive_start"] <= full["archive_stop"] and full["start_time"] <= full["stop_time"]
     assert full["size"] > 0 and full["repo_size"] > 0
+
+
+def test_backup_files_are_zstandard_and_wal_segments_gzip(protected):
+    repo = protected.repo
+    backup_files = [name for base, _dirs, names in os.walk(os.path.join(repo.path, "backup", "main",
+                                                                         protected.full["label"], "pg_data"))
+                    for name in names]
+    segments = [name for base, _dirs, names in os.walk(os.path.join(repo.path, "archive", "main"))
+                for name in names if re.match(r"[0-9A-F]{24}-", name)]
+    assert backup_files and {os.path.splitext(name)[1] for name in backup_files} == {".zst"}
+    assert segments and {os.path.splitext(name)[1] for name in segments} == {".gz"}
 
 
 def test_restore_to_times_and_to_the_end_on_every_timeline(protected):

@@ -30,6 +30,9 @@ from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server i
 BACKUP_KINDS = ("full", "diff", "incr")
 OPENSSL_SALTED = b"Salted__"
 CONFIG_NAME = "pgbackrest.conf"
+# WAL segments stay gzip, which the window's reader opens with the standard library; backups are Zstandard, which a
+# restore decompresses several times faster at about gzip's size.
+WAL_COMPRESS, BACKUP_COMPRESS = "gz", "zst"
 RETENTION_TYPES = ("count", "time")
 SEGMENT_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{24})-[0-9a-f]{40}(?:\.\w+)?$")
 HISTORY_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{8})\.history$")
@@ -163,9 +166,14 @@ def _name(lookup, number):
         return str(number)
 
 
-def config_text(settings_global, stanza, settings_stanza):
+def config_text(settings_global, stanza, settings_stanza, settings_commands=()):
+    """The config file: the global section, ``settings_commands`` as (command, settings) sections
+    ``[global:COMMAND]`` (options of that command alone), then the stanza's section."""
     lines = ["[global]"]
     lines += ["%s=%s" % item for item in settings_global]
+    for command, settings in settings_commands:
+        lines += ["", "[global:%s]" % command]
+        lines += ["%s=%s" % item for item in settings]
     lines += ["", "[%s]" % stanza]
     lines += ["%s=%s" % item for item in settings_stanza]
     for line in lines:
@@ -269,7 +277,7 @@ class Repository:
     def render_config(self):
         settings = [("repo1-path", self.path), ("repo1-retention-full", str(self.retention_full)),
                     ("repo1-retention-full-type", self.retention_full_type),
-                    ("process-max", str(self.process_max)), ("compress-type", "gz"), ("start-fast", "y"),
+                    ("process-max", str(self.process_max)), ("compress-type", WAL_COMPRESS), ("start-fast", "y"),
                     ("archive-async", "y"),
                     ("spool-path", os.path.join(self.config_dir, "spool")),
                     ("lock-path", os.path.join(self.config_dir, "lock")),
@@ -278,7 +286,8 @@ class Repository:
             settings += [("repo1-cipher-type", "aes-256-cbc"), ("repo1-cipher-pass", self.cipher_pass)]
         stanza = [("pg1-path", self.pg_data_dir), ("pg1-port", str(self.pg_port)),
                   ("pg1-socket-path", self.pg_socket_dir), ("pg1-user", self.db_user)]
-        return config_text(settings, self.stanza, [(name, value) for name, value in stanza if value is not None])
+        return config_text(settings, self.stanza, [(name, value) for name, value in stanza if value is not None],
+                           [("backup", [("compress-type", BACKUP_COMPRESS)])])
 
     def check_cipher(self):
         """Refuse a configuration whose encryption differs from the repository's: pgBackRest keeps a stanza's cipher

@@ -25,7 +25,7 @@ RESTORING = "restore-in-progress"
 KEPT_DIR = "restore-kept-config"
 OWN_CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
 STOPPED_AT_TIME = ("before ", "after ")  # a timeline history's reason when recovery stopped at a time target
-POLL = 0.2
+POLL = 0.05  # the promotion is waited for as closely as a person would watch it
 UTC_TEXT = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
 
 
