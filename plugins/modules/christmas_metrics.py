@@ -15,7 +15,8 @@ description:
     missing. Metric names start with C(christmas_recovery_); every family is a gauge with HELP and TYPE. There is no
     C(host) label (Prometheus adds C(instance)).
   - "One file per kind of run, so that runs never overwrite each other's metrics:
-    C(christmas_recovery_backup.prom), C(christmas_recovery_verify.prom), C(christmas_recovery_rehearsal.prom), and
+    C(christmas_recovery_backup.prom), C(christmas_recovery_archive.prom), C(christmas_recovery_upload.prom),
+    C(christmas_recovery_verify.prom), C(christmas_recovery_rehearsal.prom), and
     per drill scenario C(christmas_recovery_drill_SCENARIO.prom). Each has, labelled C(kind) (and C(scenario) for a
     drill): C(last_run_timestamp_seconds), C(last_success_timestamp_seconds) (carried over from the file's previous
     version when this run failed; absent until the first success), C(last_run_success) (1 or 0),
@@ -52,7 +53,7 @@ options:
     description: What ran; decides the run's file.
     type: str
     required: true
-    choices: [backup, archive, verify, rehearsal, drill]
+    choices: [backup, archive, upload, verify, rehearsal, drill]
   scenario:
     description: The drill's scenario (letters, digits, C(_) and C(-), at most 64); required for, and only for, a drill.
     type: str
@@ -77,6 +78,9 @@ options:
       - "Every kind: C(set_bytes) (C(run_set_bytes): bytes of the set the run made or checked)."
       - "C(backup): C(pruned_sets) (C(backup_pruned_sets))."
       - "C(archive): C(shipped_bytes) (C(archive_shipped_bytes)); it takes no C(set_bytes)."
+      - "C(upload): C(bytes), C(sets) (C(upload_NAME): what the last upload to object storage sent), C(bucket_sets)
+        (C(bucket_complete_sets)) and C(bucket_newest_set) (C(bucket_newest_set_timestamp_seconds), the bucket's
+        newest complete set as Unix time); it takes no C(set_bytes)."
       - "C(verify): C(deep) (C(verify_deep), 1 or 0), C(artifacts) (C(verify_artifacts))."
       - "C(rehearsal): C(passed), C(restore_seconds), C(failed_checks) (C(rehearsal_NAME))."
       - "C(drill): C(passed), C(detection_seconds), C(rto_seconds), C(rpo_seconds), C(detection_target_seconds),

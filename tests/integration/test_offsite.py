@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import file_contents, set_files
 from faults.fault_helpers import copy_set, set_id_days_ago
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -49,21 +50,6 @@ def local_set(tmp_dir):
     return backup_dir, report["set_id"]
 
 
-def _files(root):
-    found = {}
-    for base, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, root)] = handle.read()
-    return found
-
-
-def _set_files(root, set_id):
-    return {name: data for name, data in _files(root).items()
-            if name.startswith((manifest_name(set_id), set_dir_name(set_id)))}
-
-
 def _modes(root):
     return {os.path.relpath(os.path.join(base, name), root): os.lstat(os.path.join(base, name)).st_mode & 0o777
             for base, dirs, files in os.walk(root) for name in dirs + files}
@@ -82,7 +68,7 @@ def test_a_sent_set_becomes_complete_on_the_vault_only_after_its_check(local_set
     assert report["sent"] == [set_id] and report["bytes"] > 0
     assert complete_set_ids(vault_dir) == []  # arrived, not published
     incoming = os.path.join(vault_dir, offsite.INCOMING, set_id)
-    assert _files(incoming) == _set_files(backup_dir, set_id)
+    assert file_contents(incoming) == set_files(backup_dir, set_id)
 
     received = offsite.receive_sets(vault_dir, retention_days=30, progress=_quiet)
 
@@ -161,7 +147,7 @@ def test_a_fetched_set_is_read_back_before_it_is_published_and_fetched_once(loca
     assert fetched["changed"] and complete_set_ids(new_host) == []
     received = offsite.receive_sets(new_host, decrypt=True, deep=True, progress=_quiet)
     assert received["received"] == [set_id] and received["decrypted"] == []
-    assert _set_files(new_host, set_id) == _set_files(backup_dir, set_id)
+    assert set_files(new_host, set_id) == set_files(backup_dir, set_id)
     again = offsite.fetch_set(new_host, target, set_id, progress=_quiet)
     assert again == {"changed": False, "set_id": set_id, "already_present": True}
     with pytest.raises(RecoveryError, match="rsync of set 20200101_000000 from 127.0.0.1 failed .*No such file"):
@@ -179,7 +165,7 @@ def test_an_encrypted_set_leaves_as_ciphertext_and_comes_back_only_with_its_key(
 
     assert sent["encrypted"] and sent["key_id"] == encryption.key_id(key)
     assert not os.path.exists(os.path.join(backup_dir, offsite.STAGING, set_dir_name(set_id)))
-    assert all(MARKER.encode() not in data for data in _files(vault_dir).values())
+    assert all(MARKER.encode() not in data for data in file_contents(vault_dir).values())
     report, _manifest = verify_set(manifest_name(set_id), vault_dir)  # checksums need no key
     assert report["ok"]
     assert offsite.list_sets(vault_dir)[0]["key_id"] == encryption.key_id(key)
@@ -195,7 +181,7 @@ def test_an_encrypted_set_leaves_as_ciphertext_and_comes_back_only_with_its_key(
     received = offsite.receive_sets(new_host, decrypt=True, key=key, deep=True, progress=_quiet)
 
     assert received["decrypted"] == [set_id]
-    assert _set_files(new_host, set_id) == _set_files(backup_dir, set_id)
+    assert set_files(new_host, set_id) == set_files(backup_dir, set_id)
 
 
 def test_a_vault_with_another_host_key_is_refused(local_set, remote, vault, tmp_dir):
@@ -223,10 +209,10 @@ def test_a_killed_runs_encrypted_copy_is_reused_for_its_set_and_others_are_remov
     staged = encryption.encrypt_set(backup_dir, set_id, staging, key)  # what a run killed during its rsync leaves
     stale = os.path.join(staging, set_dir_name("20200101_000000"))
     os.makedirs(stale)
-    before = _set_files(staging, set_id)
+    before = set_files(staging, set_id)
 
     offsite.send_sets(backup_dir, target, 30, key=key, progress=_quiet)
     offsite.receive_sets(vault_dir, retention_days=30, progress=_quiet)
 
-    assert staged["changed"] and _set_files(vault_dir, set_id) == before  # the same ciphertext: reused, not redone
+    assert staged["changed"] and set_files(vault_dir, set_id) == before  # the same ciphertext: reused, not redone
     assert os.listdir(staging) == []

@@ -225,7 +225,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_dir):
     ({"kind": "drill"}, "a drill needs a scenario of letters, digits, _ and - (at most 64), got None"),
     ({"kind": "drill", "scenario": "../etc"}, "a drill needs a scenario of letters, digits, _ and - (at most 64)"),
     ({"scenario": "db_lost"}, "scenario is only for kind drill, not backup"),
-    ({"kind": "restore"}, "kind must be one of backup, archive, verify, rehearsal, drill, got 'restore'"),
+    ({"kind": "restore"}, "kind must be one of backup, archive, upload, verify, rehearsal, drill, got 'restore'"),
     ({"set_id": "latest"}, "set_id must look like YYYYMMDD_HHMMSS (pitr-YYYYMMDD_HHMMSS for a point in time), got "
                            "'latest'"),
     ({"set_id": "pitr-latest"}, "set_id must look like YYYYMMDD_HHMMSS"),

@@ -6,6 +6,7 @@ import os
 import shlex
 
 import pytest
+from conftest import file_contents
 from faults.fault_helpers import set_id_days_ago
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -81,15 +82,6 @@ def test_a_failed_copy_is_explained_by_what_ssh_or_the_far_side_said(stderr, lin
     assert offsite.rsync_cause(stderr) == line
 
 
-def _tree(root):
-    found = {}
-    for top, _dirs, names in os.walk(root):
-        for name in names:
-            with open(os.path.join(top, name), "rb") as handle:
-                found[os.path.relpath(os.path.join(top, name), root)] = handle.read()
-    return found
-
-
 def test_the_sealed_copy_of_the_history_reseals_only_what_changed_and_opens_only_in_its_place(tmp_path):
     key = bytes(range(32))
     source, mirror, opened = (str(tmp_path / name) for name in ("pitr", "sealed", "opened"))
@@ -101,17 +93,18 @@ def test_the_sealed_copy_of_the_history_reseals_only_what_changed_and_opens_only
             handle.write(data)
 
     assert history._seal_tree(source, mirror, key) == 2
-    sealed = _tree(mirror)
+    sealed = file_contents(mirror)
     assert sorted(sealed) == ["KEY_ID", "config/objects/ab", "redis/index.json"]  # never the lock
     assert not any(b"marker" in data for data in sealed.values())
     assert history._seal_tree(source, mirror, key) == 0
     with open(os.path.join(source, "redis", "index.json"), "wb") as handle:
         handle.write(b'{"secret": "marker", "more": 1}')
     os.unlink(os.path.join(source, "config", "objects", "ab"))
-    assert history._seal_tree(source, mirror, key) == 1 and sorted(_tree(mirror)) == ["KEY_ID", "redis/index.json"]
+    assert history._seal_tree(source, mirror, key) == 1
+    assert sorted(file_contents(mirror)) == ["KEY_ID", "redis/index.json"]
 
     history._open_tree(mirror, opened, key, encryption.key_id(key), "vault")
-    assert _tree(opened) == {"redis/index.json": b'{"secret": "marker", "more": 1}'}
+    assert file_contents(opened) == {"redis/index.json": b'{"secret": "marker", "more": 1}'}
     with pytest.raises(RecoveryError, match="does not match the AOF and config history on vault"):
         history._open_tree(mirror, str(tmp_path / "wrong"), bytes(32), encryption.key_id(key), "vault")
     os.rename(os.path.join(mirror, "redis", "index.json"), os.path.join(mirror, "config", "index.json"))

@@ -10,6 +10,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
 from ansible_collections.christmas.recovery.plugins.module_utils.db.connection import PgTarget
+from ansible_collections.christmas.recovery.plugins.module_utils.objectstore.s3 import Bucket
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.pg_service import ComposeServer, ServiceServer
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.services import service_manager
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_rdb
@@ -77,6 +78,29 @@ def vault_remote(params):
     return Remote(host=params["vault_host"], port=params["vault_port"], user=params["vault_user"],
                   directory=params["vault_dir"], key_file=params["ssh_key_file"],
                   known_hosts=params["known_hosts_file"], connect_timeout=params["connect_timeout"])
+
+
+def s3_argument_spec():
+    """The options of the ``christmas.recovery.s3`` fragment."""
+    return {
+        "s3_endpoint": {"type": "str", "required": True},
+        "s3_bucket": {"type": "str", "required": True},
+        "s3_prefix": {"type": "str", "required": True},
+        "s3_region": {"type": "str", "default": "us-east-1"},
+        "s3_access_key": {"type": "str", "required": True, "no_log": False},
+        "s3_secret_key": {"type": "str", "required": True, "no_log": True},
+        "s3_uri_style": {"type": "str", "choices": ["path", "host"], "default": "path"},
+        "s3_ca_file": {"type": "path"},
+        "s3_validate_certs": {"type": "bool", "default": True},
+        "s3_timeout": {"type": "int", "default": 60},
+    }
+
+
+def s3_bucket(params):
+    return Bucket(endpoint=params["s3_endpoint"], bucket=params["s3_bucket"], prefix=params["s3_prefix"],
+                  region=params["s3_region"], access_key=params["s3_access_key"],
+                  secret_key=params["s3_secret_key"], uri_style=params["s3_uri_style"], ca_file=params["s3_ca_file"],
+                  validate_certs=params["s3_validate_certs"], timeout=params["s3_timeout"])
 
 
 def signing_argument_spec(trust=True):

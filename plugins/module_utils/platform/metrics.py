@@ -28,7 +28,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention 
 PREFIX = "christmas_recovery_"
 FILE_MODE = 0o644  # metrics are not secret, and node_exporter does not run as root
 DIR_MODE = 0o755
-KINDS = ("backup", "archive", "verify", "rehearsal", "drill")
+KINDS = ("backup", "archive", "upload", "verify", "rehearsal", "drill")
 SCENARIO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # A reason becomes a label value only when it is short, printable ASCII without backslashes, and names no URL (which
 # may carry a token).
@@ -62,6 +62,11 @@ FAMILIES = {
     "drill_rto_target_seconds": "The recovery time objective the scenario must meet.",
     "drill_rpo_target_seconds": "The recovery point objective the scenario must meet.",
     "archive_shipped_bytes": "Bytes the last archive run shipped (Redis's AOF and the config tree's new version).",
+    "upload_bytes": "Bytes the last upload to object storage sent.",
+    "upload_sets": "Sets the last upload to object storage sent.",
+    "bucket_complete_sets": "Complete sets in the bucket after the last upload.",
+    "bucket_newest_set_timestamp_seconds": "The bucket's newest complete set after the last upload (its id as Unix "
+                                           "time).",
     "pitr_enabled": "1 when continuous protection is on, 0 when it is off (reason says why).",
     "window_start_seconds": "The oldest point the component can be restored to (Unix time).",
     "window_end_seconds": "The newest point the component can be restored to (Unix time).",
@@ -89,6 +94,8 @@ RUN_VALUES = {"set_bytes": "run_set_bytes"}
 VALUES = {
     "backup": dict(RUN_VALUES, pruned_sets="backup_pruned_sets"),
     "archive": {"shipped_bytes": "archive_shipped_bytes"},
+    "upload": {name: "upload_" + name for name in ("bytes", "sets")} | {
+        "bucket_sets": "bucket_complete_sets", "bucket_newest_set": "bucket_newest_set_timestamp_seconds"},
     "verify": dict(RUN_VALUES, deep="verify_deep", artifacts="verify_artifacts"),
     "rehearsal": dict(RUN_VALUES, passed="rehearsal_passed", restore_seconds="rehearsal_restore_seconds",
                       failed_checks="rehearsal_failed_checks", pitr_rehearsed="rehearsal_pitr_rehearsed",

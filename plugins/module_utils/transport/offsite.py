@@ -6,6 +6,7 @@ own manifest before it is published (set directory first, manifest last), so no 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -116,10 +117,40 @@ def _set_sources(directory, set_id):
 
 
 def sets_to_send(backup_dir, retention_days, present):
-    """Local complete sets the vault lacks, oldest first, leaving out those its retention would delete at once."""
-    expired = set(expired_set_ids(backup_dir, retention_days))
+    """Local complete sets the vault lacks, oldest first, leaving out those its retention would delete at once (none
+    without ``retention_days``)."""
+    expired = set(expired_set_ids(backup_dir, retention_days)) if retention_days is not None else set()
     return [set_id for set_id in reversed(complete_set_ids(backup_dir))
             if set_id not in present and set_id not in expired]
+
+
+def clear_staging(backup_dir, todo):
+    """A killed run's encrypted copy is reused if its set is still to send, else removed."""
+    staging = os.path.join(backup_dir, STAGING)
+    if os.path.isdir(staging):
+        for name in os.listdir(staging):
+            if not any(set_id in name for set_id in todo):
+                remove_quietly(os.path.join(staging, name))
+
+
+@contextlib.contextmanager
+def leaving_copy(backup_dir, set_id, key, jobs, signer, trust, progress):
+    """The directory a set leaves from, checked against its manifest and signature (``trust``) first: the backup
+    directory itself, or with ``key`` an encrypted copy in the staging directory (its manifest signed by
+    ``signer``), removed once it has left."""
+    if key is None:
+        progress("checking set %s before it leaves" % set_id)
+        verify_set(manifest_name(set_id), backup_dir, jobs=jobs, trust=trust)
+        yield backup_dir
+        return
+    staging = os.path.join(backup_dir, STAGING)
+    try:
+        progress("encrypting set %s" % set_id)
+        encryption.encrypt_set(backup_dir, set_id, staging, key, jobs, signer=signer, trust=trust)
+        yield staging
+    finally:  # the encrypted copy served its purpose; the vault keeps it
+        remove_quietly(os.path.join(staging, manifest_name(set_id)))
+        remove_quietly(os.path.join(staging, set_dir_name(set_id)))
 
 
 def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, check_mode=False, progress=print,
@@ -140,32 +171,15 @@ def send_sets(backup_dir, remote, retention_days, present=(), key=None, jobs=2, 
     if check_mode:
         return report
     with DirectoryLock(backup_dir, shared=True):  # retention waits until every set has left
-        staging = os.path.join(backup_dir, STAGING)
-        if os.path.isdir(staging):  # a killed run's encrypted copy is reused if its set is still to send, else removed
-            for name in os.listdir(staging):
-                if not any(set_id in name for set_id in todo):
-                    remove_quietly(os.path.join(staging, name))
+        clear_staging(backup_dir, todo)
         for set_id in todo:
             begin = time.monotonic()
-            source = backup_dir
-            try:
-                if key is None:
-                    progress("checking set %s before it leaves" % set_id)
-                    verify_set(manifest_name(set_id), backup_dir, jobs=jobs, trust=trust)
-                else:
-                    progress("encrypting set %s" % set_id)
-                    encryption.encrypt_set(backup_dir, set_id, staging, key, jobs, signer=signer,
-                                           trust=trust)
-                    source = staging
+            with leaving_copy(backup_dir, set_id, key, jobs, signer, trust, progress) as source:
                 progress("sending set %s to %s" % (set_id, remote.host))
                 report["bytes"] += tree_bytes(os.path.join(source, set_dir_name(set_id)))
                 run(rsync_argv(remote, _set_sources(source, set_id),
                                remote_spec(remote, "%s/%s/%s/" % (remote.directory, INCOMING, set_id))),
                     "rsync of set %s to %s" % (set_id, remote.host), cause=rsync_cause)
-            finally:
-                if source == staging:  # the encrypted copy served its purpose; the vault keeps it
-                    remove_quietly(os.path.join(staging, manifest_name(set_id)))
-                    remove_quietly(os.path.join(staging, set_dir_name(set_id)))
             report["seconds"][set_id] = round(time.monotonic() - begin, 3)
     return report
 
