@@ -104,10 +104,16 @@ class Store:
     def url(self, name):
         return "s3://%s/%s" % (self.bucket.bucket, self.key(name))
 
-    def _call(self, work, *args, **kwargs):
+    def _call(self, work, *args, missing=None, **kwargs):
+        """``work(*args, **kwargs)``, every failure one line; with ``missing``, an object that is not there is named
+        by it."""
         try:
             return work(*args, **kwargs)
-        except (BotoCoreError, ClientError, S3UploadFailedError) as err:
+        except ClientError as err:
+            if missing is not None and err.response.get("Error", {}).get("Code") in MISSING:
+                raise RecoveryError("object %s %s" % (self.url(missing[0]), missing[1])) from None
+            raise RecoveryError(describe(err, self.bucket)) from None
+        except (BotoCoreError, S3UploadFailedError) as err:
             raise RecoveryError(describe(err, self.bucket)) from None
 
     def listing(self, under):
@@ -157,23 +163,19 @@ class Store:
         return "%s-%d" % (base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode(), len(digests))
 
     def _read_back(self, name):
-        body = self._call(self.client.get_object, Bucket=self.bucket.bucket, Key=self.key(name))["Body"]
-        digest = hashlib.sha256()
-        for block in self._call(lambda: list(body.iter_chunks(1024 * 1024))):
-            digest.update(block)
-        return digest.hexdigest()
+        """The object's SHA-256 (hex), read in blocks of 1 MiB."""
+        def digest():
+            hashed = hashlib.sha256()
+            for block in self.client.get_object(Bucket=self.bucket.bucket, Key=self.key(name))["Body"].iter_chunks(
+                    1024 * 1024):
+                hashed.update(block)
+            return hashed.hexdigest()
+        return self._call(digest)
 
     def get(self, name, limit):
         """A small object's bytes, at most ``limit``; a missing one is named."""
-        try:
-            body = self.client.get_object(Bucket=self.bucket.bucket, Key=self.key(name))["Body"]
-            raw = body.read(limit + 1)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in MISSING:
-                raise RecoveryError("object %s is not in the bucket" % self.url(name)) from None
-            raise RecoveryError(describe(err, self.bucket)) from None
-        except BotoCoreError as err:
-            raise RecoveryError(describe(err, self.bucket)) from None
+        raw = self._call(lambda: self.client.get_object(Bucket=self.bucket.bucket, Key=self.key(name))["Body"].read(
+            limit + 1), missing=(name, "is not in the bucket"))
         if len(raw) > limit:
             raise RecoveryError("object %s is larger than %d bytes" % (self.url(name), limit))
         return raw
@@ -188,14 +190,7 @@ class Store:
             futures = [manager.download(self.bucket.bucket, self.key(name), target)
                        for name, target in zip(names, targets, strict=True)]
             for name, future in zip(names, futures, strict=True):
-                try:
-                    future.result()
-                except ClientError as err:
-                    if err.response.get("Error", {}).get("Code") in MISSING:
-                        raise RecoveryError("object %s is missing from the bucket" % self.url(name)) from None
-                    raise RecoveryError(describe(err, self.bucket)) from None
-                except (BotoCoreError, S3UploadFailedError) as err:
-                    raise RecoveryError(describe(err, self.bucket)) from None
+                self._call(future.result, missing=(name, "is missing from the bucket"))
         for target in targets:
             os.chmod(target, 0o600)
 

@@ -10,7 +10,6 @@ nothing but the signed manifest: each object must match it, or it is refused by 
 from __future__ import annotations
 
 import os
-import re
 import time
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
@@ -26,7 +25,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest i
     MANIFEST_RE,
     MAX_MANIFEST_BYTES,
     SET_ID_RE,
-    check_artifact,
+    check_artifacts,
     complete_set_ids,
     manifest_name,
     parse,
@@ -34,6 +33,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest i
     set_id_time,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.proof import newest_proven_set_id
+from ansible_collections.christmas.recovery.plugins.module_utils.sets.retention import SET_DIR_RE
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.verify import verify_set
 from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsite import (
     INCOMING,
@@ -43,7 +43,6 @@ from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsi
 )
 
 SETS = "sets/"
-SET_FILE_RE = re.compile(r"^set_(\d{8}_\d{6})/")
 VERIFYING = ".s3-verify"
 
 
@@ -52,7 +51,8 @@ def bucket_sets(store):
     found = {}
     for name, size in store.listing(SETS).items():
         relative = name[len(SETS):]
-        match = MANIFEST_RE.match(relative) or SET_FILE_RE.match(relative)
+        top, _slash, rest = relative.partition("/")
+        match = MANIFEST_RE.match(relative) or (SET_DIR_RE.match(top) if rest else None)
         if match and set_id_time(match.group(1)) is not None:
             found.setdefault(match.group(1), {})[relative] = size
     return found
@@ -139,11 +139,11 @@ def download_set(store, set_id, into_dir, trust):
                                                                       store.url(SETS + name)))
     make_private_dir(into_dir)
     store.download([SETS + a["path"] for a in artifacts], [os.path.join(into_dir, a["path"]) for a in artifacts])
-    for artifact in artifacts:
-        problem = check_artifact(into_dir, artifact)
-        if problem:
-            raise RecoveryError("object %s does not match the signed manifest of set %s: %s (changed in the bucket)"
-                                % (store.url(SETS + artifact["path"]), set_id, problem))
+    problems = check_artifacts(into_dir, manifest, store.jobs)
+    if problems:
+        raise RecoveryError("; ".join("object %s does not match the signed manifest of set %s: %s (changed in the "
+                                      "bucket)" % (store.url(SETS + path), set_id, problem)
+                                      for path, problem in sorted(problems.items())))
     write_bytes_atomic(os.path.join(into_dir, name), raw)  # last: a copy holding it is complete
     return manifest, verdict, size
 
