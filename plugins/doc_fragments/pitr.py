@@ -18,6 +18,22 @@ options:
     description: The pgBackRest stanza of the platform's database.
     type: str
     default: christmas
+  pitr_source:
+    description:
+      - Where the database's history is read from for a window or a restore to a point in time. C(local) is
+        I(pitr_repo) (pgBackRest's repo1); C(s3) is the bucket's copy (repo2, under C(S3_PREFIX/pgbackrest)), which
+        needs I(s3_endpoint).
+      - With I(s3_endpoint) set, WAL is always archived into both, and a backup takes a physical backup into both.
+        While the bucket cannot be reached, no physical backup is taken (pgBackRest needs every repository for one);
+        the other components are protected as usual, and the run reports the endpoint.
+    type: str
+    choices: [local, s3]
+    default: local
+  s3_retention_days:
+    description:
+      - Days of full backups the bucket's repository keeps (repo2's C(repo2-retention-full), by time); by default
+        as many as the local one. Longer while the newest proven set is older.
+    type: int
   pitr_dir:
     description:
       - Where Redis's shipped AOF files (C(PITR_DIR/redis)) and the config tree's versions (C(PITR_DIR/config)) are

@@ -51,3 +51,6 @@ options:
 notes:
   - Needs the Python C(boto3) library on the managed host (Debian's C(python3-boto3)).
 """
+
+    # Where the bucket is optional (continuous protection's pgBackRest repo2): the same options, none required.
+    OPTIONAL = DOCUMENTATION.replace("    required: true\n", "")

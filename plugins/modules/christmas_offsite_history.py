@@ -23,6 +23,7 @@ version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
   - christmas.recovery.pitr
+  - christmas.recovery.s3.optional
   - christmas.recovery.vault
   - christmas.recovery.vault.encryption
 options:
@@ -109,6 +110,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
+    PITR_REQUIRED_BY,
     PITR_REQUIRED_IF,
     encryption_key,
     pitr_argument_spec,
@@ -129,7 +131,7 @@ def main():
         seal={"type": "bool", "default": False},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=ENCRYPTION_EXCLUSIVE,
+                           mutually_exclusive=ENCRYPTION_EXCLUSIVE, required_by=PITR_REQUIRED_BY,
                            required_if=PITR_REQUIRED_IF + [("seal", True, ("encryption_key", "encryption_key_file"),
                                                             True)])
     params = module.params

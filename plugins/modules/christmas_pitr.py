@@ -40,6 +40,7 @@ author: Christmas platform operations
 extends_documentation_fragment:
   - christmas.recovery.connection
   - christmas.recovery.pitr
+  - christmas.recovery.s3.optional
   - christmas.recovery.vault.encryption
 options:
   action:
@@ -145,6 +146,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
+    PITR_REQUIRED_BY,
     PITR_REQUIRED_IF,
     connection_argument_spec,
     enabled_components,
@@ -228,6 +230,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_if=[("skip_config", False, ("config_dir",))] + PITR_REQUIRED_IF,
+                           required_by=PITR_REQUIRED_BY,
                            mutually_exclusive=ENCRYPTION_EXCLUSIVE)
     components = enabled_components(module.params)
     require_libraries(module, "db" in components, "redis" in components)

@@ -47,6 +47,7 @@ version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
   - christmas.recovery.pitr
+  - christmas.recovery.s3.optional
   - christmas.recovery.vault.encryption
   - christmas.recovery.signing
   - christmas.recovery.signing.trust
@@ -175,6 +176,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
+    PITR_REQUIRED_BY,
     PITR_REQUIRED_IF,
     connection_argument_spec,
     enabled_components,
@@ -224,7 +226,7 @@ def main():
     argument_spec.update(pitr_argument_spec(required=False), target_time={"type": "str"},
                          target_offset={"type": "str", "default": "+0000"})
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_by={"target_time": ("pitr_repo", "pitr_dir", "backup_dir")},
+                           required_by=dict(PITR_REQUIRED_BY, target_time=("pitr_repo", "pitr_dir", "backup_dir")),
                            mutually_exclusive=ENCRYPTION_EXCLUSIVE, required_if=PITR_REQUIRED_IF)
     params = module.params
     components = enabled_components(params)

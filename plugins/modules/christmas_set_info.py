@@ -24,6 +24,7 @@ author: Christmas platform operations
 extends_documentation_fragment:
   - christmas.recovery.vault.encryption
   - christmas.recovery.pitr
+  - christmas.recovery.s3.optional
 options:
   db_port:
     description: The database's port, for a pgBackRest repository whose server is not running.
@@ -103,6 +104,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil imp
 from ansible_collections.christmas.recovery.plugins.module_utils.core.module_runner import run
 from ansible_collections.christmas.recovery.plugins.module_utils.platform.arguments import (
     ENCRYPTION_EXCLUSIVE,
+    PITR_REQUIRED_BY,
     encryption_key,
     pitr_argument_spec,
     protection,
@@ -121,7 +123,8 @@ def main():
                          signing_key_file={"type": "path"}, db_port={"type": "int", "default": 5432},
                          pg_bin_dir={"type": "path"})
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=ENCRYPTION_EXCLUSIVE, required_together=[("pitr_repo", "pitr_dir")])
+                           mutually_exclusive=ENCRYPTION_EXCLUSIVE, required_together=[("pitr_repo", "pitr_dir")],
+                           required_by=PITR_REQUIRED_BY)
 
     def work(_progress):
         sets = list_sets(module.params["backup_dir"])

@@ -15,7 +15,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.errors imp
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import proof
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.backup_set import make_backup_set
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.protection import Protection
-from ansible_collections.christmas.recovery.plugins.module_utils.wal import archiving, pgbackrest, pitr
+from ansible_collections.christmas.recovery.plugins.module_utils.wal import archiving, pgbackrest, pgbackrest_text, pitr
 
 UTC = datetime.UTC
 
@@ -59,11 +59,11 @@ rmgr: Transaction len (rec/tot):     34/    34, tx:        739, lsn: 0/0B0405C8,
 
 
 def test_verify_report_ok_has_no_problems():
-    assert pgbackrest.verify_problems(VERIFY_OK) == ([], [])
+    assert pgbackrest_text.verify_problems(VERIFY_OK) == ([], [])
 
 
 def test_verify_report_names_every_damaged_file_and_the_error_status():
-    files, bad = pgbackrest.verify_problems(VERIFY_CORRUPT)
+    files, bad = pgbackrest_text.verify_problems(VERIFY_CORRUPT)
     assert bad == ["error"]
     assert files == [
         "15-1/0000000100000000/000000010000000000000006-3a5505cf635ce4bc1c0bdaa572cd1ddc344b31c9.gz (invalid checksum)",
@@ -73,12 +73,12 @@ def test_verify_report_names_every_damaged_file_and_the_error_status():
 
 
 def test_verify_report_without_a_status_is_a_problem():
-    assert pgbackrest.verify_problems("INFO: verify command end: completed successfully\n")[1] == [
+    assert pgbackrest_text.verify_problems("INFO: verify command end: completed successfully\n")[1] == [
         "no status reported"]
 
 
 def test_info_json_gives_backups_with_utc_times_and_archive_ranges():
-    info = pgbackrest.parse_info(json.dumps(INFO), "main")
+    info = pgbackrest_text.parse_info(json.dumps(INFO), "main")
     backup = info["backups"][0]
     assert backup["label"] == "20261207-023535F" and backup["type"] == "full"
     assert (backup["archive_start"], backup["archive_stop"]) == ("000000010000000000000002",
@@ -88,25 +88,25 @@ def test_info_json_gives_backups_with_utc_times_and_archive_ranges():
     assert info["archives"] == [{"id": "15-1", "db_id": 1, "min": "000000010000000000000001",
                                  "max": "000000010000000000000005"}]
     with pytest.raises(RecoveryError, match="does not list stanza other"):
-        pgbackrest.parse_info(json.dumps(INFO), "other")
+        pgbackrest_text.parse_info(json.dumps(INFO), "other")
     with pytest.raises(RecoveryError, match="printed no JSON"):
-        pgbackrest.parse_info("P00 ERROR: something", "main")
+        pgbackrest_text.parse_info("P00 ERROR: something", "main")
 
 
 def test_newest_commit_time_honours_the_branch_point():
-    assert pgbackrest.newest_commit_time(WALDUMP) == datetime.datetime(2026, 12, 7, 2, 38, 3, 441767, tzinfo=UTC)
-    assert pgbackrest.newest_commit_time(WALDUMP, before_lsn=pgbackrest.lsn_value("0/0B0405C8")) == \
+    assert pgbackrest_text.newest_commit_time(WALDUMP) == datetime.datetime(2026, 12, 7, 2, 38, 3, 441767, tzinfo=UTC)
+    assert pgbackrest_text.newest_commit_time(WALDUMP, before_lsn=pgbackrest_text.lsn_value("0/0B0405C8")) == \
         datetime.datetime(2026, 12, 7, 2, 37, 2, 756015, tzinfo=UTC)
-    assert pgbackrest.newest_commit_time("rmgr: XLOG desc: SWITCH\n") is None
+    assert pgbackrest_text.newest_commit_time("rmgr: XLOG desc: SWITCH\n") is None
 
 
 def test_history_file_and_segment_names():
     text = "1\t0/5000140\tno recovery target specified\n\n2\t0/6000A28\tbefore transaction 727 at 2026-12-07\n"
-    assert pgbackrest.parse_history(text, 3) == (2, 0x6000A28)
+    assert pgbackrest_text.parse_history(text, 3) == (2, 0x6000A28)
     with pytest.raises(RecoveryError, match="timeline 3 is not a timeline history"):
-        pgbackrest.parse_history("garbage", 3)
-    assert pgbackrest.segment_name(3, 0x6000A28, 16 * 2**20) == "000000030000000000000006"
-    assert pgbackrest.segment_name(1, (1 << 32) + 0x2000000, 16 * 2**20) == "000000010000000100000002"
+        pgbackrest_text.parse_history("garbage", 3)
+    assert pgbackrest_text.segment_name(3, 0x6000A28, 16 * 2**20) == "000000030000000000000006"
+    assert pgbackrest_text.segment_name(1, (1 << 32) + 0x2000000, 16 * 2**20) == "000000010000000100000002"
 
 
 def test_restore_targets_need_an_offset_and_must_lie_in_the_window():
@@ -127,7 +127,7 @@ def test_restore_targets_need_an_offset_and_must_lie_in_the_window():
 
 def test_config_refuses_line_breaks_and_writes_the_cipher_only_when_given():
     with pytest.raises(RecoveryError, match="option repo1-cipher-pass holds a line break"):
-        pgbackrest.config_text([("repo1-cipher-pass", "a\nrepo1-path=/elsewhere")], "main", [])
+        pgbackrest_text.config_text([("repo1-cipher-pass", "a\nrepo1-path=/elsewhere")], "main", [])
     repo = pgbackrest.Repository("/srv/backups/pgbackrest", "main", "/srv/pg/data", 5432, "/run/postgresql")
     assert "cipher" not in repo.render_config()
     assert "repo1-retention-full-type=count" in repo.render_config()
@@ -141,6 +141,30 @@ def test_config_refuses_line_breaks_and_writes_the_cipher_only_when_given():
         pgbackrest.Repository("/r", "main", "/d", 5432, "/s", retention_full_type="weeks")
     with pytest.raises(RecoveryError, match="stanza name"):
         pgbackrest.Repository("/r", "a b", "/d", 5432, "/s")
+
+
+def test_the_bucket_is_repo2_with_its_own_cipher_and_commands_name_the_repository_they_act_on():
+    bucket = pgbackrest.S3Repo(host="s3.example.net", port=8443, bucket="backups", path="/db1/pgbackrest",
+                               region="eu-west-1", key="AKID", secret="s3cret-key", uri_style="path",
+                               ca_file="/etc/ssl/ours.pem", verify_tls=False, cipher_pass="pass2", retention_days=30)
+    repo = pgbackrest.Repository("/srv/backups/pgbackrest", "main", "/srv/pg/data", 5432, "/run/postgresql",
+                                 cipher_pass="pass1", bucket=bucket)
+    text = repo.render_config()
+    for line in ("repo2-type=s3", "repo2-path=/db1/pgbackrest", "repo2-s3-bucket=backups",
+                 "repo2-s3-endpoint=s3.example.net", "repo2-storage-port=8443", "repo2-s3-region=eu-west-1",
+                 "repo2-s3-uri-style=path", "repo2-s3-key=AKID", "repo2-s3-key-secret=s3cret-key",
+                 "repo2-retention-full=30", "repo2-retention-full-type=time", "repo2-storage-verify-tls=n",
+                 "repo2-storage-ca-file=/srv/backups/pgbackrest.conf.d/repo2-ca.pem", "repo2-cipher-type=aes-256-cbc",
+                 "repo2-cipher-pass=pass2", "repo1-cipher-pass=pass1", "[global:archive-push]\nio-timeout=10"):
+        assert line + "\n" in text, line
+    assert "s3cret-key" not in repo.archive_command() and "s3cret-key" not in " ".join(repo.argv("backup"))
+    assert "--repo=1" in repo.argv("info") and "--repo" not in " ".join(repo.argv("stanza-create"))
+    remote = repo.in_bucket()
+    assert "--repo=2" in remote.argv("restore") and "--repo" not in remote.archive_command()
+    assert remote.location == "s3://backups/db1/pgbackrest" and repo.location == "/srv/backups/pgbackrest"
+    assert repo.repo == pgbackrest.LOCAL  # the copy reads the bucket; the original still the local one
+    with pytest.raises(RecoveryError, match="no repository in a bucket"):
+        pgbackrest.Repository("/r", "main", "/d", 5432, "/s").in_bucket()
 
 
 def test_archive_command_quotes_paths_for_the_shell():
@@ -181,7 +205,7 @@ def test_archiving_settings_wanted():
 
 def test_pgbackrest_error_line_is_passed_on():
     text = "WARN: something\nERROR: [055]: unable to load info file\n       HINT: is the stanza created?\n"
-    assert pgbackrest.pgbackrest_error(text) == "ERROR: [055]: unable to load info file"
+    assert pgbackrest_text.pgbackrest_error(text) == "ERROR: [055]: unable to load info file"
 
 
 def test_a_torn_data_directory_is_emptied_only_after_a_restore_of_ours_began(tmp_path):

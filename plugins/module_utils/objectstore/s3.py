@@ -116,6 +116,10 @@ class Store:
         except (BotoCoreError, S3UploadFailedError) as err:
             raise RecoveryError(describe(err, self.bucket)) from None
 
+    def check_reachable(self):
+        """The bucket answers (HEAD of the bucket): one line naming the endpoint when it does not."""
+        self._call(self.client.head_bucket, Bucket=self.bucket.bucket)
+
     def listing(self, under):
         """{name: size} of the objects whose names start with ``under``."""
         paginator = self.client.get_paginator("list_objects_v2")

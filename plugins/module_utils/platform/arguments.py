@@ -80,15 +80,15 @@ def vault_remote(params):
                   known_hosts=params["known_hosts_file"], connect_timeout=params["connect_timeout"])
 
 
-def s3_argument_spec():
-    """The options of the ``christmas.recovery.s3`` fragment."""
+def s3_argument_spec(required=True):
+    """The options of the ``christmas.recovery.s3`` fragment (``required=False`` where the bucket is optional)."""
     return {
-        "s3_endpoint": {"type": "str", "required": True},
-        "s3_bucket": {"type": "str", "required": True},
-        "s3_prefix": {"type": "str", "required": True},
+        "s3_endpoint": {"type": "str", "required": required},
+        "s3_bucket": {"type": "str", "required": required},
+        "s3_prefix": {"type": "str", "required": required},
         "s3_region": {"type": "str", "default": "us-east-1"},
-        "s3_access_key": {"type": "str", "required": True, "no_log": False},
-        "s3_secret_key": {"type": "str", "required": True, "no_log": True},
+        "s3_access_key": {"type": "str", "required": required, "no_log": False},
+        "s3_secret_key": {"type": "str", "required": required, "no_log": True},
         "s3_uri_style": {"type": "str", "choices": ["path", "host"], "default": "path"},
         "s3_ca_file": {"type": "path"},
         "s3_validate_certs": {"type": "bool", "default": True},
@@ -113,6 +113,7 @@ def signing_argument_spec(trust=True):
 
 
 PGBACKREST_CIPHER_PURPOSE = "pgbackrest-repo1-cipher-pass"
+BUCKET_CIPHER_PURPOSE = "pgbackrest-repo2-cipher-pass"  # the bucket's repository has a pass of its own
 
 
 def pitr_argument_spec(required=True):
@@ -133,7 +134,10 @@ def pitr_argument_spec(required=True):
         "pg_log_file": {"type": "path"},
         "redis_data_dir": {"type": "path"},
         "pitr_encryption": {"type": "bool", "default": False},
+        "pitr_source": {"type": "str", "choices": ["local", "s3"], "default": "local"},
+        "s3_retention_days": {"type": "int"},
         **encryption_argument_spec(),
+        **s3_argument_spec(required=False),
     }
 
 
@@ -155,12 +159,16 @@ def protection(params):
         server = ComposeServer(service_manager("compose", params["compose_dir"], params["compose_command"],
                                                timeout=params["service_timeout"]), params["db_service"],
                                params["pg_data_dir"], os_user=params["pg_os_user"], timeout=params["service_timeout"])
+    key = encryption_key(params) if params["pitr_encryption"] else None
+    bucket = s3_bucket(params) if params["s3_endpoint"] else None
     return Protection(params["backup_dir"], params["pitr_repo"], params["pitr_stanza"], params["pitr_dir"],
                       pg_data_dir=params["pg_data_dir"], os_user=params["pg_os_user"], pg_bin_dir=params["pg_bin_dir"],
                       server=server, redis_data_dir=params["redis_data_dir"], service_manager=manager,
                       retention_days=params.get("retention_days") or 30,
-                      cipher_pass=encryption.derived_secret(encryption_key(params), PGBACKREST_CIPHER_PURPOSE)
-                      if params["pitr_encryption"] else None, db_port=params.get("db_port") or 5432)
+                      cipher_pass=encryption.derived_secret(key, PGBACKREST_CIPHER_PURPOSE) if key else None,
+                      db_port=params.get("db_port") or 5432, bucket=bucket,
+                      bucket_retention_days=params["s3_retention_days"], source=params["pitr_source"],
+                      bucket_cipher_pass=encryption.derived_secret(key, BUCKET_CIPHER_PURPOSE) if key else None)
 
 
 def encryption_argument_spec():
@@ -170,6 +178,7 @@ def encryption_argument_spec():
 
 ENCRYPTION_EXCLUSIVE = [("encryption_key", "encryption_key_file")]
 PITR_REQUIRED_IF = [("pitr_encryption", True, ("encryption_key", "encryption_key_file"), True)]
+PITR_REQUIRED_BY = {"s3_endpoint": ("s3_bucket", "s3_prefix", "s3_access_key", "s3_secret_key")}
 
 
 def encryption_key(params):

@@ -343,15 +343,26 @@ PHYSICAL_FORMATS = {
     "started_at": re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"),
     "stopped_at": re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"), "repo": re.compile(r"^/.*[^/]$"),
 }
+# the copy in the bucket's repository (repo2), when there is one
+PHYSICAL_BUCKET_FORMATS = {"label": PHYSICAL_FORMATS["label"], "type": PHYSICAL_FORMATS["type"],
+                           "repo": re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.*[^/]$")}
 
 
 def check_physical(physical, path):
     _require(isinstance(physical, dict), path, "db.physical is not an object")
-    _only(physical, set(PHYSICAL_FORMATS), path, "db.physical.")
-    for field, pattern in PHYSICAL_FORMATS.items():
-        value = physical.get(field)
+    _only(physical, set(PHYSICAL_FORMATS) | {"bucket"}, path, "db.physical.")
+    _check_fields(physical, PHYSICAL_FORMATS, path, "db.physical.")
+    if "bucket" in physical:
+        _require(isinstance(physical["bucket"], dict), path, "db.physical.bucket is not an object")
+        _only(physical["bucket"], set(PHYSICAL_BUCKET_FORMATS), path, "db.physical.bucket.")
+        _check_fields(physical["bucket"], PHYSICAL_BUCKET_FORMATS, path, "db.physical.bucket.")
+
+
+def _check_fields(found, formats, path, where):
+    for field, pattern in formats.items():
+        value = found.get(field)
         _require(isinstance(value, str) and pattern.match(value), path,
-                 "db.physical.%s %.100r is missing or malformed" % (field, value))
+                 "%s%s %.100r is missing or malformed" % (where, field, value))
 
 
 def _check_market_data(market, path):

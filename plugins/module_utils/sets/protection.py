@@ -18,13 +18,15 @@ from ansible_collections.christmas.recovery.plugins.module_utils.core.commands i
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.core.fsutil import make_private_dir
 from ansible_collections.christmas.recovery.plugins.module_utils.db import connection
+from ansible_collections.christmas.recovery.plugins.module_utils.objectstore import s3
 from ansible_collections.christmas.recovery.plugins.module_utils.redis import redis_aof, redis_aof_index
 from ansible_collections.christmas.recovery.plugins.module_utils.sets import proof
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest import created_time
-from ansible_collections.christmas.recovery.plugins.module_utils.wal import archiving, pgbackrest
+from ansible_collections.christmas.recovery.plugins.module_utils.wal import archiving, pgbackrest, pgbackrest_text
 from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server import PG_BIN, read_postmaster_pid
 
 REDIS_DIR, CONFIG_DIR = "redis", "config"
+BUCKET_REPO = "pgbackrest"  # under the bucket's prefix: pgBackRest's repo2
 DAY = 86400
 
 
@@ -34,16 +36,27 @@ def _stamp(when):
 
 class Protection:
     """Where continuous protection keeps the platform's history and how it reaches the database server: ``server``
-    stops and starts it (a PgCtlServer for a cluster run from ``pg_data_dir``), None when it cannot be managed."""
+    stops and starts it (a PgCtlServer for a cluster run from ``pg_data_dir``), None when it cannot be managed.
+
+    With ``bucket`` (an objectstore Bucket), the database's WAL is archived into it as well, as pgBackRest's repo2
+    under ``PREFIX/pgbackrest``, encrypted with ``bucket_cipher_pass`` when given, its full backups kept
+    ``bucket_retention_days``; ``source`` ``s3`` reads the database's window and restores from there."""
 
     def __init__(self, backup_dir, repo, stanza, pitr_dir, pg_data_dir=None, os_user="postgres", pg_bin_dir=None,
                  server=None, redis_data_dir=None, retention_days=30, cipher_pass=None, db_port=5432,
-                 service_manager="none"):
+                 service_manager="none", bucket=None, bucket_retention_days=None, bucket_cipher_pass=None,
+                 source="local"):
         self.backup_dir, self.repo_path, self.stanza, self.pitr_dir = backup_dir, repo, stanza, pitr_dir
         self.db_port, self.service_manager = db_port, service_manager
         self.pg_data_dir, self.os_user, self.pg_bin_dir = pg_data_dir, os_user, pg_bin_dir or PG_BIN
         self.server, self.redis_data_dir, self.retention_days = server, redis_data_dir, retention_days
         self.cipher_pass = cipher_pass
+        if source not in ("local", "s3") or (source == "s3" and bucket is None):
+            raise RecoveryError("source %r: the database's history is read from local or, with christmas_s3_endpoint "
+                                "set, from s3" % source)
+        self.bucket, self.source = bucket, source
+        self.bucket_retention_days = bucket_retention_days or retention_days
+        self.bucket_cipher_pass = bucket_cipher_pass
         self.redis_repo = os.path.join(pitr_dir, REDIS_DIR)
         self.config_repo = os.path.join(pitr_dir, CONFIG_DIR)
         self._db_window = None
@@ -62,14 +75,38 @@ class Protection:
             return "pgbackrest is not installed on this host"
         return self.server.problem([self.repo_path, pgbackrest.default_config_dir(self.repo_path)])
 
-    def kept_days(self, now=None):
-        """Days of history kept: ``retention_days``, or more while the newest proven set is older than that, so the
-        point it was taken at stays restorable until a newer set is proven (a rehearsal passed)."""
+    def kept_days(self, now=None, days=None):
+        """Days of history kept: ``retention_days`` (or ``days``), or more while the newest proven set is older than
+        that, so the point it was taken at stays restorable until a newer set is proven (a rehearsal passed)."""
         now = time.time() if now is None else now
+        days = days or self.retention_days
         proven = proof.newest_proven_set_id(self.backup_dir) if os.path.isdir(self.backup_dir) else None
         if proven is None:
-            return self.retention_days
-        return max(self.retention_days, math.ceil((now - created_time(self.backup_dir, proven)) / DAY))
+            return days
+        return max(days, math.ceil((now - created_time(self.backup_dir, proven)) / DAY))
+
+    def _bucket_repo(self):
+        """The bucket as pgBackRest's repo2, or None."""
+        bucket = self.bucket
+        if bucket is None:
+            return None
+        s3.check_bucket(bucket)
+        host, port = bucket.endpoint.rsplit(":", 1)
+        return pgbackrest.S3Repo(
+            host=host, port=int(port), bucket=bucket.bucket, path="/%s/%s" % (bucket.prefix, BUCKET_REPO),
+            region=bucket.region, key=bucket.access_key, secret=bucket.secret_key, uri_style=bucket.uri_style,
+            ca_file=bucket.ca_file, verify_tls=bucket.validate_certs, cipher_pass=self.bucket_cipher_pass,
+            retention_days=max(1, self.kept_days(days=self.bucket_retention_days)))
+
+    def bucket_problem(self):
+        """Why the bucket cannot be reached now (one line naming the endpoint), or None (also without a bucket)."""
+        if self.bucket is None:
+            return None
+        try:
+            s3.Store(self.bucket).check_reachable()
+        except RecoveryError as err:
+            return str(err)
+        return None
 
     def repository(self):
         """The pgBackRest repository, configured for the running server (its port and socket directory as the
@@ -80,7 +117,7 @@ class Protection:
             port, socket_dir = running["port"], running["socket_dir"]
         else:  # stopped or lost: a restore needs no connection; the repository's config file knows the rest, and
             # a repository fetched onto a replacement host has none yet: the inventory's port until the server runs
-            known = pgbackrest.read_config(os.path.join(pgbackrest.default_config_dir(
+            known = pgbackrest_text.read_config(os.path.join(pgbackrest.default_config_dir(
                 self.repo_path), pgbackrest.CONFIG_NAME), self.stanza)
             port, socket_dir = known.get("pg1-port", self.db_port), known.get("pg1-socket-path")
         server = self.server
@@ -88,9 +125,12 @@ class Protection:
             self.repo_path, self.stanza, (server.pg1_path if server else None) or self.pg_data_dir, port, socket_dir,
             os_user=self.os_user, retention_full=max(1, self.kept_days()), retention_full_type="time",
             pg_bin_dir=self.pg_bin_dir, cipher_pass=self.cipher_pass, local_data_dir=self.pg_data_dir,
-            in_server=None if server is None or server.runs_here else server.in_server)
+            in_server=None if server is None or server.runs_here else server.in_server, bucket=self._bucket_repo())
         repository.check_cipher()
-        return repository
+        if self.source != "s3":
+            return repository
+        repository.prepare()  # a replacement host has no config yet: pgBackRest reads the bucket's options from it
+        return repository.in_bucket()
 
     def db_window(self):
         """The pgBackRest repository's window (Repository.window), read once: it lists the archive and reads its
@@ -153,6 +193,12 @@ def protect_db(protection, db, full_days=7, between="diff", archive_timeout=60, 
         progress("restarting the database server to turn archiving on (%s)" % ", ".join(
             name for name in archiving.RESTART_SETTINGS if name in plan["changes"]))
         protection.server.restart()
+    unreachable = protection.bucket_problem()
+    if unreachable:  # pgBackRest's stanza-create, check and backup need every repository
+        progress("no physical backup this time: %s" % unreachable)
+        return {"changed": True, "archiving": plan, "physical": None,
+                "bucket_error": "%s; no physical backup was taken, and WAL reaches the local repository only slowly "
+                                "until the bucket is back (each segment is archived into both)" % unreachable}
     repository.stanza_create()
     repository.check()
     kind = _backup_kind(repository, full_days, between, time.time())
@@ -162,7 +208,19 @@ def protect_db(protection, db, full_days=7, between="diff", archive_timeout=60, 
                 "label": backup["label"], "type": backup["type"], "wal_start": backup["archive_start"],
                 "wal_stop": backup["archive_stop"], "started_at": _stamp(backup["start_epoch"]),
                 "stopped_at": _stamp(backup["stop_epoch"]), "repo": repository.path}
-    return {"changed": True, "archiving": plan, "physical": physical}
+    result = {"changed": True, "archiving": plan, "physical": physical}
+    if repository.bucket is not None:
+        in_bucket = repository.in_bucket()
+        try:
+            kind = _backup_kind(in_bucket, full_days, between, time.time())
+            progress("physical backup (%s) into %s" % (kind, in_bucket.location))
+            copy = in_bucket.backup(kind)
+        except RecoveryError as err:
+            result["bucket_error"] = "S3 endpoint %s: physical backup into %s failed: %s" % (
+                protection.bucket.endpoint, in_bucket.location, err)
+        else:
+            physical["bucket"] = {"label": copy["label"], "type": copy["type"], "repo": in_bucket.location}
+    return result
 
 
 def ship_db(protection, db, timeout=60):
@@ -189,6 +247,7 @@ def protect(protection, db=None, redis_target=None, config_dir=None, full_days=7
         outcome = protect_db(protection, db, full_days, between, archive_timeout, take_over, check_mode, progress)
         result["components"]["db"] = outcome
         result["physical"] = outcome["physical"]
+        result["bucket_error"] = outcome.get("bucket_error", "")
         result["changed"] = True
     if redis_target:
         if check_mode:
@@ -216,9 +275,6 @@ def ship(protection, db=None, redis_target=None, config_dir=None, timeout=60, pr
     if reason:
         result["window"] = windows(protection, off_reason=reason)
         return result
-    if db:
-        result["components"]["db"] = ship_db(protection, db, timeout)
-        result["changed"] = True
     if redis_target:
         shipped = redis_aof.ship_aof(redis_target, protection.redis_data_dir, protection.redis_repo)
         result["components"]["redis"] = shipped
@@ -229,6 +285,14 @@ def ship(protection, db=None, redis_target=None, config_dir=None, timeout=60, pr
         result["components"]["config"] = stored
         result["shipped_bytes"] += stored.get("stored_bytes", 0)
         result["changed"] = result["changed"] or stored["changed"]
+    if db:
+        unreachable = protection.bucket_problem()
+        if unreachable:
+            raise RecoveryError("%s; shipped %s, but the database's WAL is archived into both repositories and "
+                                "waits for the bucket" % (unreachable, ", ".join(sorted(result["components"])) or
+                                                          "nothing else"))
+        result["components"]["db"] = ship_db(protection, db, timeout)
+        result["changed"] = True
     progress("shipped: %s" % ", ".join(sorted(result["components"])))
     result["window"] = windows(protection, db, redis_target, config_dir)
     return result

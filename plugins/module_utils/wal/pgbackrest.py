@@ -1,12 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright: Christmas platform operations
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A pgBackRest repository on a posix path: its config file (0600, owned by the cluster's OS user, the only place
-the cipher pass is written), pgBackRest commands run as that user, backups and what they cover read from
-``info --output=json``, the recoverable window, and ``verify`` whose output is parsed (it exits 0 on corrupt files)."""
+"""A pgBackRest repository on a posix path (repo1), and optionally a second one in an S3 bucket (repo2) that WAL is
+archived to as well: its config file (0600, owned by the cluster's OS user, the only place the cipher passes and the
+bucket's secret are written), pgBackRest commands run as that user against one repository, backups and what they
+cover read from ``info --output=json``, the recoverable window, and ``verify`` whose output is parsed (it exits 0 on
+corrupt files)."""
 
 from __future__ import annotations
 
+import collections
+import copy
 import datetime
 import grp
 import gzip
@@ -26,6 +30,15 @@ from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server i
     give_to_os_user,
     os_user_entry,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pgbackrest_text import (
+    config_text,
+    newest_commit_time,
+    parse_history,
+    parse_info,
+    pgbackrest_error,
+    segment_name,
+    verify_problems,
+)
 
 BACKUP_KINDS = ("full", "diff", "incr")
 OPENSSL_SALTED = b"Salted__"
@@ -36,102 +49,17 @@ WAL_COMPRESS, BACKUP_COMPRESS = "gz", "zst"
 RETENTION_TYPES = ("count", "time")
 SEGMENT_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{24})-[0-9a-f]{40}(?:\.\w+)?$")
 HISTORY_FILE_RE = re.compile(r"(?:^|/)([0-9A-F]{8})\.history$")
-COMMIT_RE = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)(?:_PREPARED)? "
-                       r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
-VERIFY_FILE_RE = re.compile(r"P\d+\s+INFO: ((?:invalid|file missing|missing)[^'\n]*?)'?([\w./-]+\.\w+|[\w./-]+)'?"
-                            r"(?::|$)", re.M)
-VERIFY_STATUS_RE = re.compile(r"^\s*status: (\w+)", re.M)
 NEWEST_SEGMENTS_TRIED = 4
 SERVER_COMMANDS = ("stanza-create", "check", "backup")  # they connect to the server and read its data directory
-
-
-def pgbackrest_error(text):
-    """pgBackRest's own ``ERROR: [code]: message`` line, else the usual first error line."""
-    for line in text.splitlines():
-        if line.strip().startswith("ERROR:"):
-            return line.strip()
-    return commands.cause_line(text)
-
-
-def utc_iso(epoch):
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
-
-
-def parse_backup(entry):
-    """One backup of ``info --output=json`` as we report it: label, kind, WAL range, UTC times, sizes."""
-    return {
-        "label": entry["label"], "type": entry["type"], "prior": entry.get("prior"),
-        "archive_start": entry["archive"]["start"], "archive_stop": entry["archive"]["stop"],
-        "lsn_start": entry.get("lsn", {}).get("start"), "lsn_stop": entry.get("lsn", {}).get("stop"),
-        "start_time": utc_iso(entry["timestamp"]["start"]), "stop_time": utc_iso(entry["timestamp"]["stop"]),
-        "start_epoch": entry["timestamp"]["start"], "stop_epoch": entry["timestamp"]["stop"],
-        "size": entry["info"]["size"], "delta": entry["info"]["delta"],
-        "repo_size": entry["info"]["repository"]["size"], "repo_delta": entry["info"]["repository"]["delta"],
-        "db_id": entry["database"]["id"], "error": bool(entry.get("error")),
-    }
-
-
-def parse_info(text, stanza):
-    """The stanza's part of ``info --output=json``: status, cipher, backups (oldest first) and WAL ranges."""
-    try:
-        stanzas = json.loads(text)
-    except ValueError as err:
-        raise RecoveryError("pgbackrest info printed no JSON: %s" % err) from None
-    found = [entry for entry in stanzas if entry.get("name") == stanza]
-    if not found:
-        raise RecoveryError("pgbackrest info does not list stanza %s" % stanza)
-    entry = found[0]
-    return {
-        "stanza": stanza, "status_code": entry["status"]["code"], "status": entry["status"]["message"],
-        "cipher": entry.get("cipher"),
-        "backups": sorted((parse_backup(backup) for backup in entry.get("backup", [])),
-                          key=lambda backup: backup["start_time"]),
-        "archives": [{"id": archive["id"], "db_id": archive["database"]["id"], "min": archive.get("min"),
-                      "max": archive.get("max")} for archive in entry.get("archive", [])],
-        "db_ids": [db["id"] for db in entry.get("db", [])],
-    }
-
-
-def lsn_value(text):
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def newest_commit_time(waldump_text, before_lsn=None):
-    """The time of the last commit or abort record pg_waldump printed (run with TZ=UTC), only those before
-    ``before_lsn`` when given; None when there is none."""
-    times = [stamp for lsn, stamp in COMMIT_RE.findall(waldump_text)
-             if before_lsn is None or lsn_value(lsn) < before_lsn]
-    if not times:
-        return None
-    return datetime.datetime.fromisoformat(times[-1]).replace(tzinfo=datetime.UTC)
-
-
-def parse_history(text, timeline):
-    """(parent timeline, LSN where ``timeline`` branched off it) from the last line of a timeline history file."""
-    lines = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    try:
-        return int(lines[-1][0]), lsn_value(lines[-1][1])
-    except (IndexError, ValueError):
-        raise RecoveryError("history file of timeline %d is not a timeline history" % timeline) from None
-
-
-def segment_name(timeline, lsn, segment_size):
-    """The WAL segment holding ``lsn`` on ``timeline``."""
-    per_id = 0x100000000 // segment_size
-    number = lsn // segment_size
-    return "%08X%08X%08X" % (timeline, number // per_id, number % per_id)
-
-
-def verify_problems(text):
-    """What ``pgbackrest verify --log-level-console=info`` reported: (files it named with the reason, status lines
-    of the summary that are not ``ok``). It exits 0 whatever it found, so this is the verdict."""
-    files = ["%s (%s)" % (path, reason.strip().rstrip(":")) for reason, path in VERIFY_FILE_RE.findall(text)]
-    statuses = VERIFY_STATUS_RE.findall(text)
-    bad = sorted({status for status in statuses if status != "ok"})  # the log and the text summary both say it
-    if not statuses:
-        bad = ["no status reported"]
-    return files, bad
+# the commands that act on one repository (``--repo``); archive-push, stanza-create and check act on every one
+ONE_REPO_COMMANDS = ("backup", "info", "repo-get", "repo-ls", "restore", "verify", "expire")
+LOCAL, BUCKET = 1, 2
+BUCKET_ARCHIVE_TIMEOUT = 10
+BUCKET_CA_NAME = "repo2-ca.pem"  # the bucket's CA, copied beside the config: the server's user must read it
+# The bucket as pgBackRest's repo2: host and port of its S3 endpoint (always HTTPS), the path of the repository in
+# the bucket, its own cipher pass (None: not encrypted) and its full backups' retention in days.
+S3Repo = collections.namedtuple("S3Repo", "host port bucket path region key secret uri_style ca_file verify_tls "
+                                          "cipher_pass retention_days")
 
 
 def check_traversable(path, os_user):
@@ -166,45 +94,9 @@ def _name(lookup, number):
         return str(number)
 
 
-def config_text(settings_global, stanza, settings_stanza, settings_commands=()):
-    """The config file: the global section, ``settings_commands`` as (command, settings) sections
-    ``[global:COMMAND]`` (options of that command alone), then the stanza's section."""
-    lines = ["[global]"]
-    lines += ["%s=%s" % item for item in settings_global]
-    for command, settings in settings_commands:
-        lines += ["", "[global:%s]" % command]
-        lines += ["%s=%s" % item for item in settings]
-    lines += ["", "[%s]" % stanza]
-    lines += ["%s=%s" % item for item in settings_stanza]
-    for line in lines:
-        if "\n" in line or "\r" in line or "\x00" in line:
-            raise RecoveryError("pgBackRest option %s holds a line break or NUL" % line.split("=", 1)[0])
-    return "\n".join(lines) + "\n"
-
-
 def default_config_dir(path):
     """Where a repository's config file, spool, lock and log directories live by default: beside it."""
     return os.path.abspath(path) + ".conf.d"
-
-
-def read_config(path, stanza):
-    """The options of ``path`` (a config file ``config_text`` wrote) for ``stanza``: its global section, then the
-    stanza's; empty when the file does not exist."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError:
-        return {}
-    except OSError as err:
-        raise RecoveryError("pgBackRest config %s cannot be read: %s" % (path, err.strerror)) from None
-    options, section = {}, None
-    for line in (line.strip() for line in lines):
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-        elif "=" in line and not line.startswith("#") and section in ("global", stanza):
-            name, value = line.split("=", 1)
-            options[name.strip()] = value.strip()
-    return options
 
 
 class Repository:
@@ -218,7 +110,7 @@ class Repository:
 
     def __init__(self, path, stanza, pg_data_dir, pg_port, pg_socket_dir, os_user="postgres", cipher_pass=None,
                  db_user="postgres", config_dir=None, retention_full=2, retention_full_type="count", process_max=2,
-                 pg_bin_dir=PG_BIN, in_server=None, local_data_dir=None):
+                 pg_bin_dir=PG_BIN, in_server=None, local_data_dir=None, bucket=None):
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", stanza or ""):
             raise RecoveryError("stanza name %r: use letters, digits, '.', '_' and '-'" % stanza)
         if retention_full_type not in RETENTION_TYPES:
@@ -234,6 +126,23 @@ class Repository:
         self.in_server = in_server
         self.local_data_dir = os.path.abspath(local_data_dir or pg_data_dir)
         self.program = commands.find_program("pgbackrest", ["/usr/bin", "/usr/local/bin"])
+        self.bucket, self.repo = bucket, LOCAL
+
+    def in_bucket(self):
+        """This repository read from and backed up into the bucket (repo2) instead of the local path (repo1)."""
+        if self.bucket is None:
+            raise RecoveryError("pgBackRest stanza %s has no repository in a bucket: set christmas_s3_endpoint" %
+                                self.stanza)
+        other = copy.copy(self)
+        other.repo = BUCKET
+        return other
+
+    @property
+    def location(self):
+        """Where the repository read is: its path, or ``s3://BUCKET/PATH`` for the bucket's."""
+        if self.repo == BUCKET:
+            return "s3://%s%s" % (self.bucket.bucket, self.bucket.path)
+        return self.path
 
     # ------------------------------------------------------------------ setup
 
@@ -246,6 +155,15 @@ class Repository:
             self._own_private_dir(directory, entry)
         for name in ("spool", "lock", "log", "tmp"):
             self._own_private_dir(os.path.join(self.config_dir, name), entry)
+        if self.bucket is not None and self.bucket.ca_file:
+            try:
+                with open(self.bucket.ca_file, "rb") as handle:
+                    authority = handle.read()
+            except OSError as err:
+                raise RecoveryError("christmas_s3_ca_file %s cannot be read: %s" % (self.bucket.ca_file,
+                                                                                    err.strerror)) from None
+            write_bytes_atomic(os.path.join(self.config_dir, BUCKET_CA_NAME), authority)
+            give_to_os_user(os.path.join(self.config_dir, BUCKET_CA_NAME), self.os_user)
         text = self.render_config().encode("utf-8")
         try:
             with open(self.config_file, "rb") as handle:
@@ -284,10 +202,35 @@ class Repository:
                     ("log-path", os.path.join(self.config_dir, "log"))]
         if self.cipher_pass:
             settings += [("repo1-cipher-type", "aes-256-cbc"), ("repo1-cipher-pass", self.cipher_pass)]
+        settings += self._bucket_settings()
         stanza = [("pg1-path", self.pg_data_dir), ("pg1-port", str(self.pg_port)),
                   ("pg1-socket-path", self.pg_socket_dir), ("pg1-user", self.db_user)]
+        sections = [("backup", [("compress-type", BACKUP_COMPRESS)])]
+        if self.bucket is not None:
+            # a segment is acknowledged once in both repositories; while the bucket cannot be reached, each attempt
+            # gives up on it after this many seconds, and the local repository still gets the segment meanwhile
+            sections.append(("archive-push", [("io-timeout", str(BUCKET_ARCHIVE_TIMEOUT))]))
         return config_text(settings, self.stanza, [(name, value) for name, value in stanza if value is not None],
-                           [("backup", [("compress-type", BACKUP_COMPRESS)])])
+                           sections)
+
+    def _bucket_settings(self):
+        """repo2 in the bucket: path-style or host-style requests to the endpoint over TLS, checked against the CA
+        copied beside the config (or the system's), its retention and its own cipher."""
+        bucket = self.bucket
+        if bucket is None:
+            return []
+        settings = [("repo2-type", "s3"), ("repo2-path", bucket.path), ("repo2-s3-bucket", bucket.bucket),
+                    ("repo2-s3-endpoint", bucket.host), ("repo2-storage-port", str(bucket.port)),
+                    ("repo2-s3-region", bucket.region), ("repo2-s3-uri-style", bucket.uri_style),
+                    ("repo2-s3-key", bucket.key), ("repo2-s3-key-secret", bucket.secret),
+                    ("repo2-retention-full", str(bucket.retention_days)), ("repo2-retention-full-type", "time")]
+        if bucket.ca_file:
+            settings.append(("repo2-storage-ca-file", os.path.join(self.config_dir, BUCKET_CA_NAME)))
+        if not bucket.verify_tls:
+            settings.append(("repo2-storage-verify-tls", "n"))
+        if bucket.cipher_pass:
+            settings += [("repo2-cipher-type", "aes-256-cbc"), ("repo2-cipher-pass", bucket.cipher_pass)]
+        return settings
 
     def check_cipher(self):
         """Refuse a configuration whose encryption differs from the repository's: pgBackRest keeps a stanza's cipher
@@ -322,18 +265,20 @@ class Repository:
         restore_command as the server runs it."""
         if self.local_data_dir == self.pg_data_dir:
             return []
-        return ["--pg1-path=" + self.local_data_dir,
-                "--recovery-option=restore_command=" + self._server_command('archive-get %f "%p"')]
+        return ["--pg1-path=" + self.local_data_dir, "--recovery-option=restore_command=" + self._server_command(
+            ("--repo=%d " % self.repo if self.bucket else "") + 'archive-get %f "%p"')]
 
     # ------------------------------------------------------------------ commands
 
     def _arguments(self, command, options, args):
+        if self.bucket is not None and command in ONE_REPO_COMMANDS:
+            options = ("--repo=%d" % self.repo, *options)
         return ["--config=" + self.config_file, "--stanza=" + self.stanza, *options, command, *args]
 
     def argv(self, command, *options, args=()):
         """The command line of ``command`` run here as the OS user (beside the server in its container for those
         that need the server)."""
-        if self.in_server and command in SERVER_COMMANDS:
+        if self.in_server and command in SERVER_COMMANDS and "--no-online" not in options:
             return self.in_server(["pgbackrest", *self._arguments(command, options, args)])
         if self.in_server and command == "restore" and os.geteuid() == 0:
             # the engine keeps volumes below a directory only root may pass; pgBackRest run by root gives the
@@ -358,8 +303,13 @@ class Repository:
         """pgBackRest's version, as ``pgbackrest version`` prints it (``pgBackRest 2.45``): ``2.45``."""
         return commands.run([self.program, "version"], "pgbackrest version").split()[-1]
 
-    def stanza_create(self):
-        self.run("stanza-create")
+    def stanza_create(self, online=True):
+        """The stanza in every repository; ``online=False`` with the server stopped (its data directory's
+        pg_control read here)."""
+        if online:
+            self.run("stanza-create")
+        else:
+            self.run("stanza-create", "--no-online", "--pg1-path=" + self.local_data_dir)
 
     def check(self):
         """pgBackRest's own end-to-end test: the server reachable, a WAL switch archived into the repository."""
@@ -385,9 +335,9 @@ class Repository:
         out = self.run("verify", "--output=text", "--verbose", "--log-level-console=info", "--job-retry=0")
         files, bad = verify_problems(out)
         if files or bad:
-            raise RecoveryError("pgbackrest verify of stanza %s found problems: %s" % (
-                self.stanza, "; ".join(files) or "status " + ", ".join(bad)))
-        return {"stanza": self.stanza, "status": "ok"}
+            raise RecoveryError("pgbackrest verify of stanza %s in %s found problems: %s" % (
+                self.stanza, self.location, "; ".join(files) or "status " + ", ".join(bad)))
+        return {"stanza": self.stanza, "status": "ok", "repo": self.location}
 
     # ------------------------------------------------------------------ what a restore can reach
 

@@ -20,6 +20,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.wal.pg_server i
     give_to_os_user,
     make_dir_of_os_user,
 )
+from ansible_collections.christmas.recovery.plugins.module_utils.wal.pgbackrest import BUCKET
 
 RESTORING = "restore-in-progress"
 KEPT_DIR = "restore-kept-config"
@@ -108,6 +109,8 @@ def restore(repository, server, target_time=None, delta=True, timeout=600, befor
     _put_back_own_config(data_dir, kept, repository.os_user)
     remove_quietly(marker)
     backup_set = re.search(r"restore backup set (\S+)", out)
+    if repository.repo == BUCKET:  # the local repository, lost with the host perhaps: archiving needs both
+        repository.stanza_create(online=False)
     if before_start is not None:
         before_start()
     offset = server.log_size()
