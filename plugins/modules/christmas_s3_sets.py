@@ -50,6 +50,13 @@ options:
     description: With I(direction=verify), also read the set back with its own tools.
     type: bool
     default: false
+  replace_damaged:
+    description:
+      - With I(direction=fetch), a local copy of the set that fails its checksums is set aside into
+        C(BACKUP_DIR/.damaged/) (kept to be looked at; remove it by hand) and the bucket's copy fetched instead.
+        Without it a local copy is always left alone.
+    type: bool
+    default: false
   jobs:
     description: Files transferred and checked in parallel (each large file in four parts at once).
     type: int
@@ -120,6 +127,14 @@ already_present:
   description: Whether the fetched set was already complete here (nothing downloaded).
   returned: with I(direction=fetch)
   type: bool
+damaged:
+  description: With I(replace_damaged), why the local copy was found damaged.
+  returned: when the local copy was damaged
+  type: str
+set_aside:
+  description: Where the damaged local copy was moved.
+  returned: when a damaged local copy was set aside
+  type: str
 bytes:
   description: Bytes uploaded or downloaded.
   returned: when something was transferred
@@ -150,8 +165,8 @@ def work(params, check_mode, progress):
         return bucket.send_sets(params["backup_dir"], store, params["retention_days"], encryption_key(params),
                                 params["jobs"], check_mode, signer=Signer(params["signing_key_file"]), trust=trust)
     if direction == "fetch":
-        return dict(bucket.fetch_set(params["backup_dir"], store, params["set_id"], trust, check_mode),
-                    bucket=store.url(bucket.SETS))
+        return dict(bucket.fetch_set(params["backup_dir"], store, params["set_id"], trust, check_mode,
+                                     params["replace_damaged"], params["jobs"]), bucket=store.url(bucket.SETS))
     if direction == "verify":
         return bucket.verify_bucket_set(params["backup_dir"], store, params["set_id"], trust, params["deep"],
                                         encryption_key(params), params["jobs"], PgTarget(bin_dir=params["pg_bin_dir"]))
@@ -166,6 +181,7 @@ def main():
         set_id={"type": "str", "default": "latest"},
         retention_days={"type": "int"},
         deep={"type": "bool", "default": False},
+        replace_damaged={"type": "bool", "default": False},
         jobs={"type": "int", "default": 2},
         pg_bin_dir={"type": "path"},
     )

@@ -284,3 +284,35 @@ def test_a_backup_whose_bucket_is_down_stays_complete_here_and_the_next_run_uplo
     store = _store(s3_server, s3_bucket, prefix="platform")
     assert bucket.complete_ids(bucket.bucket_sets(store)) == complete_set_ids(backup_dir) and len(
         complete_set_ids(backup_dir)) == 2
+
+
+def test_a_damaged_local_set_is_set_aside_and_the_bucket_copy_restored_instead(
+        run_playbook, platform, make_redis, config_dir, tmp_dir, s3_server, s3_bucket):
+    server = make_redis()
+    db_before = platform.snapshot()
+    backup_dir = os.path.join(tmp_dir, "backups")
+    host_vars = dict(connection_vars(platform, server, config_dir, backup_dir), **s3_vars(s3_server, s3_bucket))
+    run_playbook("backup", host_vars)
+    set_id = complete_set_ids(backup_dir)[0]
+    files = file_contents(os.path.join(backup_dir, "set_%s" % set_id))
+    name = max(files, key=lambda relative: len(files[relative]))
+    dump = os.path.join(backup_dir, "set_%s" % set_id, name)
+    with open(dump, "r+b") as handle:  # one bit flipped on the host's disk
+        handle.seek(os.path.getsize(dump) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 1]))
+    platform.sql("DELETE FROM orders WHERE id < 100")
+
+    restore = run_playbook("restore_db", host_vars)
+    assert "Set %s in %s is damaged (" % (set_id, backup_dir) in restore.stdout
+    assert platform.snapshot() == db_before
+    aside = os.listdir(os.path.join(backup_dir, ".damaged"))
+    assert len(aside) == 1 and aside[0].startswith(set_id)
+    assert sorted(os.listdir(os.path.join(backup_dir, ".damaged", aside[0]))) == [
+        "manifest_%s.json" % set_id, "set_%s" % set_id]
+    assert complete_set_ids(backup_dir) == [set_id]  # the bucket's copy, published in its place
+    fetched, damaged = (file_contents(os.path.join(root, "set_%s" % set_id))[name]
+                        for root in (backup_dir, os.path.join(backup_dir, ".damaged", aside[0])))
+    assert [i for i, (a, b) in enumerate(zip(fetched, damaged, strict=True)) if a != b] == [
+        len(damaged) // 2]

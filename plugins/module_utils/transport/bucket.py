@@ -30,6 +30,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest i
     manifest_name,
     parse,
     read_manifest_bytes,
+    set_dir_name,
     set_id_time,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.proof import newest_proven_set_id
@@ -44,6 +45,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.transport.offsi
 
 SETS = "sets/"
 VERIFYING = ".s3-verify"
+DAMAGED = ".damaged"  # in the backup directory: local copies a restore replaced with the bucket's
 
 
 def bucket_sets(store):
@@ -163,12 +165,22 @@ def _chosen(store, set_id):
     return set_id
 
 
-def fetch_set(backup_dir, store, set_id, trust, check_mode=False):
+def fetch_set(backup_dir, store, set_id, trust, check_mode=False, replace_damaged=False, jobs=2):
     """Bring one set (or ``latest``) from the bucket into this host's ``.incoming``, checked against its signed
-    manifest; ``christmas_offsite_receive`` then decrypts, reads back and publishes it."""
+    manifest; ``christmas_offsite_receive`` then decrypts, reads back and publishes it. A copy here already is left
+    alone; with ``replace_damaged``, one that fails its checksums is set aside into ``.damaged/`` first (its
+    manifest first, so it is no longer complete) and the bucket's copy takes its place."""
     set_id = _chosen(store, set_id)
     present = set_id in complete_set_ids(backup_dir)
     report = {"changed": not present, "set_id": set_id, "already_present": present}
+    if present and replace_damaged:
+        try:
+            verify_set(manifest_name(set_id), backup_dir, deep=False, jobs=jobs, trust=trust)
+        except RecoveryError as err:
+            present = False
+            report.update(changed=True, already_present=False, damaged=str(err))
+            if not check_mode:
+                report["set_aside"] = _set_aside(backup_dir, set_id)
     if check_mode or present:
         return report
     incoming = os.path.join(backup_dir, INCOMING, set_id)
@@ -181,6 +193,18 @@ def fetch_set(backup_dir, store, set_id, trust, check_mode=False):
         raise
     report["seconds"] = round(time.monotonic() - begin, 3)
     return report
+
+
+def _set_aside(backup_dir, set_id):
+    """The damaged local copy of ``set_id`` moved into ``.damaged/ID_STAMP/`` (kept to be looked at), its manifest
+    first; returns where."""
+    aside = os.path.join(backup_dir, DAMAGED, "%s_%d" % (set_id, time.time()))
+    make_private_dir(os.path.dirname(aside))
+    make_private_dir(aside)
+    for name in (manifest_name(set_id), set_dir_name(set_id)):
+        if os.path.lexists(os.path.join(backup_dir, name)):
+            os.rename(os.path.join(backup_dir, name), os.path.join(aside, name))
+    return aside
 
 
 def verify_bucket_set(backup_dir, store, set_id, trust, deep=False, key=None, jobs=2, pg_target=None):
