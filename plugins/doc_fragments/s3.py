@@ -54,3 +54,18 @@ notes:
 
     # Where the bucket is optional (continuous protection's pgBackRest repo2): the same options, none required.
     OPTIONAL = DOCUMENTATION.replace("    required: true\n", "")
+
+    # Where objects are uploaded (the sets and the AOF and config mirror).
+    UPLOADS = r"""
+options:
+  s3_object_lock_days:
+    description:
+      - Each object uploaded (files, manifests, the AOF and config mirror) is locked with S3 Object Lock in
+        compliance mode for this many days, so that nobody, this host included, can delete or overwrite that version
+        before then. The bucket must have been created with Object Lock enabled (which turns versioning on); an
+        upload into one without it is refused. C(0) locks nothing.
+      - Retention in the bucket then only hides an expired set behind a delete marker; its locked versions stay until
+        their lock ends (a lifecycle rule on noncurrent versions removes them after that).
+    type: int
+    default: 0
+"""

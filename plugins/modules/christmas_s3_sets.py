@@ -22,10 +22,16 @@ description:
   - I(direction=verify) checks the bucket's copy of I(set_id) the same way in a scratch directory it removes
     afterwards, and with I(deep) reads it back with its own tools (an encrypted copy only with the key).
   - I(direction=list) lists the bucket's complete sets.
+  - I(direction=send_history) mirrors continuous protection's Redis AOF and config versions (I(pitr_dir)) into
+    C(PREFIX/pitr/) (what changed since the last upload), the data files first, the index files last, then what the
+    host no longer keeps deleted; sealed file by file with the encryption key when given.
+  - I(direction=fetch_history) downloads that mirror into C(BACKUP_DIR/.s3-history) (opened with the key when
+    sealed), for a restore to a second from the bucket; this host's own history is left alone.
 version_added: 0.1.0
 author: Christmas platform operations
 extends_documentation_fragment:
   - christmas.recovery.s3
+  - christmas.recovery.s3.uploads
   - christmas.recovery.signing
   - christmas.recovery.signing.trust
   - christmas.recovery.vault.encryption
@@ -33,12 +39,15 @@ options:
   direction:
     description: What to do.
     type: str
-    choices: [send, fetch, verify, list]
+    choices: [send, fetch, verify, list, send_history, fetch_history]
     required: true
   backup_dir:
     description: The local backup directory.
     type: path
     required: true
+  pitr_dir:
+    description: With I(direction=send_history), continuous protection's AOF and config versions (C(PITR_DIR)).
+    type: path
   set_id:
     description: The set to fetch or verify (C(YYYYMMDD_HHMMSS)), or C(latest) for the bucket's newest.
     type: str
@@ -127,6 +136,10 @@ already_present:
   description: Whether the fetched set was already complete here (nothing downloaded).
   returned: with I(direction=fetch)
   type: bool
+pitr_dir:
+  description: With I(direction=fetch_history), the downloaded history to restore from.
+  returned: with I(direction=fetch_history)
+  type: str
 damaged:
   description: With I(replace_damaged), why the local copy was found damaged.
   returned: when the local copy was damaged
@@ -155,7 +168,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.platform.argume
     signing_argument_spec,
 )
 from ansible_collections.christmas.recovery.plugins.module_utils.sets.signing import Signer, trust_from_params
-from ansible_collections.christmas.recovery.plugins.module_utils.transport import bucket
+from ansible_collections.christmas.recovery.plugins.module_utils.transport import bucket, bucket_history
 
 
 def work(params, check_mode, progress):
@@ -170,23 +183,32 @@ def work(params, check_mode, progress):
     if direction == "verify":
         return bucket.verify_bucket_set(params["backup_dir"], store, params["set_id"], trust, params["deep"],
                                         encryption_key(params), params["jobs"], PgTarget(bin_dir=params["pg_bin_dir"]))
+    if direction == "send_history":
+        return bucket_history.send_history(params["backup_dir"], params["pitr_dir"], store, encryption_key(params),
+                                           check_mode, progress)
+    if direction == "fetch_history":
+        return bucket_history.fetch_history(params["backup_dir"], store, encryption_key(params), progress)
     return {"bucket": store.url(bucket.SETS), "sets": bucket.complete_ids(bucket.bucket_sets(store))}
 
 
 def main():
     argument_spec = dict(s3_argument_spec(), **encryption_argument_spec(), **signing_argument_spec())
     argument_spec.update(
-        direction={"type": "str", "choices": ["send", "fetch", "verify", "list"], "required": True},
+        direction={"type": "str", "choices": ["send", "fetch", "verify", "list", "send_history", "fetch_history"],
+                   "required": True},
         backup_dir={"type": "path", "required": True},
+        pitr_dir={"type": "path"},
         set_id={"type": "str", "default": "latest"},
         retention_days={"type": "int"},
         deep={"type": "bool", "default": False},
         replace_damaged={"type": "bool", "default": False},
+        s3_object_lock_days={"type": "int", "default": 0},
         jobs={"type": "int", "default": 2},
         pg_bin_dir={"type": "path"},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=ENCRYPTION_EXCLUSIVE)
+                           mutually_exclusive=ENCRYPTION_EXCLUSIVE,
+                           required_if=[("direction", "send_history", ("pitr_dir",))])
     if not HAS_BOTO3:
         module.fail_json(msg=missing_required_lib("boto3"))
     run(module, lambda progress: work(module.params, module.check_mode, progress))

@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 from conftest import (
     ROOT,
     connection_vars,
@@ -40,7 +41,7 @@ from ansible_collections.christmas.recovery.plugins.module_utils.sets.manifest i
     load,
     set_id_time,
 )
-from ansible_collections.christmas.recovery.plugins.module_utils.transport import bucket, offsite
+from ansible_collections.christmas.recovery.plugins.module_utils.transport import bucket, bucket_history, offsite
 
 MARKER = "bucket-marker-%s" % secrets.token_hex(8)
 
@@ -217,6 +218,65 @@ def test_only_ciphertext_reaches_the_bucket_and_the_key_opens_it(s3_server, s3_b
     bucket.fetch_set(other, store, set_id, signing.Trust())
     offsite.receive_sets(other, decrypt=True, key=key, progress=_quiet)
     assert any(MARKER.encode() in data for data in file_contents(other).values())
+
+
+def test_with_object_lock_no_uploaded_version_can_be_deleted_before_its_lock_ends(s3_server, s3_bucket, tmp_dir):
+    backup_dir, set_id = _config_set(tmp_dir)
+    with pytest.raises(RecoveryError, match="^S3 endpoint %s: bucket %s has no Object Lock" % (
+            s3_server.endpoint, s3_bucket)):
+        bucket.send_sets(backup_dir, _store(s3_server, s3_bucket, lock_days=1), 30)
+    assert bucket_objects(s3_server, s3_bucket) == {}  # refused before anything was sent
+
+    client = s3_server.client()
+    locked = "christmas-locked-%s" % secrets.token_hex(4)  # left to the server's removal: its objects cannot go
+    client.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    bucket.send_sets(backup_dir, _store(s3_server, locked, lock_days=2), 30)
+    versions = client.list_object_versions(Bucket=locked)["Versions"]
+    assert {v["Key"] for v in versions} >= {"db1/sets/manifest_%s.json" % set_id, "db1/sets/set_%s/config.tar" % set_id}
+    for version in versions:
+        head = client.head_object(Bucket=locked, Key=version["Key"], VersionId=version["VersionId"])
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+        assert head["ObjectLockRetainUntilDate"].timestamp() > time.time() + 86400
+        with pytest.raises(ClientError, match="AccessDenied"):
+            client.delete_object(Bucket=locked, Key=version["Key"], VersionId=version["VersionId"])
+    assert len(client.list_object_versions(Bucket=locked)["Versions"]) == len(versions)
+
+
+def test_the_history_mirror_sends_what_changed_indexes_last_and_comes_back_sealed_or_plain(
+        s3_server, s3_bucket, tmp_dir):
+    backup_dir, pitr_dir = os.path.join(tmp_dir, "backups"), os.path.join(tmp_dir, "backups", "pitr")
+    files = {"redis/appendonly.aof.1.incr.aof": b"SET fill %s\n" % MARKER.encode(), "redis/index.json": b"{}",
+             "config/v1.tar.gz": MARKER.encode() * 10, "config/versions.json": b"[]"}
+    for relative, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(pitr_dir, relative)), exist_ok=True)
+        with open(os.path.join(pitr_dir, relative), "wb") as handle:
+            handle.write(data)
+    store = _store(s3_server, s3_bucket)
+    uploaded = []
+    real_upload = store.upload
+    store.upload = lambda uploads: (uploaded.append([u.name for u in uploads]), real_upload(uploads))
+    assert bucket_history.send_history(backup_dir, pitr_dir, store, progress=_quiet)["sent"] == 4
+    assert [sorted(batch) for batch in uploaded] == [["pitr/config/v1.tar.gz", "pitr/redis/appendonly.aof.1.incr.aof"],
+                                                     ["pitr/config/versions.json", "pitr/redis/index.json"]]
+    assert bucket_history.send_history(backup_dir, pitr_dir, store, progress=_quiet)["sent"] == 0
+    os.unlink(os.path.join(pitr_dir, "config", "v1.tar.gz"))
+    with open(os.path.join(pitr_dir, "redis", "index.json"), "wb") as handle:
+        handle.write(b'{"generation": 2}')
+    again = bucket_history.send_history(backup_dir, pitr_dir, store, progress=_quiet)
+    assert (again["sent"], again["deleted"]) == (1, 1)
+    del files["config/v1.tar.gz"]
+    files["redis/index.json"] = b'{"generation": 2}'
+    fetched = bucket_history.fetch_history(backup_dir, store, progress=_quiet)
+    assert file_contents(fetched["pitr_dir"]) == files
+
+    key = os.urandom(32)
+    sealed_store = _store(s3_server, s3_bucket, prefix="sealed")
+    bucket_history.send_history(backup_dir, pitr_dir, sealed_store, key=key, progress=_quiet)
+    objects = {name: data for name, data in bucket_objects(s3_server, s3_bucket).items() if name.startswith("sealed/")}
+    assert "sealed/pitr/KEY_ID" in objects and not any(MARKER.encode() in data for data in objects.values())
+    with pytest.raises(RecoveryError, match="is encrypted .*: fetching it needs the encryption key"):
+        bucket_history.fetch_history(backup_dir, sealed_store, progress=_quiet)
+    assert file_contents(bucket_history.fetch_history(backup_dir, sealed_store, key, _quiet)["pitr_dir"]) == files
 
 
 # ---------------------------------------------------------------- through the playbooks

@@ -12,7 +12,7 @@ import shutil
 import stat
 import subprocess
 
-from pitr_helpers import iso, protect, second_boundary
+from pitr_helpers import changes_after, changes_before, iso, protect, second_boundary, state
 from s3_server import bucket_objects, s3_vars
 from sandbox import free_port
 
@@ -61,24 +61,32 @@ def test_wal_and_backups_go_to_the_bucket_and_a_second_comes_back_from_it_alone(
     assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
     assert s3_server.secret_key not in env.first.output
 
-    env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM1', 'buy', 7, 'before T')")
+    changes_before(env)
     run_playbook("archive", env.host_vars)
-    expected = env.platform.snapshot()
+    expected = state(env)
     target = second_boundary()
-    env.platform.sql("DELETE FROM orders")
+    changes_after(env)
     archived = run_playbook("archive", env.host_vars, verbosity=3)
     assert s3_server.secret_key not in archived.output
     verified = run_playbook("verify_backup", env.host_vars, {"vault": "s3"})
     assert re.search(r"recovery window: .*db \d{4}-", verified.stdout)  # pgbackrest --repo=2 verify found no fault
+    history = {name: data for name, data in bucket_objects(s3_server, s3_bucket).items()
+               if name.startswith("platform/pitr/")}
+    assert any("/redis/" in name for name in history) and any("/config/" in name for name in history)
+    assert not any(b"fill:before" in data or b"max_position" in data for data in history.values())  # sealed
 
-    # The local repository is lost with the host's disk: the bucket's alone restores the second.
+    # The host's history is lost with its disk: the local repository, the AOF and the config versions. The bucket's
+    # alone restores the second, the database from repo2, Redis and the config tree from its pitr/.
     env.platform.cluster.stop()
-    shutil.rmtree(os.path.join(env.backup_dir, "pgbackrest"))
-    restored = run_playbook("restore_db", env.host_vars, {"source": "s3", "target_time": iso(target)}, verbosity=3)
-    assert "from pgBackRest's repository in the bucket" in restored.stdout
-    assert env.platform.snapshot() == expected
+    for lost in ("pgbackrest", "pitr"):
+        shutil.rmtree(os.path.join(env.backup_dir, lost))
+    restored = run_playbook("restore_full", env.host_vars, {"source": "s3", "target_time": iso(target)}, verbosity=3)
+    assert "The platform is restored to %s from the bucket" % iso(target) in restored.stdout
+    assert ", Redis and the config tree from its history (s3://%s/platform/pitr/" % s3_bucket in restored.stdout
+    assert state(env) == expected
     assert not env.platform.cluster.sql("SELECT pg_is_in_recovery()")[0][0]
-    assert s3_server.secret_key not in restored.output
+    assert s3_server.secret_key not in restored.output and key_text not in restored.output
+    assert not os.path.exists(os.path.join(env.backup_dir, "pitr"))  # this host's history is not made up from it
 
     # Archiving goes on into both: the local repository is there again, and the next shipment lands in it.
     env.platform.sql("INSERT INTO orders (symbol, side, qty, note) VALUES ('SYM2', 'sell', 1, 'after restore')")

@@ -92,21 +92,21 @@ def test_the_sealed_copy_of_the_history_reseals_only_what_changed_and_opens_only
         with open(os.path.join(source, name), "wb") as handle:
             handle.write(data)
 
-    assert history._seal_tree(source, mirror, key) == 2
+    assert history.seal_tree(source, mirror, key) == 2
     sealed = file_contents(mirror)
     assert sorted(sealed) == ["KEY_ID", "config/objects/ab", "redis/index.json"]  # never the lock
     assert not any(b"marker" in data for data in sealed.values())
-    assert history._seal_tree(source, mirror, key) == 0
+    assert history.seal_tree(source, mirror, key) == 0
     with open(os.path.join(source, "redis", "index.json"), "wb") as handle:
         handle.write(b'{"secret": "marker", "more": 1}')
     os.unlink(os.path.join(source, "config", "objects", "ab"))
-    assert history._seal_tree(source, mirror, key) == 1
+    assert history.seal_tree(source, mirror, key) == 1
     assert sorted(file_contents(mirror)) == ["KEY_ID", "redis/index.json"]
 
-    history._open_tree(mirror, opened, key, encryption.key_id(key), "vault")
+    history.open_tree(mirror, opened, key, encryption.key_id(key), "vault")
     assert file_contents(opened) == {"redis/index.json": b'{"secret": "marker", "more": 1}'}
     with pytest.raises(RecoveryError, match="does not match the AOF and config history on vault"):
-        history._open_tree(mirror, str(tmp_path / "wrong"), bytes(32), encryption.key_id(key), "vault")
+        history.open_tree(mirror, str(tmp_path / "wrong"), bytes(32), encryption.key_id(key), "vault")
     os.rename(os.path.join(mirror, "redis", "index.json"), os.path.join(mirror, "config", "index.json"))
     with pytest.raises(RecoveryError, match="config/index.json is damaged or was tampered with"):
-        history._open_tree(mirror, str(tmp_path / "moved"), key, encryption.key_id(key), "vault")
+        history.open_tree(mirror, str(tmp_path / "moved"), key, encryption.key_id(key), "vault")

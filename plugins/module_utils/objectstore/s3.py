@@ -8,6 +8,7 @@ back where the server keeps none; an ETag is not a checksum), every failure one 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import os
 import re
@@ -44,8 +45,9 @@ CLIENT_CAUSES = {
     "BadDigest": "the server received different bytes than were sent (checksum mismatch)",
 }
 
+# lock_days: each object uploaded is locked (S3 Object Lock, compliance mode) for that many days; 0 locks nothing.
 Bucket = namedtuple("Bucket", "endpoint bucket prefix region access_key secret_key uri_style ca_file validate_certs "
-                              "timeout")
+                              "timeout lock_days", defaults=(0,))
 # A local file, its name under the prefix, its size and its SHA-256 (hex).
 Upload = namedtuple("Upload", "path name size sha256")
 
@@ -64,6 +66,9 @@ def check_bucket(bucket):
         raise RecoveryError("s3_access_key and s3_secret_key are both needed")
     if bucket.ca_file and not os.path.isfile(bucket.ca_file):
         raise RecoveryError("s3_ca_file %s does not exist" % bucket.ca_file)
+    if bucket.lock_days < 0:
+        raise RecoveryError("s3_object_lock_days %d: give 0 (no lock) or the days each object stays locked" %
+                            bucket.lock_days)
 
 
 def describe(err, bucket):
@@ -88,6 +93,7 @@ class Store:
             raise RecoveryError("object storage needs boto3 on this host (Debian: python3-boto3)")
         check_bucket(bucket)
         self.bucket, self.jobs, self.progress = bucket, max(1, jobs), progress
+        self._lock_checked = False
         self.transfer = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
                                        max_concurrency=4 * self.jobs, max_io_queue=16)
         verify = (bucket.ca_file or True) if bucket.validate_certs else False
@@ -127,13 +133,36 @@ class Store:
         start = len(self.key(""))
         return {entry["Key"][start:]: entry["Size"] for page in pages for entry in page.get("Contents", ())}
 
+    def _lock(self):
+        """The Object Lock arguments of an upload: none, or compliance mode until ``lock_days`` from now, in a
+        bucket that has Object Lock (checked once; without it the upload is refused before anything is sent)."""
+        if not self.bucket.lock_days:
+            return {}
+        if not self._lock_checked:
+            try:
+                answer = self.client.get_object_lock_configuration(Bucket=self.bucket.bucket)
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                    raise RecoveryError(describe(err, self.bucket)) from None
+                answer = {}
+            except BotoCoreError as err:
+                raise RecoveryError(describe(err, self.bucket)) from None
+            if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+                raise RecoveryError("S3 endpoint %s: bucket %s has no Object Lock, which s3_object_lock_days needs "
+                                    "(create the bucket with Object Lock enabled)" % (self.bucket.endpoint,
+                                                                                       self.bucket.bucket))
+            self._lock_checked = True
+        until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=self.bucket.lock_days)
+        return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+
     def upload(self, uploads):
-        """Upload files in parallel, then check each object's stored SHA-256 (per part for a multipart upload)
-        against the file; an object that does not match is named."""
+        """Upload files in parallel (each locked with ``lock_days``), then check each object's stored SHA-256 (per
+        part for a multipart upload) against the file; an object that does not match is named."""
+        extra = dict(self._lock(), ChecksumAlgorithm="SHA256")
         manager = create_transfer_manager(self.client, self.transfer)
         with manager:
-            futures = [manager.upload(u.path, self.bucket.bucket, self.key(u.name),
-                                      extra_args={"ChecksumAlgorithm": "SHA256"}) for u in uploads]
+            futures = [manager.upload(u.path, self.bucket.bucket, self.key(u.name), extra_args=extra)
+                       for u in uploads]
             for future in futures:
                 self._call(future.result)
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -142,7 +171,7 @@ class Store:
     def put(self, name, raw):
         """A small object in one request, its SHA-256 sent along: the server refuses other bytes (BadDigest)."""
         self._call(self.client.put_object, Bucket=self.bucket.bucket, Key=self.key(name), Body=raw,
-                   ChecksumSHA256=base64.b64encode(hashlib.sha256(raw).digest()).decode())
+                   ChecksumSHA256=base64.b64encode(hashlib.sha256(raw).digest()).decode(), **self._lock())
 
     def _check_upload(self, upload):
         head = self._call(self.client.head_object, Bucket=self.bucket.bucket, Key=self.key(upload.name),

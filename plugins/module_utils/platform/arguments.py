@@ -100,7 +100,8 @@ def s3_bucket(params):
     return Bucket(endpoint=params["s3_endpoint"], bucket=params["s3_bucket"], prefix=params["s3_prefix"],
                   region=params["s3_region"], access_key=params["s3_access_key"],
                   secret_key=params["s3_secret_key"], uri_style=params["s3_uri_style"], ca_file=params["s3_ca_file"],
-                  validate_certs=params["s3_validate_certs"], timeout=params["s3_timeout"])
+                  validate_certs=params["s3_validate_certs"], timeout=params["s3_timeout"],
+                  lock_days=params.get("s3_object_lock_days") or 0)
 
 
 def signing_argument_spec(trust=True):

@@ -59,7 +59,7 @@ def _mirror(remote, source, destination, what, options=()):
     _rsync(remote, ["--delete", "--delete-excluded"] + list(options), source, destination, what)
 
 
-def _files(root):
+def files_of(root):
     """Relative paths of the regular files of ``root`` that a mirror carries."""
     found = []
     for base, dirs, files in os.walk(root):
@@ -70,7 +70,7 @@ def _files(root):
     return found
 
 
-def _seal_tree(source, mirror, key):
+def seal_tree(source, mirror, key):
     """``mirror`` holds every file of ``source`` sealed under its relative path, resealed when the file changed
     (size or mtime) since it was sealed, and nothing else; returns how many files were sealed this time."""
     make_private_dir(mirror)
@@ -83,7 +83,7 @@ def _seal_tree(source, mirror, key):
     if state.get("key_id") != encryption.key_id(key):
         state = {"key_id": encryption.key_id(key), "files": {}}
     wanted, sealed = set(), 0
-    for relative in _files(source):
+    for relative in files_of(source):
         wanted.add(relative)
         info = os.stat(os.path.join(source, relative))
         stamp = [info.st_size, info.st_mtime_ns]
@@ -95,7 +95,7 @@ def _seal_tree(source, mirror, key):
         encryption.seal_file(os.path.join(source, relative), target, key, "%s/%s" % (PITR, relative))
         state["files"][relative] = stamp
         sealed += 1
-    for relative in set(_files(mirror)) - wanted - {KEY_ID}:
+    for relative in set(files_of(mirror)) - wanted - {KEY_ID}:
         remove_quietly(os.path.join(mirror, relative))
     state["files"] = {name: stamp for name, stamp in state["files"].items() if name in wanted}
     write_bytes_atomic(os.path.join(mirror, KEY_ID), state["key_id"].encode("ascii"))
@@ -129,8 +129,8 @@ def send_history(protection, remote, key=None, check_mode=False, progress=print)
             source = protection.pitr_dir
             if key is not None:
                 source = os.path.join(protection.backup_dir, SEALED_COPY, PITR)
-                progress("sealed %d new or changed AOF and config file(s)" % _seal_tree(protection.pitr_dir, source,
-                                                                                       key))
+                progress("sealed %d new or changed AOF and config file(s)" % seal_tree(protection.pitr_dir, source,
+                                                                                      key))
             progress("sending the AOF and config versions to %s" % remote.host)
             _mirror(remote, source + "/", remote_spec(remote, "%s/%s/" % (vault_history, PITR)),
                     "rsync of the AOF and config versions to %s" % remote.host)
@@ -166,7 +166,7 @@ def _give_tree(root, os_user):
             os.lchown(name, entry.pw_uid, entry.pw_gid)
 
 
-def _open_tree(sealed, opened, key, key_id, vault):
+def open_tree(sealed, opened, key, key_id, vault):
     """The plaintext of a sealed copy, each file opened under the name it was sealed with."""
     if key is None:
         raise RecoveryError("the AOF and config history on %s is encrypted (key %s): fetching it needs the "
@@ -175,7 +175,7 @@ def _open_tree(sealed, opened, key, key_id, vault):
         raise RecoveryError("encryption key %s does not match the AOF and config history on %s (encrypted with key "
                             "%s); nothing was kept" % (encryption.key_id(key), vault, key_id))
     make_private_dir(opened)
-    for relative in _files(sealed):
+    for relative in files_of(sealed):
         if relative == KEY_ID:
             continue
         make_private_dir(os.path.dirname(os.path.join(opened, relative)))
@@ -215,7 +215,7 @@ def _copy_history(protection, remote, key, with_pitr, progress):
             with open(os.path.join(staged, KEY_ID), encoding="ascii") as handle:
                 copied["key_id"] = handle.read().strip()
             progress("decrypting the AOF and config versions")
-            _open_tree(staged, staged + ".open", key, copied["key_id"], remote.host)
+            open_tree(staged, staged + ".open", key, copied["key_id"], remote.host)
             remove_quietly(staged)
             os.rename(staged + ".open", staged)
     progress("fetching the pgBackRest repository from %s" % remote.host)
