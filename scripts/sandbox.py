@@ -238,8 +238,8 @@ class S3Server:
     """A SeaweedFS server (master, volume, filer and S3 gateway in one process) under ``root``, its S3 API over TLS on
     ``localhost:port`` with one identity; nothing but 127.0.0.1 is listened on, and telemetry is off."""
 
-    def __init__(self, root, access_key=None, secret_key=None):
-        self.root = root
+    def __init__(self, root, access_key=None, secret_key=None, volume_mb=64, volumes=0):
+        self.root, self.volume_mb, self.volumes = root, volume_mb, volumes  # volumes=0: as many as the disk holds
         self.access_key = access_key or "christmas" + secrets.token_hex(4)
         self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.port = free_port()
@@ -262,8 +262,9 @@ class S3Server:
                 "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
                 "s3.port.grpc")}
         argv = [WEED, "-logtostderr", "-config_dir", self.root, "server", "-dir", os.path.join(self.root, "data"),
-                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
-                "-volume.max=0", "-volume.preStopSeconds=0", "-iam=false", "-metricsPort=0",
+                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+                "-master.volumeSizeLimitMB=%d" % self.volume_mb, "-volume.max=%d" % self.volumes,
+                "-volume.preStopSeconds=0", "-iam=false", "-metricsPort=0",
                 "-s3", "-s3.port=%d" % self.port, "-s3.config", os.path.join(self.root, "s3.json"),
                 "-s3.cert.file", self._cert, "-s3.key.file", self._key, "-s3.port.iceberg=0", "-s3.port.lance=0",
                 ] + ["-%s=%d" % item for item in sorted(self._ports.items())]

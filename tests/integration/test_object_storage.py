@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,7 +31,7 @@ from conftest import (
 )
 from faults.fault_helpers import copy_set, set_id_days_ago
 from s3_server import bucket_objects, s3_vars
-from sandbox import free_port, make_tls_files
+from sandbox import S3Server, free_port, make_tls_files
 
 from ansible_collections.christmas.recovery.plugins.module_utils.core.errors import RecoveryError
 from ansible_collections.christmas.recovery.plugins.module_utils.objectstore.s3 import Bucket, Store
@@ -76,9 +77,13 @@ def _config_set(tmp_dir, big_bytes=0):
 def test_a_set_goes_up_checked_and_comes_back_identical(s3_server, s3_bucket, tmp_dir):
     backup_dir, set_id = _config_set(tmp_dir, big_bytes=40 << 20)  # one file in three parts
     store = _store(s3_server, s3_bucket)
+    said = []
+    store.progress, store.progress_every = said.append, 0  # a line for every chunk sent
 
     report = bucket.send_sets(backup_dir, store, 30)
     assert report["sent"] == [set_id] and report["sets"] == [set_id]
+    totals = [line for line in said if re.match(r"^uploaded [\d.]+ of 40\.\d MiB \([\d.]+ MiB/s\)$", line)]
+    assert totals and totals[-1].startswith("uploaded 40.")  # the big file's progress, up to all of it
 
     client = s3_server.client()
     # The server holds each file's SHA-256, as it computed it from the parts.
@@ -160,6 +165,23 @@ def test_an_object_changed_or_deleted_in_the_bucket_is_refused_by_name(s3_server
     with pytest.raises(RecoveryError, match=r"^set %s .*signature" % set_id):
         bucket.fetch_set(other, store, set_id, signing.Trust())
     assert complete_set_ids(other) == []
+
+
+def test_a_server_out_of_space_fails_the_upload_in_one_line_and_no_set_looks_complete(tmp_dir):
+    small = S3Server(os.path.join(tmp_dir, "small-s3"), volume_mb=4, volumes=2)  # 8 MiB in all
+    try:
+        small.start()
+        small.client().create_bucket(Bucket="christmas-small")
+        backup_dir, set_id = _config_set(tmp_dir, big_bytes=24 << 20)
+        with pytest.raises(RecoveryError) as refused:
+            bucket.send_sets(backup_dir, _store(small, "christmas-small"), 30)
+        message = str(refused.value)
+        assert message.startswith("S3 endpoint %s: " % small.endpoint) and "\n" not in message, message
+        assert "out of space" in message and small.secret_key not in message
+        assert bucket.complete_ids(bucket.bucket_sets(_store(small, "christmas-small"))) == []
+        assert complete_set_ids(backup_dir) == [set_id]  # the local set is untouched
+    finally:
+        small.destroy()
 
 
 def test_bad_credentials_bucket_certificate_and_endpoint_are_one_line_each(s3_server, s3_bucket, tmp_dir):

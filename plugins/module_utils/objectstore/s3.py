@@ -12,6 +12,8 @@ import datetime
 import hashlib
 import os
 import re
+import threading
+import time
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,17 +26,21 @@ try:
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
+    from s3transfer.subscribers import BaseSubscriber
     from s3transfer.utils import ChunksizeAdjuster
     HAS_BOTO3 = True
 except ImportError:  # the module says so with missing_required_lib
     HAS_BOTO3 = False
     BotoCoreError = ClientError = S3UploadFailedError = ()
+    BaseSubscriber = object
 
 ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):\d{1,5}$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:%@-]+(/[A-Za-z0-9_.:%@-]+)*$")
 # Parts of 16 MiB, four in flight per job: memory stays bounded at any size.
 PART_BYTES = 16 * 1024 * 1024
+PROGRESS_SECONDS = 10  # a long transfer says how far it is at most this often
+MIB = 1024 * 1024
 MISSING = ("404", "NoSuchKey")
 # Codes whose meaning the operator needs in words rather than S3's own.
 CLIENT_CAUSES = {
@@ -43,6 +49,12 @@ CLIENT_CAUSES = {
     "SignatureDoesNotMatch": "the secret key is wrong (the server refused the request's signature)",
     "AccessDenied": "access denied to bucket %(bucket)s",
     "BadDigest": "the server received different bytes than were sent (checksum mismatch)",
+    # out of space, as AWS (quota), Ceph RGW, MinIO and others say it; SeaweedFS answers InternalError
+    "QuotaExceeded": "the server is out of space (QuotaExceeded)",
+    "InsufficientStorage": "the server is out of space (InsufficientStorage)",
+    "XMinioStorageFull": "the server is out of space (XMinioStorageFull)",
+    "InternalError": "the server failed to store or serve an object (InternalError: it may be out of space; see its "
+                     "log)",
 }
 
 # lock_days: each object uploaded is locked (S3 Object Lock, compliance mode) for that many days; 0 locks nothing.
@@ -85,6 +97,27 @@ def describe(err, bucket):
     return "S3 endpoint %s: %s" % (bucket.endpoint, cause)
 
 
+class Progress(BaseSubscriber):
+    """How far a batch of transfers is, said through ``report`` at most every ``every`` seconds (and once at the
+    end of a batch that took longer than that)."""
+
+    def __init__(self, report, verb, total, every=PROGRESS_SECONDS):
+        self.report, self.verb, self.total, self.every = report, verb, total, every
+        self.done, self.lock = 0, threading.Lock()
+        self.started = self.said = time.monotonic()
+
+    def on_progress(self, future=None, bytes_transferred=0, **_kwargs):
+        with self.lock:
+            self.done += bytes_transferred
+            now = time.monotonic()
+            if now - self.said < self.every:
+                return
+            self.said = now
+            self.report("%s %.1f%s MiB (%.1f MiB/s)" % (
+                self.verb, self.done / MIB, " of %.1f" % (self.total / MIB) if self.total else "",
+                self.done / MIB / max(now - self.started, 1e-3)))
+
+
 class Store:
     """The objects under one bucket's prefix; names are relative to the prefix."""
 
@@ -94,6 +127,7 @@ class Store:
         check_bucket(bucket)
         self.bucket, self.jobs, self.progress = bucket, max(1, jobs), progress
         self._lock_checked = False
+        self.progress_every = PROGRESS_SECONDS
         self.transfer = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
                                        max_concurrency=4 * self.jobs, max_io_queue=16)
         verify = (bucket.ca_file or True) if bucket.validate_certs else False
@@ -159,10 +193,11 @@ class Store:
         """Upload files in parallel (each locked with ``lock_days``), then check each object's stored SHA-256 (per
         part for a multipart upload) against the file; an object that does not match is named."""
         extra = dict(self._lock(), ChecksumAlgorithm="SHA256")
+        progress = Progress(self.progress, "uploaded", sum(u.size for u in uploads), self.progress_every)
         manager = create_transfer_manager(self.client, self.transfer)
         with manager:
-            futures = [manager.upload(u.path, self.bucket.bucket, self.key(u.name), extra_args=extra)
-                       for u in uploads]
+            futures = [manager.upload(u.path, self.bucket.bucket, self.key(u.name), extra_args=extra,
+                                      subscribers=[progress]) for u in uploads]
             for future in futures:
                 self._call(future.result)
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -213,14 +248,15 @@ class Store:
             raise RecoveryError("object %s is larger than %d bytes" % (self.url(name), limit))
         return raw
 
-    def download(self, names, targets):
-        """Download the objects ``names`` in parallel into the files ``targets`` (directories made 0700, files 0600);
-        a missing object is named."""
+    def download(self, names, targets, total=0):
+        """Download the objects ``names`` (``total`` bytes, for the progress lines) in parallel into the files
+        ``targets`` (directories made 0700, files 0600); a missing object is named."""
         for target in targets:
             make_private_dir(os.path.dirname(target))
+        progress = Progress(self.progress, "downloaded", total, self.progress_every)
         manager = create_transfer_manager(self.client, self.transfer)
         with manager:
-            futures = [manager.download(self.bucket.bucket, self.key(name), target)
+            futures = [manager.download(self.bucket.bucket, self.key(name), target, subscribers=[progress])
                        for name, target in zip(names, targets, strict=True)]
             for name, future in zip(names, futures, strict=True):
                 self._call(future.result, missing=(name, "is missing from the bucket"))

@@ -140,7 +140,8 @@ def download_set(store, set_id, into_dir, trust):
     store.progress("downloading set %s (%d files, %d bytes) from %s" % (set_id, len(artifacts), size,
                                                                       store.url(SETS + name)))
     make_private_dir(into_dir)
-    store.download([SETS + a["path"] for a in artifacts], [os.path.join(into_dir, a["path"]) for a in artifacts])
+    store.download([SETS + a["path"] for a in artifacts], [os.path.join(into_dir, a["path"]) for a in artifacts],
+                   sum(a["size"] for a in artifacts))
     problems = check_artifacts(into_dir, manifest, store.jobs)
     if problems:
         raise RecoveryError("; ".join("object %s does not match the signed manifest of set %s: %s (changed in the "

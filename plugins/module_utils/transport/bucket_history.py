@@ -116,7 +116,8 @@ def fetch_history(backup_dir, store, key=None, progress=print):
     try:
         progress("downloading %d AOF and config file(s) from %s" % (len(listing), store.url(HISTORY)))
         names = sorted(listing)
-        store.download([HISTORY + name for name in names], [os.path.join(staging, name) for name in names])
+        store.download([HISTORY + name for name in names], [os.path.join(staging, name) for name in names],
+                       sum(listing.values()))
         plain = staging
         if KEY_ID in listing:
             with open(os.path.join(staging, KEY_ID), encoding="ascii") as handle:
