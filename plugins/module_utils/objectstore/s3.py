@@ -173,14 +173,7 @@ class Store:
         if not self.bucket.lock_days:
             return {}
         if not self._lock_checked:
-            try:
-                answer = self.client.get_object_lock_configuration(Bucket=self.bucket.bucket)
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
-                    raise RecoveryError(describe(err, self.bucket)) from None
-                answer = {}
-            except BotoCoreError as err:
-                raise RecoveryError(describe(err, self.bucket)) from None
+            answer = self._call(self._lock_configuration)
             if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
                 raise RecoveryError("S3 endpoint %s: bucket %s has no Object Lock, which s3_object_lock_days needs "
                                     "(create the bucket with Object Lock enabled)" % (self.bucket.endpoint,
@@ -188,6 +181,15 @@ class Store:
             self._lock_checked = True
         until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=self.bucket.lock_days)
         return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+
+    def _lock_configuration(self):
+        """The bucket's Object Lock configuration; empty when it has none."""
+        try:
+            return self.client.get_object_lock_configuration(Bucket=self.bucket.bucket)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                raise
+            return {}
 
     def upload(self, uploads):
         """Upload files in parallel (each locked with ``lock_days``), then check each object's stored SHA-256 (per

@@ -85,8 +85,9 @@ class Protection:
             return days
         return max(days, math.ceil((now - created_time(self.backup_dir, proven)) / DAY))
 
-    def _bucket_repo(self):
-        """The bucket as pgBackRest's repo2, or None."""
+    def _bucket_repo(self, proven_days):
+        """The bucket as pgBackRest's repo2 (its fulls kept ``bucket_retention_days``, or ``proven_days`` when
+        longer), or None."""
         bucket = self.bucket
         if bucket is None:
             return None
@@ -96,7 +97,7 @@ class Protection:
             host=host, port=int(port), bucket=bucket.bucket, path="/%s/%s" % (bucket.prefix, BUCKET_REPO),
             region=bucket.region, key=bucket.access_key, secret=bucket.secret_key, uri_style=bucket.uri_style,
             ca_file=bucket.ca_file, verify_tls=bucket.validate_certs, cipher_pass=self.bucket_cipher_pass,
-            retention_days=max(1, self.kept_days(days=self.bucket_retention_days)))
+            retention_days=max(self.bucket_retention_days, proven_days))
 
     def bucket_problem(self):
         """Why the bucket cannot be reached now (one line naming the endpoint), or None (also without a bucket)."""
@@ -121,11 +122,13 @@ class Protection:
                 self.repo_path), pgbackrest.CONFIG_NAME), self.stanza)
             port, socket_dir = known.get("pg1-port", self.db_port), known.get("pg1-socket-path")
         server = self.server
+        proven_days = self.kept_days(days=1)  # at least 1, more while the newest proven set is older: read once
         repository = pgbackrest.Repository(
             self.repo_path, self.stanza, (server.pg1_path if server else None) or self.pg_data_dir, port, socket_dir,
-            os_user=self.os_user, retention_full=max(1, self.kept_days()), retention_full_type="time",
+            os_user=self.os_user, retention_full=max(self.retention_days, proven_days), retention_full_type="time",
             pg_bin_dir=self.pg_bin_dir, cipher_pass=self.cipher_pass, local_data_dir=self.pg_data_dir,
-            in_server=None if server is None or server.runs_here else server.in_server, bucket=self._bucket_repo())
+            in_server=None if server is None or server.runs_here else server.in_server,
+            bucket=self._bucket_repo(proven_days))
         repository.check_cipher()
         if self.source != "s3":
             return repository
